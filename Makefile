@@ -1,0 +1,47 @@
+# The README's two commands are `make demo` and `make test`; everything they need is installed here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The stamp changes with pyproject.toml, so a dependency change reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+REPO   ?= model_repository
+
+.PHONY: install demo test test-fast export serve proto lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,export,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## Export the small families (reusing an up-to-date repository), serve them, answer one request per task.
+demo: install
+	$(BIN)/python -m clients.demo --model-repository $(REPO) --out demo_output
+
+## The whole test suite, as CI runs it.
+test: install
+	$(BIN)/python -m pytest
+
+## Everything but the tests marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+export: install
+	$(BIN)/ninefold export --out $(REPO)
+
+serve: install
+	$(BIN)/ninefold serve --model-repository $(REPO)
+
+proto: install
+	$(BIN)/python -m protos.generate
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy export serving clients
+
+bench: install
+	$(BIN)/python -m clients.bench.suite --out bench_results
+
+clean:
+	rm -rf $(REPO) demo_output bench_results .pytest_cache
