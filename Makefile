@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 REPO   ?= model_repository
 
-.PHONY: install demo test test-fast export serve proto lint bench clean
+.PHONY: install install-tools demo test test-fast export serve proto lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## System tools the deployment checks need (promtool, prometheus); idempotent.
+install-tools:
+	bash scripts/install-check-tools.sh
+
 ## Export the small families (reusing an up-to-date repository), serve them, answer one request per task.
 demo: install
 	$(BIN)/python -m clients.demo --model-repository $(REPO) --out demo_output
 
 ## The whole test suite, as CI runs it.
-test: install
+test: install install-tools
 	$(BIN)/python -m pytest
 
 ## Everything but the tests marked slow.
