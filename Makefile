@@ -10,7 +10,7 @@ REPO   ?= model_repository
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,export,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,export,dev,bench]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
