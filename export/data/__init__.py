@@ -1,0 +1,1 @@
+"""Training and evaluation data made, not fetched: procedural scenes (numpy + Pillow only, no torch)."""

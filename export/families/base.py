@@ -1,0 +1,242 @@
+"""The contract every model family implements, and the value types the export pipeline passes around.
+
+A family turns a configuration name (``small`` / ``full``) into trained (or loaded) PyTorch modules and
+describes, declaratively, the graphs to export: the pipeline (``export.pipeline``) does the rest the same
+way for every family (ONNX export, checker, parity against PyTorch, config.pbtxt, report, TensorRT).
+
+Life cycle of one family export, as the pipeline drives it::
+
+    config = family.configs[config_name]
+    model  = family.build(config)                              # nn.Module, random init
+    model  = family.load(model, config, state_dict)            # --weights FAMILY=PATH given
+        or   family.train(model, config, seed)                 # otherwise, when config.trainable
+    quality = family.evaluate(model, config, seed)             # held-out synthetic data, or None
+    graphs  = family.graphs(model, config, seed)               # one GraphSpec per model folder
+    # pipeline: export + check + parity of each graph, then:
+    extra   = family.system_parity(model, config, graphs, run) # cross-graph checks (captioner decoding)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+TASKS = ("classify", "detect", "caption", "caption_decoder", "generate", "warp")
+
+# Triton data types of the tensors ninefold exports (numpy dtype name -> config.pbtxt data_type).
+TRITON_DTYPES: Mapping[str, str] = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """What every family's small / full configuration dataclass provides (families subclass this).
+
+    name: "small" or "full" (the model folder is ``<family>_<name>``).
+    trainable: True when the pipeline trains it on synthetic data without ``--weights``; a config that is
+        not trainable needs ``--weights`` (full configs: user checkpoints, e.g. torchvision state_dicts).
+    max_batch_size: config.pbtxt max_batch_size and the TensorRT profile's upper bound.
+    """
+
+    name: str
+    trainable: bool
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity bound for one output: pass when ``|onnx - torch| <= atol + rtol * |torch|`` element-wise.
+
+    ``Tolerance.exact()`` (atol = rtol = 0) for integer outputs such as labels and counts.
+    """
+
+    atol: float
+    rtol: float = 0.0
+
+    @staticmethod
+    def exact() -> Tolerance:
+        return Tolerance(atol=0.0, rtol=0.0)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of an exported graph.
+
+    dims exclude the batch axis (Triton's convention; axis 0 of every tensor is the dynamic batch);
+    -1 marks a further dynamic axis. dtype is a numpy dtype name from TRITON_DTYPES.
+    tolerance applies to outputs only (parity bound); label_filename names labels.txt for class outputs.
+    """
+
+    name: str
+    dims: tuple[int, ...]
+    dtype: str = "float32"
+    tolerance: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-4))
+    label_filename: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TRITON_DTYPES:
+            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} not one of {sorted(TRITON_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """Named inputs (batch axis first, numpy) on which the ONNX graph must match PyTorch.
+
+    Families give at least one ``real`` case (synthetic scenes) and one ``random`` case.
+    """
+
+    name: str
+    inputs: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph = one model folder in the repository.
+
+    module: eval-mode nn.Module; ``module(*inputs in the order of `inputs`)`` returns one tensor or a
+        tuple of tensors in the order of ``outputs``. It is what gets exported, so keep training-only
+        parts (auxiliary heads, discriminators) out of it.
+    suffix: appended to ``<family>_<config>`` for the model name ("" for the main graph, "_decoder" for
+        the captioner's step graph).
+    task: the config.pbtxt ``task`` parameter (one of TASKS), or None for a plain tensor model.
+    parameters: further config.pbtxt parameters (string values; see docs/MODEL_REPOSITORY.md), e.g.
+        ``preprocessing_parameter(...)``, "output_range", "decoder_model", "vocabulary".
+    labels: written to labels.txt (line i = class i) when given; outputs refer to it by label_filename.
+    extra_files: file name -> text content, written into the model folder (e.g. a caption vocabulary).
+    parity_cases: the inputs parity is checked on (see ParityCase).
+    max_batch_size: config.pbtxt max_batch_size; also the upper end of the TensorRT profile.
+    """
+
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parity_cases: tuple[ParityCase, ...]
+    max_batch_size: int
+    task: str | None
+    suffix: str = ""
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+    extra_files: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"graph task {self.task!r} is not one of {TASKS}")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A trained model's measured quality on held-out synthetic data.
+
+    passed: value meets threshold (``higher_is_better`` decides the direction). details: any further
+    figures worth keeping in the report (per-class accuracy, loss, ...), JSON-serialisable.
+    """
+
+    metric: str
+    value: float
+    threshold: float
+    higher_is_better: bool = True
+    details: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """One parity figure for the report: a named comparison, its worst deviation and its verdict."""
+
+    name: str
+    max_abs_diff: float
+    passed: bool
+    detail: str = ""
+
+
+OnnxRunner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+"""Runs the exported graph of the given suffix ("" = main graph) on named inputs -> named outputs."""
+
+
+class Family(Protocol):
+    """What the pipeline needs from a model family (see the module docstring for the life cycle).
+
+    name: registry name (lower-case, e.g. "resnet"); task: the task of the main graph.
+    configs: "small" and "full" configurations, frozen dataclasses derived from FamilyConfig.
+    """
+
+    name: str
+    task: str
+    configs: Mapping[str, FamilyConfig]
+
+    def build(self, config: FamilyConfig) -> nn.Module:
+        """The model with random weights (full configs: torchvision's layout where torchvision has it)."""
+        ...
+
+    def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
+        """Train on synthetic data (deterministic from seed; show a tqdm bar); returns the eval-mode model."""
+        ...
+
+    def load(
+        self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]
+    ) -> nn.Module:
+        """Load user weights (already read with weights_only=True). Raise WeightsError on a mismatch."""
+        ...
+
+    def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
+        """Quality on held-out synthetic data, or None where it means nothing (user weights, full model)."""
+        ...
+
+    def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
+        """The graphs to export; the first one is the main model (task = family.task)."""
+        ...
+
+    def system_parity(
+        self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
+    ) -> Sequence[ParityCheck]:
+        """Checks across graphs beyond per-output tolerances (captioner: identical greedy captions).
+
+        Return () when per-graph parity says it all.
+        """
+        ...
+
+
+class ExportError(Exception):
+    """A problem the user can fix (bad family, weights, output directory); its message says how."""
+
+
+class WeightsError(ExportError):
+    """A weights file that is missing, unreadable or does not fit the family's architecture."""
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], family: str
+) -> nn.Module:
+    """Load a state_dict exactly (same keys, same shapes) or raise WeightsError naming what differs."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{key} {tuple(state_dict[key].shape)} != {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
+        raise WeightsError(f"weights do not fit {family}: " + "; ".join(parts))
+    model.load_state_dict(dict(state_dict), strict=True)
+    return model.eval()
+
+
+def preprocessing_parameter(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> str:
+    """The config.pbtxt ``preprocessing`` parameter: JSON {"size": [H, W], "mean": [...], "std": [...]}."""
+    return json.dumps({"size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]})
