@@ -1,0 +1,214 @@
+"""Images in and out of the task layer: decode with limits, resize, normalise per batch, PNG encode.
+
+Two phases so that limits are enforced before any pixel is decoded (decompression bombs):
+`open_image` reads only the header (Pillow reads the size without decoding) and checks the
+byte and pixel limits; `decode_resized` then decodes and resizes to the model's input size.
+`normalise` turns a batch of decoded images into one contiguous float32 NCHW array.
+
+Every error names the image by its index in the request and says what to change.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from serving.errors import InvalidArgument, ResourceExhausted
+
+#: Formats a request may carry; anything else is refused before a decoder runs.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+_RAW_CHANNELS = (1, 3, 4)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per-image limits. `max_pixels` bounds width * height (checked from the header)."""
+
+    max_pixels: int = 40_000_000
+    max_encoded_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """JPEG, PNG or WebP bytes; the format is detected from the bytes."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """A uint8 tensor, height x width x channels, row-major; channels 1 (gray), 3 (RGB) or 4 (RGBA)."""
+
+    pixels: bytes
+    height: int
+    width: int
+    channels: int
+
+
+ImageInput = EncodedImage | RawImage
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its images: resized to `size` (H, W), scaled to [0, 1], `(x - mean) / std`."""
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image whose header passed the limits; `source` is a lazy Pillow image or a raw uint8 array."""
+
+    index: int
+    width: int
+    height: int
+    source: Image.Image | np.ndarray
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def open_image(image: ImageInput, index: int, limits: ImageLimits) -> OpenedImage:
+    """Validate one image cheaply (header only) against `limits`.
+
+    Raises InvalidArgument for bytes that are no accepted image or a raw shape that does not match
+    its data, ResourceExhausted for an image over the byte or pixel limits.
+    """
+    if isinstance(image, RawImage):
+        return _open_raw(image, index, limits)
+    return _open_encoded(image.data, index, limits)
+
+
+def _open_raw(image: RawImage, index: int, limits: ImageLimits) -> OpenedImage:
+    if image.channels not in _RAW_CHANNELS:
+        raise InvalidArgument(f"image {index}: raw image has {image.channels} channels; use 1, 3 or 4")
+    if image.height <= 0 or image.width <= 0:
+        raise InvalidArgument(
+            f"image {index}: raw image is {image.height}x{image.width}; height and width must be positive"
+        )
+    _check_pixels(image.width, image.height, index, limits)
+    expected = image.height * image.width * image.channels
+    if len(image.pixels) != expected:
+        raise InvalidArgument(
+            f"image {index}: raw image of {image.height}x{image.width}x{image.channels} needs "
+            f"{expected} bytes, got {len(image.pixels)}"
+        )
+    array = np.frombuffer(image.pixels, dtype=np.uint8).reshape(image.height, image.width, image.channels)
+    return OpenedImage(index=index, width=image.width, height=image.height, source=array)
+
+
+def _open_encoded(data: bytes, index: int, limits: ImageLimits) -> OpenedImage:
+    if not data:
+        raise InvalidArgument(f"image {index}: empty; send JPEG, PNG or WebP bytes or a raw tensor")
+    if len(data) > limits.max_encoded_bytes:
+        raise ResourceExhausted(
+            f"image {index}: {len(data)} bytes exceeds the limit of {limits.max_encoded_bytes} bytes per image"
+        )
+    try:
+        source = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError:
+        raise ResourceExhausted(
+            f"image {index}: its header claims far more than the limit of {limits.max_pixels} pixels "
+            "per image (a decompression bomb); send a smaller image"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InvalidArgument(
+            f"image {index}: not a readable JPEG, PNG or WebP image (starts with {data[:8].hex()})"
+        ) from None
+    width, height = source.size
+    _check_pixels(width, height, index, limits)
+    return OpenedImage(index=index, width=width, height=height, source=source)
+
+
+def _check_pixels(width: int, height: int, index: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ResourceExhausted(
+            f"image {index}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limits.max_pixels} pixels per image; send a smaller image"
+        )
+
+
+def decode_resized(image: OpenedImage, size: tuple[int, int]) -> np.ndarray:
+    """Decode `image` to RGB uint8 (H, W, 3) at `size` = (H, W), bilinear, aspect not kept.
+
+    A raw RGB image already at `size` comes back as a zero-copy view of the request bytes.
+    JPEGs are decoded at a reduced DCT scale when that still covers `size` (draft mode).
+    """
+    height, width = size
+    if isinstance(image.source, np.ndarray):
+        return _resize_raw(image.source, size)
+    source = image.source
+    try:
+        if source.format == "JPEG" and (image.width > 2 * width or image.height > 2 * height):
+            source.draft("RGB", (width, height))
+        rgb = source if source.mode == "RGB" else source.convert("RGB")
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(rgb)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidArgument(
+            f"image {image.index}: corrupt or truncated {source.format} data ({error})"
+        ) from None
+
+
+def _resize_raw(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    channels = array.shape[2]
+    if channels == 4:
+        array = array[:, :, :3]
+    if array.shape[:2] == (height, width):
+        return np.repeat(array, 3, axis=2) if channels == 1 else array
+    picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if channels == 1 else array))
+    resized = picture.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if channels == 1:
+        return np.repeat(np.asarray(resized)[:, :, None], 3, axis=2)
+    return np.asarray(resized)
+
+
+def normalise(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
+    """Stack uint8 RGB images (H, W, 3) into one C-contiguous float32 array (N, 3, H, W).
+
+    Computes `(x / 255 - mean) / std` as one multiply per image written straight into the output
+    and one in-place add for the whole batch: no intermediate float copies.
+    """
+    height, width = preprocessing.size
+    std = np.asarray(preprocessing.std, dtype=np.float32)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(preprocessing.mean, dtype=np.float32) / std)[:, None, None]
+    batch = np.empty((len(images), 3, height, width), dtype=np.float32)
+    for slot, image in zip(batch, images, strict=True):
+        np.multiply(image.transpose(2, 0, 1), scale, out=slot, casting="unsafe")
+    batch += offset
+    return batch
+
+
+def denormalise(batch: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """Invert `normalise`: float32 (N, 3, H, W) in the model's normalised space -> uint8 (N, H, W, 3)."""
+    std = np.asarray(preprocessing.std, dtype=np.float32)[:, None, None]
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)[:, None, None]
+    return _to_uint8(batch * (255.0 * std) + 255.0 * mean)
+
+
+def from_range(batch: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map float32 (N, 3, H, W) with values in [low, high] to uint8 (N, H, W, 3), clipping outliers."""
+    return _to_uint8((batch - low) * (255.0 / (high - low)))
+
+
+def _to_uint8(batch: np.ndarray) -> np.ndarray:
+    """Round and clip float (N, 3, H, W) in [0, 255] to a C-contiguous uint8 (N, H, W, 3)."""
+    rounded = np.clip(np.rint(batch), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rounded.transpose(0, 2, 3, 1))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of one uint8 RGB image (H, W, 3). Fast compression: outputs are small and short-lived."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
