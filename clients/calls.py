@@ -1,0 +1,136 @@
+"""One `Call` per RPC: the request built from a caller's arguments and the parser of its response.
+
+The sync and the asyncio client share these, so both send identical requests and return
+identical results; they differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from google.protobuf.message import Message
+
+from clients import results
+from clients.errors import InputError
+from clients.images import ImagesInput, to_proto_images
+from clients.results import (
+    Answer,
+    Caption,
+    Classification,
+    Detections,
+    GeneratedImage,
+    ModelInfo,
+    Warp,
+)
+from protos.ninefold.v1 import vision_pb2
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+UINT32_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Call(Generic[R]):
+    """An RPC ready to send: `method` names the Vision stub's method (same on sync and aio stubs)."""
+
+    method: str
+    request: Message
+    parse: Callable[[Any], R]
+
+
+def classify(images: ImagesInput, model: str = "", version: int = 0, top_k: int = 0) -> Call[Answer[Classification]]:
+    """top_k: how many labels per image, best first (0 = the server's default, 5)."""
+    request = vision_pb2.ClassifyRequest(
+        model=_model_ref(model, version), images=to_proto_images(images), top_k=_count("top_k", top_k)
+    )
+    return Call("Classify", request, _answer(results.classification))
+
+
+def detect(
+    images: ImagesInput,
+    model: str = "",
+    version: int = 0,
+    score_threshold: float = 0.0,
+    max_detections: int = 0,
+) -> Call[Answer[Detections]]:
+    """score_threshold in [0, 1] (0 = the server's default, 0.5); max_detections 0 = all."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise InputError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    request = vision_pb2.DetectRequest(
+        model=_model_ref(model, version),
+        images=to_proto_images(images),
+        score_threshold=score_threshold,
+        max_detections=_count("max_detections", max_detections),
+    )
+    return Call("Detect", request, _answer(results.detections))
+
+
+def caption(
+    images: ImagesInput, model: str = "", version: int = 0, beam_size: int = 0, max_length: int = 0
+) -> Call[Answer[Caption]]:
+    """beam_size 0 or 1 = greedy; max_length 0 = the model's trained maximum (tokens)."""
+    request = vision_pb2.CaptionRequest(
+        model=_model_ref(model, version),
+        images=to_proto_images(images),
+        beam_size=_count("beam_size", beam_size),
+        max_length=_count("max_length", max_length),
+    )
+    return Call("Caption", request, _answer(results.caption))
+
+
+def generate(
+    count: int = 1,
+    seed: int = 0,
+    latents: Sequence[Sequence[float]] | np.ndarray | None = None,
+    model: str = "",
+    version: int = 0,
+) -> Call[Answer[GeneratedImage]]:
+    """`count` images drawn from `seed` (same seed, same images), or one image per latent vector
+    (each exactly the model's latent size) when `latents` is given."""
+    if seed < 0 or seed >= 2**64:
+        raise InputError(f"seed must be in [0, 2**64), got {seed}")
+    request = vision_pb2.GenerateRequest(
+        model=_model_ref(model, version),
+        count=_count("count", count),
+        seed=seed,
+        latents=[] if latents is None else [vision_pb2.Latent(values=np.ravel(z).tolist()) for z in latents],
+    )
+    return Call("Generate", request, _answer(results.generated_image, field="images"))
+
+
+def warp(images: ImagesInput, model: str = "", version: int = 0) -> Call[Answer[Warp]]:
+    request = vision_pb2.WarpRequest(model=_model_ref(model, version), images=to_proto_images(images))
+    return Call("Warp", request, _answer(results.warp))
+
+
+def list_models(task: str = "") -> Call[tuple[ModelInfo, ...]]:
+    """Every model the server knows (ready or not), or only those serving `task`."""
+    return Call(
+        "ListModels",
+        vision_pb2.ListModelsRequest(task=task),
+        lambda response: tuple(results.model_info(info) for info in response.models),
+    )
+
+
+def _answer(parse_one: Callable[[Any], T], field: str = "results") -> Callable[[Any], Answer[T]]:
+    def parse(response: Any) -> Answer[T]:
+        items: Iterable[Any] = getattr(response, field)
+        return Answer(model=results.model_id(response.model), results=tuple(parse_one(item) for item in items))
+
+    return parse
+
+
+def _model_ref(name: str, version: int) -> vision_pb2.ModelRef:
+    if version < 0:
+        raise InputError(f"version must be >= 0 (0 = newest), got {version}")
+    return vision_pb2.ModelRef(name=name, version=version)
+
+
+def _count(name: str, value: int) -> int:
+    if not 0 <= value <= UINT32_MAX:
+        raise InputError(f"{name} must be a non-negative integer, got {value}")
+    return value

@@ -1,0 +1,66 @@
+"""How the client connects: channel options as one constant, round robin over every address.
+
+Targets are gRPC target strings: `host:port`, or `dns:///name:port`. For a Kubernetes
+headless Service (`clusterIP: None`) use `dns:///ninefold.NAMESPACE.svc.cluster.local:8001`:
+DNS returns one address per ready pod, the `round_robin` policy keeps a connection to each and
+sends each call to the next one, so long-lived gRPC connections do not pin all work to one pod.
+gRPC re-resolves the name when a connection drops (and at most every
+`grpc.dns_min_time_between_resolutions_ms`), so pods that come and go are followed.
+With a single address (`localhost:8001`, a ClusterIP Service) round robin is simply one connection.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import grpc.aio
+
+DEFAULT_TARGET = "localhost:8001"
+DEFAULT_TIMEOUT_S = 10.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest request or response: several full-resolution images fit; the server has its own limit."""
+
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Inference calls are idempotent: a call that found a pod draining (UNAVAILABLE) is retried,
+        # on the next pod under round robin, within the call's own deadline.
+        "methodConfig": [
+            {
+                "name": [{"service": "ninefold.v1.Vision"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Keepalive, idle connections included, finds a vanished pod or a silently dropped connection
+    # (NAT, L4 load balancer idle timeout) within ~40 s, instead of at a later call's deadline.
+    # The ninefold server permits pings this often; a stricter server answers GOAWAY
+    # "too_many_pings" and gRPC backs off (doubles the interval) without failing calls.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", SERVICE_CONFIG),
+)
+
+
+def insecure_channel(target: str = DEFAULT_TARGET) -> grpc.Channel:
+    """A blocking channel to `target` with CHANNEL_OPTIONS (connects lazily, on the first call)."""
+    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+def insecure_aio_channel(target: str = DEFAULT_TARGET) -> grpc.aio.Channel:
+    """An asyncio channel to `target` with CHANNEL_OPTIONS; create it inside the running event loop."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)

@@ -1,0 +1,160 @@
+"""Typed, immutable results of the task API, built from the response protos.
+
+Every task call returns an `Answer`: the model that answered and one result per input image
+(per generated image for `generate`), in request order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from clients.errors import ClientError
+from protos.ninefold.v1 import vision_pb2
+
+T = TypeVar("T")
+
+Box = tuple[float, float, float, float]
+"""x1, y1 (top-left), x2, y2 (bottom-right) in the original image's pixels; floats, not clipped."""
+
+Theta = tuple[tuple[float, float, float], tuple[float, float, float]]
+"""2x3 affine matrix (rows), `torch.nn.functional.affine_grid` convention: maps output
+coordinates in [-1, 1] to the sampled input coordinates."""
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """The model and version that answered (a request names neither: the task's default, newest)."""
+
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """One call's outcome: `results[i]` belongs to input image i (or is generated image i)."""
+
+    model: ModelId
+    results: tuple[T, ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+    """Softmax probability in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    predictions: tuple[Prediction, ...]
+    """Best first; top-k of the request."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    index: int
+    score: float
+    box: Box
+
+
+@dataclass(frozen=True)
+class Detections:
+    detections: tuple[Detection, ...]
+    """Best first; only those at or above the request's score threshold."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    log_probability: float
+    """Sum of the caption's token log-probabilities (<= 0)."""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    png: bytes
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class Warp:
+    png: bytes
+    """The warped image at the model's input resolution."""
+    theta: Theta
+    label: str
+    """The classifier head's best label on the warped image."""
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    task: str
+    """classify, detect, caption, generate, warp, caption_decoder, or empty (plain tensor model)."""
+    family: str
+    ready: bool
+    state_reason: str
+    """Why the model is not ready (its load error); empty when ready."""
+    is_default: bool
+    max_batch_size: int
+    instances: int
+    labels: tuple[str, ...]
+
+
+def model_id(ref: vision_pb2.ModelRef) -> ModelId:
+    return ModelId(name=ref.name, version=ref.version)
+
+
+def classification(result: vision_pb2.Classification) -> Classification:
+    return Classification(
+        predictions=tuple(Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions)
+    )
+
+
+def detections(result: vision_pb2.Detections) -> Detections:
+    return Detections(
+        detections=tuple(
+            Detection(
+                label=d.label, index=d.index, score=d.score, box=(d.box.x1, d.box.y1, d.box.x2, d.box.y2)
+            )
+            for d in result.detections
+        )
+    )
+
+
+def caption(result: vision_pb2.Caption) -> Caption:
+    return Caption(text=result.text, log_probability=result.log_probability)
+
+
+def generated_image(result: vision_pb2.GeneratedImage) -> GeneratedImage:
+    return GeneratedImage(png=result.png, height=result.height, width=result.width)
+
+
+def warp(result: vision_pb2.Warp) -> Warp:
+    if len(result.theta) != 6:
+        raise ClientError(f"the server sent a theta of {len(result.theta)} numbers, expected 6 (2x3)")
+    t = tuple(result.theta)
+    return Warp(png=result.png, theta=((t[0], t[1], t[2]), (t[3], t[4], t[5])), label=result.label, score=result.score)
+
+
+def model_info(info: vision_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=info.name,
+        version=info.version,
+        task=info.task,
+        family=info.family,
+        ready=info.ready,
+        state_reason=info.state_reason,
+        is_default=info.is_default,
+        max_batch_size=info.max_batch_size,
+        instances=info.instances,
+        labels=tuple(info.labels),
+    )
