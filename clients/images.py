@@ -24,16 +24,18 @@ C in 1, 3, 4 (gray, RGB, RGBA)."""
 ImagesInput: TypeAlias = ImageInput | Iterable[ImageInput]
 """One image, several images (any iterable of them), or a uint8 array (N, H, W, C) of N images."""
 
-_SINGLE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview)
 _CHANNELS = (1, 3, 4)
 
 
 def to_proto_images(images: ImagesInput) -> list[vision_pb2.Image]:
     """Every image of `images`, in order, as proto messages; raises InputError naming the bad one."""
-    if isinstance(images, _SINGLE_TYPES) or (isinstance(images, np.ndarray) and images.ndim < 4):
-        items: list[ImageInput] = [images]
+    items: list[ImageInput]
+    if isinstance(images, np.ndarray):
+        items = [images] if images.ndim < 4 else list(images)  # (N, H, W, C): N images
+    elif isinstance(images, str | os.PathLike | bytes | bytearray | memoryview) or not isinstance(images, Iterable):
+        items = [images]  # one image, or something unsupported that _to_proto_image names
     else:
-        items = list(images)  # an iterable, or an (N, H, W, C) array: iterating yields N images
+        items = list(images)
     if not items:
         raise InputError("no images given: pass at least one path, bytes object or uint8 array")
     return [_to_proto_image(item, position, len(items)) for position, item in enumerate(items)]

@@ -1,0 +1,216 @@
+"""The `ninefold` command: client subcommands against a running server, and the other stages.
+
+    ninefold classify|detect|caption|warp IMAGE... [--model M] [--version V] [--server HOST:PORT] [--json]
+    ninefold generate [--count N] [--seed S] --out DIR
+    ninefold models
+    ninefold export|serve|bench ...     (dispatched to export/, serving/, clients/bench/)
+
+Each image is one request; `--json` prints one JSON object per request (see clients/formatting.py).
+Any failure prints one line on stderr and exits non-zero; nothing else is imported unless its
+subcommand runs, so the client subcommands never load torch or the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from clients import formatting
+from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
+from clients.client import VisionClient
+from clients.errors import ClientError
+from clients.formatting import Output
+
+PROG = "ninefold"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+STAGES = {
+    "export": ("export.__main__", "train or load the families and export them into a model repository", "export"),
+    "serve": ("serving.__main__", "run the gRPC server on a model repository", "cpu"),
+    "bench": ("clients.bench", "measure the server under load", "bench"),
+}
+"""Subcommands owned by other stages: module with `main(argv) -> int`, help, the extra it needs."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), like every other CLI error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (try --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in STAGES:
+        return _run_stage(args_list[0], args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        with VisionClient(args.server, timeout=args.timeout) as client:
+            for output in args.handler(client, args):
+                print(json.dumps(output.json) if args.json else output.text, flush=True)
+    except (ClientError, OSError) as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; defaults that come from the environment are read now, not at import."""
+    parser = OneLineParser(prog=PROG, description="Client of the ninefold vision server, and its other stages.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    connection = OneLineParser(add_help=False)
+    connection.add_argument(
+        "--server",
+        default=os.environ.get("NINEFOLD_SERVER", DEFAULT_TARGET),
+        help="gRPC target: HOST:PORT, or dns:///SERVICE.NAMESPACE.svc.cluster.local:8001 for a headless "
+        "Service (round robin over its pods); env NINEFOLD_SERVER (default: %(default)s)",
+    )
+    connection.add_argument(
+        "--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, help="deadline of each call, seconds"
+    )
+    connection.add_argument("--json", action="store_true", help="print one JSON object per request")
+    model = OneLineParser(add_help=False, parents=[connection])
+    model.add_argument("--model", default="", help="model name (default: the task's default model)")
+    model.add_argument("--version", type=_non_negative_int, default=0, help="model version (0 = newest ready)")
+    images = OneLineParser(add_help=False, parents=[model])
+    images.add_argument("images", nargs="+", metavar="IMAGE", help="image file (JPEG, PNG or WebP)")
+
+    def task(name: str, help_text: str, handler: Callable[..., object], parents: list) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=parents)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    classify = task("classify", "top-k labels of each image", _classify, [images])
+    classify.add_argument("--top-k", type=_non_negative_int, default=0, help="labels per image (0 = server's 5)")
+    detect = task("detect", "objects in each image: label, score, box", _detect, [images])
+    detect.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score in [0, 1] (0 = server's 0.5)")
+    detect.add_argument("--max-detections", type=_non_negative_int, default=0, help="per image (0 = all)")
+    caption = task("caption", "a sentence describing each image", _caption, [images])
+    caption.add_argument("--beam-size", type=_non_negative_int, default=0, help="beam search width (0/1 = greedy)")
+    caption.add_argument("--max-length", type=_non_negative_int, default=0, help="tokens (0 = model's maximum)")
+    warp = task("warp", "the spatial transformer's warped image and affine theta", _warp, [images])
+    warp.add_argument("--out", type=Path, default=Path("."), help="folder for the warped PNGs (default: .)")
+    generate = task("generate", "draw images from the generator", _generate, [model])
+    generate.add_argument("--count", type=_non_negative_int, default=4, help="images to draw (default: 4)")
+    generate.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same images")
+    generate.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    models = task("models", "the server's models, versions, tasks and readiness", _models, [connection])
+    models.add_argument("--task", default="", help="only models serving this task")
+    for name, (_, help_text, _) in STAGES.items():
+        commands.add_parser(name, help=f"{help_text} (see `{PROG} {name} --help`)", add_help=False)
+    return parser
+
+
+def _classify(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+    return [
+        formatting.classification(
+            image, client.classify(image, model=args.model, version=args.version, top_k=args.top_k)
+        )
+        for image in args.images
+    ]
+
+
+def _detect(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+    return [
+        formatting.detections(
+            image,
+            client.detect(
+                image,
+                model=args.model,
+                version=args.version,
+                score_threshold=args.threshold,
+                max_detections=args.max_detections,
+            ),
+        )
+        for image in args.images
+    ]
+
+
+def _caption(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+    return [
+        formatting.caption(
+            image,
+            client.caption(
+                image, model=args.model, version=args.version, beam_size=args.beam_size, max_length=args.max_length
+            ),
+        )
+        for image in args.images
+    ]
+
+
+def _warp(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+    outputs = []
+    for image in args.images:
+        answer = client.warp(image, model=args.model, version=args.version)
+        path = _write(args.out / f"{Path(image).stem}_warped.png", answer.results[0].png)
+        outputs.append(formatting.warp(image, answer, str(path)))
+    return outputs
+
+
+def _generate(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+    answer = client.generate(args.count, seed=args.seed, model=args.model, version=args.version)
+    paths = [
+        str(_write(args.out / f"{answer.model.name}_seed{args.seed}_{i:03d}.png", image.png))
+        for i, image in enumerate(answer.results)
+    ]
+    return [formatting.generated(answer, paths)]
+
+
+def _models(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+    return [formatting.models(client.list_models(args.task))]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _run_stage(name: str, argv: list[str]) -> int:
+    module_name, _, extra = STAGES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        return _fail(
+            f"`{PROG} {name}` cannot start: {error} (it needs the `{extra}` extra: pip install 'ninefold[{extra}]')"
+        )
+    return int(module.main(argv) or 0)
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
