@@ -1,0 +1,78 @@
+"""Model control (Triton's `--model-control-mode explicit`): who may load or unload a model, and from where.
+
+Two gates, both checked before the repository is touched:
+- who: a bearer token fixed at start-up; a request without `authorization: Bearer <token>` is
+  Unauthenticated. Explicit mode without a token refuses to start (see `ModelControl.create`).
+- what: a model name is one plain folder name directly inside the repository; the folder and every
+  file under it must resolve (symlinks followed) inside the repository, so neither `../x` nor a
+  symlink can make the server read files elsewhere.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.errors import InvalidArgument, NotFound, Unauthenticated
+
+MODES = ("none", "explicit")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+@dataclass(frozen=True)
+class ModelControl:
+    """Whether load/unload is allowed, the token that authorises it, and the repository root."""
+
+    mode: str
+    token: str
+    repository: Path
+
+    @classmethod
+    def create(cls, mode: str, token: str, repository: Path) -> ModelControl:
+        """Validate the start-up settings; raises ValueError with a message fit for the command line."""
+        if mode not in MODES:
+            raise ValueError(f"--model-control-mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "explicit" and len(token) < 16:
+            raise ValueError(
+                "--model-control-mode explicit needs a bearer token of at least 16 characters "
+                "(set NINEFOLD_MODEL_CONTROL_TOKEN)"
+            )
+        return cls(mode, token, repository.resolve())
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "explicit"
+
+    def authorise(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        """Raise Unauthenticated unless model control is enabled and `metadata` carries the token."""
+        if not self.enabled:
+            raise Unauthenticated(
+                "model control is disabled; start the server with --model-control-mode explicit and a token"
+            )
+        presented = ""
+        for key, value in metadata:
+            if key.lower() == "authorization":
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                scheme, _, presented = text.strip().partition(" ")
+                presented = presented.strip() if scheme.lower() == "bearer" else ""
+        if not presented or not hmac.compare_digest(presented.encode(), self.token.encode()):
+            raise Unauthenticated(
+                "model control needs the header 'authorization: Bearer <token>' with the server's token"
+            )
+
+    def model_folder(self, name: str) -> Path:
+        """The folder of model `name` inside the repository, after the name and containment checks."""
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise InvalidArgument(
+                f"model name {name!r} is not a plain folder name (letters, digits, '_', '-', '.'; up to 128)"
+            )
+        folder = self.repository / name
+        if not folder.is_dir():
+            raise NotFound(f"no model folder '{name}' in the model repository")
+        for path in (folder, *folder.rglob("*")):
+            if not path.resolve().is_relative_to(self.repository):
+                raise InvalidArgument(f"model '{name}' refers to files outside the model repository; refused")
+        return folder
