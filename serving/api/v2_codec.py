@@ -79,8 +79,9 @@ def config_datatype(data_type: str) -> str:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """What a model accepts for one tensor: v2 datatype and full shape, -1 for a variable dimension."""
+class WireSpec:
+    """What the wire must carry for one tensor: v2 datatype and full shape (batch axis included),
+    -1 for a variable dimension."""
 
     name: str
     datatype: str
@@ -93,7 +94,7 @@ class TensorContents(Protocol):
     def __getattr__(self, field: str) -> Sequence: ...
 
 
-def check_shape(kind: str, name: str, shape: Sequence[int], spec: TensorSpec) -> int:
+def check_shape(kind: str, name: str, shape: Sequence[int], spec: WireSpec) -> int:
     """Check `shape` against `spec` and return its element count. `kind` is "input" or "output"."""
     matches = len(shape) == len(spec.shape) and all(
         dim >= 0 and want in (-1, dim) for dim, want in zip(shape, spec.shape, strict=True)
@@ -110,7 +111,7 @@ def decode_input(
     name: str,
     datatype: str,
     shape: Sequence[int],
-    spec: TensorSpec,
+    spec: WireSpec,
     *,
     raw: bytes | None,
     contents: TensorContents | None,

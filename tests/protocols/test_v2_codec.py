@@ -10,7 +10,7 @@ import pytest
 from protos.inference import grpc_service_pb2 as pb
 from serving.api.v2_codec import (
     DATATYPES,
-    TensorSpec,
+    WireSpec,
     config_datatype,
     datatype_of,
     decode_input,
@@ -18,10 +18,10 @@ from serving.api.v2_codec import (
 )
 from serving.errors import InvalidArgument
 
-IMAGES = TensorSpec("images", "FP32", (-1, 3, 2, 2))
+IMAGES = WireSpec("images", "FP32", (-1, 3, 2, 2))
 
 
-def decode(datatype: str, shape: list[int], spec: TensorSpec = IMAGES, *, raw=None, contents=None):
+def decode(datatype: str, shape: list[int], spec: WireSpec = IMAGES, *, raw=None, contents=None):
     return decode_input(spec.name, datatype, shape, spec, raw=raw, contents=contents)
 
 
@@ -39,7 +39,7 @@ def decode(datatype: str, shape: list[int], spec: TensorSpec = IMAGES, *, raw=No
 )
 def test_raw_round_trip_keeps_values_dtype_and_shape(array: np.ndarray) -> None:
     datatype = datatype_of(array)
-    spec = TensorSpec("x", datatype, (-1,) + array.shape[1:])
+    spec = WireSpec("x", datatype, (-1,) + array.shape[1:])
     out = decode(datatype, list(array.shape), spec, raw=encode_raw(array, datatype))
     assert out.dtype == array.dtype and out.shape == array.shape
     np.testing.assert_array_equal(out, array)
@@ -53,7 +53,7 @@ def test_raw_bytes_are_little_endian_row_major() -> None:
 def test_bytes_elements_are_length_prefixed_little_endian() -> None:
     raw = encode_raw(np.array([b"ab", "\u00e9", b""], dtype=object), "BYTES")
     assert raw == b"\x02\x00\x00\x00ab" + b"\x02\x00\x00\x00\xc3\xa9" + b"\x00\x00\x00\x00"
-    out = decode("BYTES", [3], TensorSpec("s", "BYTES", (-1,)), raw=raw)
+    out = decode("BYTES", [3], WireSpec("s", "BYTES", (-1,)), raw=raw)
     assert out.tolist() == [b"ab", "\u00e9".encode(), b""]
 
 
@@ -61,7 +61,7 @@ def test_bf16_is_widened_exactly_and_rounded_to_nearest_even() -> None:
     values = np.array([1.0, -2.5, 3.140625, 65280.0], dtype=np.float32)  # exactly representable
     raw = encode_raw(values, "BF16")
     assert len(raw) == 2 * values.size
-    out = decode("BF16", [4], TensorSpec("b", "BF16", (-1,)), raw=raw)
+    out = decode("BF16", [4], WireSpec("b", "BF16", (-1,)), raw=raw)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, values)
     halfway = np.array([1.0 + 2.0**-8], dtype=np.float32)  # ties to even -> 1.0
@@ -73,10 +73,10 @@ def test_typed_contents_decode_to_the_compute_dtype() -> None:
     out = decode("FP32", [1, 3, 2, 2], contents=contents)
     assert out.dtype == np.float32 and out.shape == (1, 3, 2, 2)
     assert out[0, 2, 1, 1] == 11.0
-    ints = decode("INT8", [2], TensorSpec("i", "INT8", (2,)), contents=pb.InferTensorContents(int_contents=[-1, 5]))
+    ints = decode("INT8", [2], WireSpec("i", "INT8", (2,)), contents=pb.InferTensorContents(int_contents=[-1, 5]))
     assert ints.dtype == np.int8 and ints.tolist() == [-1, 5]
     strings = pb.InferTensorContents(bytes_contents=[b"x", b"yz"])
-    assert decode("BYTES", [2, 1], TensorSpec("s", "BYTES", (-1, 1)), contents=strings).tolist() == [[b"x"], [b"yz"]]
+    assert decode("BYTES", [2, 1], WireSpec("s", "BYTES", (-1, 1)), contents=strings).tolist() == [[b"x"], [b"yz"]]
 
 
 def test_wrong_datatype_names_tensor_and_expected_type() -> None:
@@ -99,10 +99,10 @@ def test_byte_size_mismatch_is_refused() -> None:
 
 
 def test_huge_declared_shape_is_refused_without_allocating() -> None:
-    spec = TensorSpec("x", "FP32", (-1, -1))
+    spec = WireSpec("x", "FP32", (-1, -1))
     with pytest.raises(InvalidArgument, match="expected 4000000000000000000000 "):
         decode("FP32", [10**12, 10**9], spec, raw=bytes(8))
-    strings = TensorSpec("s", "BYTES", (-1,))
+    strings = WireSpec("s", "BYTES", (-1,))
     with pytest.raises(InvalidArgument, match="cannot hold 1000000000000 BYTES elements"):
         decode("BYTES", [10**12], strings, raw=bytes(8))
     with pytest.raises(InvalidArgument, match="2 values in contents.fp32_contents, the shape needs"):
@@ -119,12 +119,12 @@ def test_huge_declared_shape_is_refused_without_allocating() -> None:
 )
 def test_malformed_bytes_payloads_are_refused(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        decode("BYTES", [2], TensorSpec("s", "BYTES", (-1,)), raw=raw)
+        decode("BYTES", [2], WireSpec("s", "BYTES", (-1,)), raw=raw)
 
 
 def test_fp16_and_bf16_travel_raw_only() -> None:
     for datatype in ("FP16", "BF16"):
-        spec = TensorSpec("h", datatype, (2,))
+        spec = WireSpec("h", datatype, (2,))
         with pytest.raises(InvalidArgument, match=f"{datatype} has no typed contents; send it in raw_input_contents"):
             decode(datatype, [2], spec, contents=pb.InferTensorContents(fp32_contents=[1, 2]))
 
