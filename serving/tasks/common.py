@@ -1,0 +1,98 @@
+"""What every task needs: the model seam, task parameters from config.pbtxt, batch image preparation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from serving.errors import Unavailable
+from serving.images import (
+    ImageInput,
+    ImageLimits,
+    OpenedImage,
+    Preprocessing,
+    decode_resized,
+    normalise,
+    open_image,
+)
+from serving.tasks.offload import run_image_work
+
+
+class TensorModel(Protocol):
+    """The one thing a task needs from a served model: batched inference through its batcher.
+
+    `inputs` and the result map tensor names to arrays whose axis 0 is this request's rows.
+    """
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], deadline: float | None
+    ) -> Mapping[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """A request's images ready for a model: `tensor` float32 (N, 3, H, W), C-contiguous, and the
+    original size of each image (for mapping results back to it)."""
+
+    tensor: np.ndarray
+    original_sizes: tuple[ImageSize, ...]
+
+
+def _needs_pixel_work(image: OpenedImage, size: tuple[int, int]) -> bool:
+    """False only for a raw image already at the model's size: no decode, no resize."""
+    return not (isinstance(image.source, np.ndarray) and (image.height, image.width) == size)
+
+
+async def prepare_images(
+    images: Sequence[ImageInput], preprocessing: Preprocessing, limits: ImageLimits
+) -> ImageBatch:
+    """Check every image's header against `limits`, then decode, resize and normalise the request's
+    images as one job (off the event loop when it is heavy). Errors name the image's index."""
+    opened = [open_image(image, index, limits) for index, image in enumerate(images)]
+    pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, preprocessing.size))
+
+    def work() -> np.ndarray:
+        return normalise([decode_resized(image, preprocessing.size) for image in opened], preprocessing)
+
+    tensor = await run_image_work(work, pixels)
+    sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
+    return ImageBatch(tensor=tensor, original_sizes=sizes)
+
+
+def json_parameter(parameters: Mapping[str, str], key: str, model: str) -> object:
+    """The JSON value of config parameter `key`; Unavailable naming the model when missing or broken."""
+    if key not in parameters:
+        raise Unavailable(f"model {model} has no '{key}' parameter in its config.pbtxt; re-export it")
+    try:
+        return json.loads(parameters[key])
+    except json.JSONDecodeError:
+        raise Unavailable(f"model {model}: parameter '{key}' is not valid JSON; re-export it") from None
+
+
+def preprocessing_from(parameters: Mapping[str, str], model: str) -> Preprocessing:
+    """Parse the `preprocessing` parameter (docs/MODEL_REPOSITORY.md) of an image-input model."""
+    value = json_parameter(parameters, "preprocessing", model)
+    try:
+        if not isinstance(value, dict):
+            raise TypeError
+        height, width = (int(n) for n in value["size"])
+        mean = [float(x) for x in value["mean"]]
+        std = [float(x) for x in value["std"]]
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or height <= 0 or width <= 0:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise Unavailable(
+            f"model {model}: 'preprocessing' must be {{\"size\": [H, W], \"mean\": [3 floats], "
+            "\"std\": [3 positive floats]}; re-export it"
+        ) from None
+    return Preprocessing(size=(height, width), mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
