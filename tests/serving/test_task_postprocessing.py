@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import numpy as np
@@ -9,11 +10,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
+from serving.errors import InvalidArgument
+from serving.images import Preprocessing, normalise
 from serving.tasks.caption import DecoderState, SearchSettings, StepOutput, beam_search
 from serving.tasks.classify import classifications, softmax_top_k
 from serving.tasks.common import ImageSize
 from serving.tasks.detect import DetectionOptions, select_detections, to_original_pixels
+from serving.tasks.generate import latents_from_seed, latents_from_values, png_images
+from serving.tasks.warp import warp_results
 
 # ------------------------------------------------------------------ classify
 
@@ -190,3 +196,43 @@ def test_finished_images_leave_the_batch(decoder: ort.InferenceSession) -> None:
     run(beam_search(steps_of(decoder, batch_sizes), DecoderState(h, h.copy()),
                     SearchSettings(START, END, beam_size=1, max_length=6)))
     assert batch_sizes == [2, 2, 1, 1, 1, 1, 1]  # image 0 ends after its second word; 6 words + forced end
+
+
+# ------------------------------------------------------------------ generate and warp
+
+
+def test_same_seed_same_latents_and_different_seeds_differ() -> None:
+    first = latents_from_seed(7, 3, 16)
+    assert first.shape == (3, 16) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, latents_from_seed(7, 3, 16))
+    assert not np.array_equal(first, latents_from_seed(8, 3, 16))
+
+
+def test_explicit_latents_are_checked_against_the_latent_size() -> None:
+    np.testing.assert_array_equal(latents_from_values([[1.0, 2.0], [3.0, 4.0]], 2), [[1, 2], [3, 4]])
+    with pytest.raises(InvalidArgument, match="latent 1 has 3 values; this model takes exactly 2"):
+        latents_from_values([[1.0, 2.0], [1.0, 2.0, 3.0]], 2)
+    with pytest.raises(InvalidArgument, match="latent 0 contains NaN"):
+        latents_from_values([[float("nan"), 2.0]], 2)
+
+
+def test_generated_images_map_the_output_range_to_png() -> None:
+    batch = np.stack([np.full((3, 4, 5), -1.0, np.float32), np.full((3, 4, 5), 1.0, np.float32)])
+    dark, bright = png_images(batch, (-1.0, 1.0))
+    assert (dark.height, dark.width) == (4, 5)
+    assert np.asarray(Image.open(io.BytesIO(dark.png))).max() == 0
+    assert np.asarray(Image.open(io.BytesIO(bright.png))).min() == 255
+
+
+def test_warp_results_invert_the_normalisation() -> None:
+    preprocessing = Preprocessing(size=(4, 6), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    picture = np.random.default_rng(3).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    outputs = {
+        "warped": normalise([picture], preprocessing),
+        "theta": np.array([[[1, 0, 0.5], [0, 1, -0.5]]], np.float32),
+        "logits": np.array([[0.0, 4.0]], np.float32),
+    }
+    (result,) = warp_results(outputs, preprocessing, ("square", "circle"))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(result.png))), picture)
+    assert result.theta == (1.0, 0.0, 0.5, 0.0, 1.0, -0.5)
+    assert result.label == "circle" and result.score == pytest.approx(1 / (1 + np.exp(-4.0)), rel=1e-5)
