@@ -122,9 +122,7 @@ def classification(result: vision_pb2.Classification) -> Classification:
 def detections(result: vision_pb2.Detections) -> Detections:
     return Detections(
         detections=tuple(
-            Detection(
-                label=d.label, index=d.index, score=d.score, box=(d.box.x1, d.box.y1, d.box.x2, d.box.y2)
-            )
+            Detection(label=d.label, index=d.index, score=d.score, box=(d.box.x1, d.box.y1, d.box.x2, d.box.y2))
             for d in result.detections
         )
     )
