@@ -1,0 +1,123 @@
+"""Backends: one runtime session pinned to one device, behind a small protocol.
+
+A backend knows nothing of gRPC or batching. `open_backend` picks the implementation for a
+model file and a device (`select_backend` is the pure rule, unit-tested without a GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from serving.placement import Device
+from serving.tensors import TensorSpec
+
+
+class Backend(Protocol):
+    """A loaded model on one device.
+
+    `inputs`/`outputs` are what the model file declares, batch axis included (-1 = dynamic).
+    `infer` takes and returns arrays keyed by tensor name; it is called from one thread at a time
+    (the instance's worker thread) and should release the GIL while computing.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Runtime knobs from the server configuration.
+
+    intra_op_threads: ONNX Runtime threads per CPU instance; 0 = cores / CPU instances of the model.
+    spin_wait: let ONNX Runtime's pool threads spin between runs (lower latency, burns a core).
+    tensorrt_cache_dir: where the TensorRT EP keeps built engines (None = next to the model file).
+    tensorrt_fp16: allow fp16 kernels in TensorRT (EP and nothing else; .plan engines are fixed).
+    """
+
+    intra_op_threads: int = 0
+    spin_wait: bool = False
+    tensorrt_cache_dir: Path | None = None
+    tensorrt_fp16: bool = True
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which implementation opens which file of a version folder."""
+
+    runtime: str  # "onnxruntime" or "tensorrt"
+    filename: str
+
+
+ONNX_PLATFORMS = ("onnxruntime_onnx", "onnxruntime")
+TENSORRT_PLATFORMS = ("tensorrt_plan", "tensorrt")
+
+
+def select_backend(
+    platform: str, default_filename: str, files: Iterable[str], device: Device, tensorrt_installed: bool
+) -> BackendChoice:
+    """Choose the runtime and file for one instance.
+
+    `platform` is config.pbtxt's platform or backend. An ONNX model on a GPU whose architecture has a
+    native engine (`model.<arch>.plan`, written by the export stage) runs that engine when TensorRT is
+    installed; otherwise ONNX Runtime runs the ONNX file (with the TensorRT/CUDA EPs on a GPU).
+    A tensorrt_plan model needs a GPU. Raises ValueError naming what is missing.
+    """
+    names = set(files)
+    if platform in TENSORRT_PLATFORMS:
+        if not device.is_gpu:
+            raise ValueError("a tensorrt_plan model needs a GPU instance (KIND_GPU)")
+        if not tensorrt_installed:
+            raise ValueError("a tensorrt_plan model needs the `tensorrt` package (`gpu` extra)")
+        engine = engine_file_for(names, device.gpu.arch, default_filename or "model.plan")  # type: ignore[union-attr]
+        if engine is None:
+            raise ValueError(f"no TensorRT engine for {device.gpu.arch}: expected model.{device.gpu.arch}.plan")  # type: ignore[union-attr]
+        return BackendChoice("tensorrt", engine)
+    if platform not in ONNX_PLATFORMS:
+        raise ValueError(
+            f"platform/backend '{platform}' is not supported; use onnxruntime_onnx or tensorrt_plan"
+        )
+    onnx_file = default_filename or "model.onnx"
+    if device.is_gpu and tensorrt_installed:
+        engine = engine_file_for(names, device.gpu.arch, None)  # type: ignore[union-attr]
+        if engine is not None:
+            return BackendChoice("tensorrt", engine)
+    if onnx_file not in names:
+        raise ValueError(f"model file '{onnx_file}' is missing from the version folder")
+    return BackendChoice("onnxruntime", onnx_file)
+
+
+def engine_file_for(files: Iterable[str], arch: str, fallback: str | None) -> str | None:
+    """The engine built for `arch` ("sm90" -> model.sm90.plan), else `fallback` when present."""
+    names = set(files)
+    specific = f"model.{arch}.plan"
+    if specific in names:
+        return specific
+    return fallback if fallback is not None and fallback in names else None
+
+
+def tensorrt_installed() -> bool:
+    """Whether the TensorRT Python package can be imported (without importing it)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def open_backend(
+    choice: BackendChoice, path: Path, device: Device, settings: BackendSettings, threads: int
+) -> Backend:
+    """Load `path` with the chosen runtime on `device`. Imports the runtime lazily."""
+    if choice.runtime == "tensorrt":
+        from serving.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(path, device)
+    from serving.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(path, device, settings, threads)

@@ -1,0 +1,373 @@
+"""Dynamic batching: one queue per model, one worker thread per instance.
+
+A request is a dict of arrays sharing a batch axis 0 (`items` rows). The batcher
+
+* sends work the moment an instance is idle: it never holds a request while an instance is
+  free (measured here: waiting to fill a batch halves throughput at low concurrency);
+* batches what queued while every instance was busy, up to `max_batch_size` items, taking
+  only requests whose per-item shapes and dtypes match the first one (others keep their place);
+* waits up to `max_queue_delay` only when preferred batch sizes are configured and the queue
+  is within a quarter of the next preferred size (so a nearly full batch is worth the wait);
+* fails at once with ResourceExhausted when `max_queue_size` requests are already waiting;
+* drops requests whose deadline passed before compute (DeadlineExceeded) and requests whose
+  caller went away (cancelled futures);
+* hands each batch to the instance that has been idle longest (instances run one batch at a
+  time, so idle = least busy), in that instance's own thread: ONNX Runtime and TensorRT release
+  the GIL, so instances compute in parallel while the event loop keeps serving;
+* checks that every output has as many rows as the batch, splits outputs back per request
+  (views, no copies), and on a failed batch fails every request of it and keeps going.
+
+It imports neither grpc nor a runtime: a `Runner` is anything with
+`infer(dict[str, ndarray]) -> dict[str, ndarray]`. All queue state lives on the event-loop
+thread; worker threads only run `Runner.infer` and post the result back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded, Internal, ResourceExhausted, ServingError, Unavailable
+
+log = logging.getLogger(__name__)
+
+Tensors = Mapping[str, np.ndarray]
+
+#: How many incompatible requests a batch may look past before it stops searching the queue.
+_MAX_SKIPPED = 64
+
+
+class Runner(Protocol):
+    """What an instance executes: a backend session pinned to one device."""
+
+    def infer(self, inputs: Tensors) -> dict[str, np.ndarray]: ...
+
+
+class BatchObserver(Protocol):
+    """Receives queue and execution events on the event-loop thread (see serving.stats)."""
+
+    def on_enqueued(self) -> None: ...
+
+    def on_dequeued(self, queue_ns: int) -> None: ...
+
+    def on_batch(
+        self, requests: int, batch_size: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The batching part of a model's config.pbtxt, in the units the batcher uses.
+
+    max_batch_size: most items per execution; 0 = the model has no batch axis, so every request
+      runs alone and unchanged (Triton's meaning).
+    preferred_batch_sizes: sizes worth waiting for (ascending); empty = never wait.
+    max_queue_delay_s: the longest a request waits for a preferred size to fill up.
+    max_queue_size: requests allowed to wait; 0 = unbounded.
+    default_timeout_s: per-request queue timeout when > 0 (combined with the caller's deadline).
+    """
+
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_s: float = 0.0
+    max_queue_size: int = 0
+    default_timeout_s: float = 0.0
+
+    @property
+    def batches(self) -> bool:
+        return self.max_batch_size > 0
+
+
+class _Request:
+    """One caller's slice of work while it waits; lives on the event-loop thread only."""
+
+    __slots__ = ("inputs", "items", "key", "deadline", "enqueued_ns", "future")
+
+    def __init__(
+        self, inputs: Tensors, items: int, key: tuple, deadline: float, future: asyncio.Future
+    ) -> None:
+        self.inputs = inputs
+        self.items = items
+        self.key = key
+        self.deadline = deadline
+        self.enqueued_ns = time.perf_counter_ns()
+        self.future = future
+
+
+class _Instance:
+    """One runner and the thread that feeds it, one batch at a time."""
+
+    def __init__(self, name: str, runner: Runner) -> None:
+        self.name = name
+        self.runner = runner
+        self.jobs: queue.SimpleQueue[tuple[list[_Request], int] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+
+
+class DynamicBatcher:
+    """The queue in front of one model version's instances.
+
+    `submit` must be awaited on the loop the batcher was started on. Results are views into the
+    batch's output arrays: treat them as read-only.
+    """
+
+    def __init__(
+        self, name: str, policy: BatchPolicy, runners: Sequence[Runner], observer: BatchObserver
+    ) -> None:
+        if not runners:
+            raise ValueError("a batcher needs at least one runner")
+        self.name = name
+        self.policy = policy
+        self._observer = observer
+        self._instances = [_Instance(f"{name}#{index}", runner) for index, runner in enumerate(runners)]
+        self._idle: deque[_Instance] = deque()
+        self._queue: deque[_Request] = deque()
+        self._queued_items = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (not yet handed to an instance)."""
+        return len(self._queue)
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start one worker thread per instance; results are posted to `loop` (default: running)."""
+        self._loop = loop or asyncio.get_running_loop()
+        for instance in self._instances:
+            instance.thread = threading.Thread(
+                target=self._work, args=(instance,), name=f"instance {instance.name}", daemon=True
+            )
+            instance.thread.start()
+            self._idle.append(instance)
+
+    async def submit(self, inputs: Tensors, items: int, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run `inputs` (`items` rows on axis 0 of every array) through the model.
+
+        `deadline` is absolute `time.monotonic()` seconds, None = no deadline. A request larger
+        than max_batch_size is split into chunks that are batched independently.
+        Raises ResourceExhausted (queue full), DeadlineExceeded, Unavailable (closed), Internal.
+        """
+        limit = self.policy.max_batch_size
+        if limit and items > limit:
+            return await self._submit_chunked(inputs, items, deadline)
+        return await self._enqueue(inputs, items, deadline)
+
+    async def _submit_chunked(
+        self, inputs: Tensors, items: int, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        limit = self.policy.max_batch_size
+        chunks = [
+            self._enqueue({name: array[start : start + limit] for name, array in inputs.items()},
+                          min(limit, items - start), deadline)
+            for start in range(0, items, limit)
+        ]
+        parts = await asyncio.gather(*chunks)
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _enqueue(self, inputs: Tensors, items: int, deadline: float | None) -> asyncio.Future:
+        if self._closed or self._loop is None:
+            raise Unavailable(f"model '{self.name}' is not accepting requests (unloading or not started)")
+        policy = self.policy
+        if policy.max_queue_size and len(self._queue) >= policy.max_queue_size:
+            raise ResourceExhausted(
+                f"model '{self.name}' queue is full ({policy.max_queue_size} requests waiting); "
+                "retry later or add instances"
+            )
+        effective = math.inf if deadline is None else deadline
+        now = time.monotonic()
+        if policy.default_timeout_s > 0:
+            effective = min(effective, now + policy.default_timeout_s)
+        if effective <= now:
+            raise DeadlineExceeded(f"the deadline passed before the request reached model '{self.name}'")
+        future = self._loop.create_future()
+        key = tuple((name, array.shape[1:], array.dtype) for name, array in inputs.items()) if policy.batches else ()
+        self._queue.append(_Request(inputs, items, key, effective, future))
+        self._queued_items += items
+        self._observer.on_enqueued()
+        self._dispatch()
+        return future
+
+    # ------------------------------------------------------------------ event-loop side
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            if self._should_wait():
+                return
+            batch, total = self._take_batch()
+            if batch:
+                self._idle.popleft().jobs.put((batch, total))
+
+    def _should_wait(self) -> bool:
+        """True (and a timer armed) when a preferred batch size is nearly reached and worth waiting for."""
+        policy = self.policy
+        if not policy.preferred_batch_sizes or policy.max_queue_delay_s <= 0:
+            return False
+        queued = self._queued_items
+        target = next((size for size in policy.preferred_batch_sizes if size > queued), None)
+        if target is None or queued in policy.preferred_batch_sizes or queued < target - max(1, target // 4):
+            return False
+        waited_s = (time.perf_counter_ns() - self._queue[0].enqueued_ns) * 1e-9
+        remaining = policy.max_queue_delay_s - waited_s
+        if remaining <= 0:
+            return False
+        if self._timer is None:
+            self._timer = self._loop.call_later(remaining, self._on_timer)  # type: ignore[union-attr]
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take_batch(self) -> tuple[list[_Request], int]:
+        """Pop the head and every later compatible request that fits; expire dead ones on the way."""
+        now = time.monotonic()
+        limit = self.policy.max_batch_size or 1
+        batch: list[_Request] = []
+        total = 0
+        key = None
+        kept: list[_Request] = []
+        while self._queue and total < limit:
+            request = self._queue.popleft()
+            if not self._is_live(request, now):
+                continue
+            if key is None:
+                key = request.key
+            elif request.key != key or total + request.items > limit:
+                kept.append(request)
+                if len(kept) >= _MAX_SKIPPED:
+                    break
+                continue
+            self._queued_items -= request.items
+            self._observer.on_dequeued(time.perf_counter_ns() - request.enqueued_ns)
+            batch.append(request)
+            total += request.items
+        self._queue.extendleft(reversed(kept))
+        return batch, total
+
+    def _is_live(self, request: _Request, now: float) -> bool:
+        """False (and the request finished) when its caller left or its deadline passed."""
+        if request.future.done():  # the caller was cancelled
+            self._drop(request)
+            return False
+        if request.deadline <= now:
+            waited_ms = (time.perf_counter_ns() - request.enqueued_ns) / 1e6
+            request.future.set_exception(
+                DeadlineExceeded(
+                    f"the deadline passed after {waited_ms:.1f} ms in model '{self.name}' queue, before compute"
+                )
+            )
+            self._drop(request)
+            return False
+        return True
+
+    def _drop(self, request: _Request) -> None:
+        self._queued_items -= request.items
+        self._observer.on_dequeued(time.perf_counter_ns() - request.enqueued_ns)
+
+    def _complete(
+        self,
+        instance: _Instance,
+        batch: list[_Request],
+        total: int,
+        results: list[dict[str, np.ndarray]] | None,
+        error: ServingError | None,
+        timings: tuple[int, int, int],
+    ) -> None:
+        if results is not None:
+            for request, result in zip(batch, results, strict=True):
+                if not request.future.done():
+                    request.future.set_result(result)
+            self._observer.on_batch(len(batch), total, *timings)
+        else:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error or Internal("inference failed"))
+        if not self._closed:
+            self._idle.append(instance)
+            self._dispatch()
+
+    # ------------------------------------------------------------------ worker-thread side
+    def _work(self, instance: _Instance) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (job := instance.jobs.get()) is not None:
+            batch, total = job
+            results, error, timings = self._execute(instance, batch, total)
+            try:
+                loop.call_soon_threadsafe(self._complete, instance, batch, total, results, error, timings)
+            except RuntimeError:  # the loop closed under us: nobody is waiting any more
+                return
+
+    def _execute(
+        self, instance: _Instance, batch: list[_Request], total: int
+    ) -> tuple[list[dict[str, np.ndarray]] | None, ServingError | None, tuple[int, int, int]]:
+        started = time.perf_counter_ns()
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].inputs
+            else:
+                inputs = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
+            gathered = time.perf_counter_ns()
+            outputs = instance.runner.infer(inputs)
+            inferred = time.perf_counter_ns()
+            results = self._split(outputs, batch, total)
+        except ServingError as error:
+            return None, error, (0, 0, 0)
+        except Exception:
+            log.exception("instance %s failed on a batch of %d", instance.name, total)
+            return None, Internal(f"model '{self.name}' failed to run this batch; see the server log"), (0, 0, 0)
+        return results, None, (gathered - started, inferred - gathered, time.perf_counter_ns() - inferred)
+
+    def _split(self, outputs: dict[str, np.ndarray], batch: list[_Request], total: int) -> list[dict[str, np.ndarray]]:
+        if not self.policy.batches:
+            return [outputs]
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != total:
+                raise Internal(
+                    f"model '{self.name}' output '{name}' has {array.shape[0] if array.ndim else 0} rows "
+                    f"for a batch of {total}; the model must keep the batch axis"
+                )
+        if len(batch) == 1:
+            return [outputs]
+        results = []
+        start = 0
+        for request in batch:
+            stop = start + request.items
+            results.append({name: array[start:stop] for name, array in outputs.items()})
+            start = stop
+        return results
+
+    async def close(self) -> None:
+        """Refuse new work, fail what still waits, let running batches finish, stop the threads."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(Unavailable(f"model '{self.name}' was unloaded"))
+            self._drop(request)
+        for instance in self._instances:
+            instance.jobs.put(None)
+        threads = [i.thread for i in self._instances if i.thread is not None]
+        await asyncio.get_running_loop().run_in_executor(None, _join_all, threads)
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join()

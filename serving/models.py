@@ -1,0 +1,521 @@
+"""The serving core's front door: which models exist, which are ready, and how to run one.
+
+Transports (serving.api.vision, serving.api.inference) only ever talk to this module:
+
+    model = manager.get("resnet_small")          # or manager.default_for("classify")
+    outputs = await model.infer({"images": batch}, deadline=time.monotonic() + 2.0)
+
+`ModelManager` loads the repository (every model in parallel, each version's instances per
+`instance_group`, a warm-up inference of zeros on every instance) and reports per-model state;
+a model that fails to load is UNAVAILABLE with its reason while the others serve.
+`ServedModel` is one loaded model version: its validated config, signature, labels, state,
+statistics, and `infer`, which validates the tensors and awaits the model's dynamic batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from protos.inference import model_config_pb2 as mc
+from serving import repository
+from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
+from serving.batching import DynamicBatcher
+from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
+from serving.placement import Gpu, Placement, PlacementError, place
+from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
+from serving.stats import ModelStatistics, ModelStatsSnapshot
+from serving.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(str, enum.Enum):
+    """Triton's model states (RepositoryIndex spells them the same)."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """One row of the repository index: a model version known on disk, and its state."""
+
+    name: str
+    version: int | None  # None = a model folder that is not loaded
+    state: ModelState
+    reason: str
+
+
+class ServedModel:
+    """One model version: its description, its state, and `infer` through its batcher.
+
+    Attributes a transport reads: name, version, directory (the model folder, for files such as
+    a vocabulary), config (the parsed `inference.ModelConfig`), task ("" = plain tensor model),
+    family, parameters (str -> str), labels, inputs/outputs (TensorSpec; shapes without the batch
+    axis when max_batch_size > 0), max_batch_size, instance_count, placements, state, reason.
+    """
+
+    def __init__(self, source: ModelSource, spec: ModelSpec, version: int) -> None:
+        self.name = spec.name
+        self.version = version
+        self.directory = source.directory
+        self.spec = spec
+        self.placements: tuple[Placement, ...] = ()
+        self.state = ModelState.LOADING
+        self.reason = ""
+        self.statistics = ModelStatistics(spec.name, version, spec.task)
+        self._batcher: DynamicBatcher | None = None
+        self._backends: list[Backend] = []
+        self._reshape_in = {t.name: tuple(t.reshape.shape) for t in spec.config.input if t.reshape.shape}
+
+    # ------------------------------------------------------------------ description
+    @property
+    def config(self) -> mc.ModelConfig:
+        return self.spec.config
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def parameters(self) -> Mapping[str, str]:
+        return self.spec.parameters
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.spec.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.spec.outputs
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.spec.policy.max_batch_size
+
+    @property
+    def instance_count(self) -> int:
+        return len(self.placements)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def stats(self) -> ModelStatsSnapshot:
+        """Success/failure/queue/compute counts and durations, per-batch-size executions."""
+        return self.statistics.snapshot()
+
+    # ------------------------------------------------------------------ inference
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run one request through the model's dynamic batcher.
+
+        inputs: every declared input by name; with max_batch_size > 0 each array is (B, *dims)
+          with the same B >= 1 (B > max_batch_size is split and batched in chunks), exactly the
+          declared dtype (no silent casts). With max_batch_size 0 the arrays have exactly `dims`.
+        deadline: absolute `time.monotonic()` seconds, None = none; a request still queued at its
+          deadline fails with DeadlineExceeded and is never computed.
+        Returns every declared output by name, (B, *dims) arrays (read-only views of the batch).
+        Raises InvalidArgument, NotReady, ResourceExhausted (queue full), DeadlineExceeded,
+        Internal (the backend failed; details in the server log). Counts one request in the stats.
+        """
+        started = time.perf_counter_ns()
+        try:
+            batcher = self._batcher
+            if batcher is None or self.state is not ModelState.READY:
+                raise NotReady(f"model '{self.name}' version {self.version} is not ready ({self.state.value})")
+            items = self._check(inputs)
+            if self._reshape_in:
+                inputs = self._reshaped(inputs, items)
+            outputs = await batcher.submit(inputs, items, deadline)
+        except ServingError as error:
+            self.statistics.on_request(time.perf_counter_ns() - started, error.reason)
+            raise
+        except asyncio.CancelledError:
+            self.statistics.on_request(time.perf_counter_ns() - started, "cancelled")
+            raise
+        self.statistics.on_request(time.perf_counter_ns() - started)
+        return outputs
+
+    def record_failure(self, reason: str) -> None:
+        """Count a request the transport refused before `infer` (e.g. undecodable image bytes)."""
+        self.statistics.on_request(0, reason)
+
+    def _check(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Validate names, dtypes and shapes; return the batch size (1 without a batch axis)."""
+        specs = self.spec.inputs
+        if len(inputs) != len(specs) or any(spec.name not in inputs for spec in specs):
+            expected = ", ".join(spec.name for spec in specs)
+            unknown = sorted(set(inputs) - {spec.name for spec in specs})
+            missing = [spec.name for spec in specs if spec.name not in inputs]
+            raise InvalidArgument(
+                f"model '{self.name}' takes inputs [{expected}]"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {unknown}" if unknown else "")
+            )
+        batches = self.spec.policy.batches
+        items = 1
+        for index, spec in enumerate(specs):
+            array = inputs[spec.name]
+            if array.dtype != spec.dtype:
+                raise InvalidArgument(
+                    f"input '{spec.name}' of model '{self.name}' must be {spec.datatype}, got {array.dtype}"
+                )
+            shape = array.shape[1:] if batches else array.shape
+            if (batches and array.ndim == 0) or not spec.accepts(shape):
+                want = ("[B, " if batches else "[") + ", ".join(str(d) for d in spec.shape) + "]"
+                raise InvalidArgument(
+                    f"input '{spec.name}' of model '{self.name}' must have shape {want}, got {list(array.shape)}"
+                )
+            if batches:
+                if index == 0:
+                    items = array.shape[0]
+                elif array.shape[0] != items:
+                    raise InvalidArgument(f"inputs of model '{self.name}' disagree on the batch size")
+        if items < 1:
+            raise InvalidArgument(f"a request to model '{self.name}' needs at least one item")
+        return items
+
+    def _reshaped(self, inputs: Mapping[str, np.ndarray], items: int) -> dict[str, np.ndarray]:
+        lead = (items,) if self.spec.policy.batches else ()
+        return {
+            name: array.reshape(lead + self._reshape_in[name]) if name in self._reshape_in else array
+            for name, array in inputs.items()
+        }
+
+    # ------------------------------------------------------------------ lifecycle (manager only)
+    def _attach(self, placements: Sequence[Placement], backends: list[Backend], batcher: DynamicBatcher) -> None:
+        self.placements = tuple(placements)
+        self._backends = backends
+        self._batcher = batcher
+
+    def _fail(self, reason: str) -> None:
+        self.state = ModelState.UNAVAILABLE
+        self.reason = reason
+
+    async def _close(self) -> None:
+        self.state = ModelState.UNLOADING
+        if self._batcher is not None:
+            await self._batcher.close()
+        for backend in self._backends:
+            backend.close()
+        self._backends = []
+        self._batcher = None
+        self.state = ModelState.UNAVAILABLE
+        self.reason = "unloaded"
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    placements: list[Placement]
+    backends: list[Backend] = field(default_factory=list)
+    spec: ModelSpec | None = None
+
+
+Listener = Callable[[], None]
+
+
+class ModelManager:
+    """Every model version the server knows, keyed by name and version.
+
+    Call `load_all()` (or `load(name)`) from the event loop that will serve requests. State
+    changes notify listeners (health, metrics) on that loop.
+    """
+
+    def __init__(
+        self,
+        repository_path: Path,
+        settings: BackendSettings | None = None,
+        gpus: Sequence[Gpu] = (),
+        gpu_capable: bool | None = None,
+    ) -> None:
+        self.repository = repository_path
+        self.settings = settings or BackendSettings()
+        self.gpus = tuple(gpus)
+        self._gpu_capable = gpu_capable
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self._errors: dict[str, str] = {}  # model folders that failed before any version existed
+        self._listeners: list[Listener] = []
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="model-load")
+        self.loaded = False
+        self.draining = False
+
+    # ------------------------------------------------------------------ queries
+    def get(self, name: str, version: int = 0) -> ServedModel:
+        """The model `name` at `version` (0 = the newest READY version).
+
+        Raises NotFound (no such model/version), NotReady (it exists but cannot serve), Unavailable (draining).
+        """
+        self._refuse_when_draining()
+        versions = self._models.get(name)
+        if not versions:
+            if name in self._errors:
+                raise NotReady(f"model '{name}' failed to load: {self._errors[name]}")
+            raise NotFound(f"model '{name}' is not in the repository; ListModels shows what is served")
+        if version:
+            model = versions.get(version)
+            if model is None:
+                raise NotFound(f"model '{name}' has no version {version} (served: {sorted(versions)})")
+        else:
+            ready = [m for v, m in sorted(versions.items()) if m.ready]
+            model = ready[-1] if ready else versions[max(versions)]
+        if not model.ready:
+            detail = f": {model.reason}" if model.reason else f" ({model.state.value})"
+            raise NotReady(f"model '{name}' version {model.version} is not ready{detail}")
+        return model
+
+    def default_for(self, task: str) -> ServedModel:
+        """The model a request without a name gets for `task`.
+
+        The newest version of: a model whose parameter `default` is "true", else the first by name;
+        ready models first. Raises NotFound when no model serves the task, NotReady when none is ready.
+        """
+        self._refuse_when_draining()
+        candidate = self._default_name(task)
+        if candidate is None:
+            raise NotFound(f"no model in the repository serves task '{task}'")
+        return self.get(candidate)
+
+    def is_default(self, model: ServedModel) -> bool:
+        return bool(model.task) and self._default_name(model.task) == model.name
+
+    def _default_name(self, task: str) -> str | None:
+        if task == DECODER_TASK:
+            return None
+        names = sorted(
+            (name for name, versions in self._models.items() if versions[max(versions)].task == task),
+            key=lambda name: (
+                not any(m.ready for m in self._models[name].values()),
+                self._models[name][max(self._models[name])].parameters.get("default", "").lower() != "true",
+                name,
+            ),
+        )
+        return names[0] if names else None
+
+    def models(self) -> list[ServedModel]:
+        """Every model version that was loaded or tried, by name then version."""
+        return [model for name in sorted(self._models) for _, model in sorted(self._models[name].items())]
+
+    def tasks(self) -> list[str]:
+        """The tasks some model of the repository serves (caption_decoder excluded), sorted."""
+        return sorted({m.task for m in self.models() if m.task and m.task != DECODER_TASK})
+
+    def index(self) -> list[RepositoryEntry]:
+        """Every model folder on disk with the state of each version (for RepositoryIndex)."""
+        entries = []
+        for source in repository.discover(self.repository):
+            versions = self._models.get(source.name)
+            if versions:
+                entries += [RepositoryEntry(m.name, v, m.state, m.reason) for v, m in sorted(versions.items())]
+            else:
+                reason = self._errors.get(source.name, "not loaded")
+                entries.append(RepositoryEntry(source.name, None, ModelState.UNAVAILABLE, reason))
+        return entries
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener()` on the event loop after any model changes state."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def load_all(self) -> None:
+        """Load every model of the repository in parallel; never raises for one bad model."""
+        sources = repository.discover(self.repository)
+        await asyncio.gather(*(self._load_source(source) for source in sources))
+        self.loaded = True
+        self._notify()
+
+    async def load(self, name: str) -> None:
+        """(Re)load one model folder by name; the previous versions keep serving until the new ones are ready.
+
+        Raises NotFound when the repository has no such folder. A load failure is reported as the
+        model's state (and raised as NotReady so a control RPC can say why).
+        """
+        source = next((s for s in repository.discover(self.repository) if s.name == name), None)
+        if source is None:
+            raise NotFound(f"the repository has no model folder named '{name}'")
+        await self._load_source(source)
+        self._notify()
+        self.get(name)  # raises NotReady with the reason when nothing of it is ready
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`: refuse new requests, finish running batches, release the sessions."""
+        versions = self._models.pop(name, None)
+        self._errors.pop(name, None)
+        if versions is None:
+            raise NotFound(f"model '{name}' is not loaded")
+        for model in versions.values():
+            model.state = ModelState.UNLOADING
+        self._notify()
+        await asyncio.gather(*(model._close() for model in versions.values()))
+
+    async def close(self) -> None:
+        """Unload everything (after a drain)."""
+        for name in list(self._models):
+            await self.unload(name)
+        self._pool.shutdown(wait=False)
+
+    def begin_drain(self) -> None:
+        """From now on get()/default_for() raise Unavailable; running requests finish."""
+        self.draining = True
+        self._notify()
+
+    # ------------------------------------------------------------------ loading internals
+    def _refuse_when_draining(self) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
+
+    async def _load_source(self, source: ModelSource) -> None:
+        try:
+            config = repository.read_config(source)
+            spec = repository.model_spec(source, config)
+            versions = repository.served_versions(source, config)
+        except ConfigError as error:
+            log.error("model %s cannot load: %s", source.name, error)
+            self._errors[source.name] = str(error)
+            self._models.pop(source.name, None)
+            return
+        self._errors.pop(source.name, None)
+        fresh = {version: ServedModel(source, spec, version) for version in versions}
+        previous = self._models.get(source.name, {})
+        if not previous:
+            self._models[source.name] = fresh
+        await asyncio.gather(*(self._load_version(model) for model in fresh.values()))
+        if previous:
+            self._models[source.name] = fresh
+            await asyncio.gather(*(model._close() for model in previous.values()))
+
+    async def _load_version(self, model: ServedModel) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            loaded = await loop.run_in_executor(self._pool, self._open_instances, model)
+        except (ConfigError, PlacementError, ValueError) as error:
+            model._fail(str(error))
+            log.error("model %s version %d cannot load: %s", model.name, model.version, error)
+            return
+        except Exception as error:  # a runtime refused the file; keep the others serving
+            log.exception("model %s version %d failed to load", model.name, model.version)
+            model._fail(f"the runtime could not load the model: {type(error).__name__}")
+            return
+        assert loaded.spec is not None
+        model.spec = loaded.spec
+        batcher = DynamicBatcher(f"{model.name}:{model.version}", loaded.spec.policy, loaded.backends, model.statistics)
+        batcher.start(loop)
+        model._attach(loaded.placements, loaded.backends, batcher)
+        model.state = ModelState.READY
+        log.info(
+            "model %s version %d ready: %d instance(s) on %s in %.2f s",
+            model.name,
+            model.version,
+            len(loaded.placements),
+            ", ".join(sorted({p.device.label for p in loaded.placements})),
+            time.perf_counter() - started,
+        )
+
+    def _gpu_support(self) -> bool:
+        if self._gpu_capable is None:
+            import onnxruntime
+
+            self._gpu_capable = bool(self.gpus) and (
+                "CUDAExecutionProvider" in onnxruntime.get_available_providers() or tensorrt_installed()
+            )
+        return self._gpu_capable
+
+    def _open_instances(self, model: ServedModel) -> _Loaded:
+        """Worker thread: place, open one backend per instance, reconcile the signature, warm up."""
+        spec = model.spec
+        version_dir = model.directory / str(model.version)
+        placements = place(model.name, list(spec.config.instance_group), self.gpus, self._gpu_support())
+        files = [p.name for p in version_dir.iterdir()] if version_dir.is_dir() else []
+        cpu_instances = sum(1 for p in placements if not p.device.is_gpu)
+        from serving.backends.onnxruntime import intra_op_threads
+
+        threads = intra_op_threads(self.settings, cpu_instances)
+        trt = tensorrt_installed()
+        loaded = _Loaded(placements)
+        try:
+            for placement in placements:
+                choice = select_backend(
+                    spec.platform, spec.config.default_model_filename, files, placement.device, trt
+                )
+                backend = open_backend(choice, version_dir / choice.filename, placement.device, self.settings, threads)
+                loaded.backends.append(backend)
+            resolved = reconcile(spec, loaded.backends[0])
+            for backend in loaded.backends:
+                warm_up(resolved, backend)
+        except BaseException:
+            for backend in loaded.backends:
+                backend.close()
+            raise
+        return replace(loaded, spec=resolved)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
+    """Check config.pbtxt's signature against the model file; fill it in when the config lists none.
+
+    Raises ConfigError naming the tensor and the disagreement.
+    """
+    where = f"{spec.name}/{repository.CONFIG_FILE}"
+    batches = spec.policy.batches
+
+    def from_file(declared: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(t.name, t.data_type, t.shape[1:] if batches else t.shape) for t in declared
+        )
+
+    inputs = spec.inputs or from_file(backend.inputs)
+    outputs = spec.outputs or from_file(backend.outputs)
+    for kind, configured, declared in (("input", inputs, backend.inputs), ("output", outputs, backend.outputs)):
+        by_name = {t.name: t for t in declared}
+        for tensor in configured:
+            actual = by_name.get(tensor.name)
+            if actual is None:
+                raise ConfigError(
+                    f"{where}: {kind} '{tensor.name}' is not in the model file (it has: {', '.join(by_name)})"
+                )
+            if actual.data_type != tensor.data_type:
+                raise ConfigError(
+                    f"{where}: {kind} '{tensor.name}' data_type {mc.DataType.Name(tensor.data_type)} does not match "
+                    f"the model file ({mc.DataType.Name(actual.data_type)})"
+                )
+            if batches and actual.shape and actual.shape[0] not in (-1,):
+                raise ConfigError(
+                    f"{where}: {kind} '{tensor.name}' has a fixed batch axis ({actual.shape[0]}) in the model file; "
+                    "export it with a dynamic batch axis or set max_batch_size: 0"
+                )
+    missing = {t.name for t in backend.inputs} - {t.name for t in inputs}
+    if missing:
+        raise ConfigError(f"{where}: the model file needs inputs {sorted(missing)} that the config does not list")
+    return replace(spec, inputs=inputs, outputs=outputs)
+
+
+def warm_up(spec: ModelSpec, backend: Backend) -> None:
+    """One inference of zeros (batch 1; dynamic sizes -> 1) so the first request pays no lazy setup."""
+    lead = (1,) if spec.policy.batches else ()
+    feeds = {}
+    for tensor in spec.inputs:
+        shape = lead + tuple(1 if dim == -1 else dim for dim in tensor.shape)
+        feeds[tensor.name] = np.zeros(shape, dtype=tensor.dtype)
+    backend.infer(feeds)

@@ -1,0 +1,205 @@
+"""The model repository on disk: discovery, versions, config.pbtxt parsing and validation.
+
+Layout and format are Triton's (docs/MODEL_REPOSITORY.md). Nothing here loads a runtime: the
+functions read files and return immutable descriptions, or raise ConfigError with a message that
+names the file (relative to the repository, so no server paths leak to clients) and the field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from protos.inference import model_config_pb2 as mc
+from serving.backends import ONNX_PLATFORMS, TENSORRT_PLATFORMS
+from serving.batching import BatchPolicy
+from serving.tensors import NUMPY_DTYPES, TensorSpec
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+#: Values of the `task` parameter (docs/MODEL_REPOSITORY.md).
+TASKS = ("classify", "detect", "caption", "generate", "warp")
+DECODER_TASK = "caption_decoder"
+
+
+class ConfigError(ValueError):
+    """A model folder or its config.pbtxt is unusable; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model folder: its name, where it is, and the integer version folders it holds."""
+
+    name: str
+    directory: Path
+    versions: tuple[int, ...]  # ascending
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What config.pbtxt says about a model, validated. Shapes exclude the batch axis when it batches."""
+
+    name: str
+    config: mc.ModelConfig
+    platform: str
+    task: str  # "" = plain tensor model
+    family: str
+    parameters: dict[str, str]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...]
+    policy: BatchPolicy
+
+
+def discover(repository: Path) -> list[ModelSource]:
+    """Every model folder (a directory holding config.pbtxt or a version folder), sorted by name.
+
+    Raises ConfigError when the repository itself is missing.
+    """
+    if not repository.is_dir():
+        raise ConfigError(f"model repository '{repository}' is not a directory")
+    sources = []
+    for directory in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = tuple(sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()))
+        if versions or (directory / CONFIG_FILE).exists():
+            sources.append(ModelSource(directory.name, directory, versions))
+    return sources
+
+
+def read_config(source: ModelSource) -> mc.ModelConfig:
+    """Parse `<model>/config.pbtxt`. Fields outside ninefold's subset are skipped and logged."""
+    where = f"{source.name}/{CONFIG_FILE}"
+    path = source.directory / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{where} is missing")
+    text = path.read_text()
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as strict_error:
+        config = mc.ModelConfig()
+        try:
+            text_format.Parse(text, config, allow_unknown_field=True)
+        except text_format.ParseError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        log.info("%s: ignoring fields ninefold does not use (first: %s)", where, strict_error)
+    if not config.name:
+        config.name = source.name
+    return config
+
+
+def model_spec(source: ModelSource, config: mc.ModelConfig) -> ModelSpec:
+    """Validate a parsed config against the folder it came from."""
+    where = f"{source.name}/{CONFIG_FILE}"
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{where}: {message}")
+
+    if config.name != source.name:
+        raise fail(f"name '{config.name}' must match the folder name '{source.name}'")
+    platform = config.platform or config.backend
+    if platform not in ONNX_PLATFORMS + TENSORRT_PLATFORMS:
+        raise fail(f"platform '{platform}' is not supported; use onnxruntime_onnx or tensorrt_plan")
+    if config.max_batch_size < 0:
+        raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    task = parameters.get("task", "")
+    if task and task not in TASKS + (DECODER_TASK,):
+        raise fail(f"parameters.task '{task}' is unknown; expected one of {', '.join(TASKS + (DECODER_TASK,))}")
+    inputs = tuple(_tensor(where, "input", t.name, t.data_type, t.dims, t.reshape.shape) for t in config.input)
+    outputs = tuple(
+        _tensor(where, "output", t.name, t.data_type, t.dims, t.reshape.shape, t.label_filename)
+        for t in config.output
+    )
+    labels: tuple[str, ...] = ()
+    for output in outputs:
+        if output.label_filename:
+            label_path = source.directory / output.label_filename
+            if not label_path.is_file() or Path(output.label_filename).name != output.label_filename:
+                raise fail(
+                    f"output '{output.name}' label_filename '{output.label_filename}' is not a file in the model folder"
+                )
+            labels = labels or tuple(line.strip() for line in label_path.read_text().splitlines() if line.strip())
+    return ModelSpec(
+        name=source.name,
+        config=config,
+        platform=platform,
+        task=task,
+        family=parameters.get("family", ""),
+        parameters=parameters,
+        inputs=inputs,
+        outputs=outputs,
+        labels=labels,
+        policy=batch_policy(where, config),
+    )
+
+
+def batch_policy(where: str, config: mc.ModelConfig) -> BatchPolicy:
+    """The batcher's policy from max_batch_size and dynamic_batching (absent = no waiting, unbounded)."""
+    if not config.HasField("dynamic_batching"):
+        return BatchPolicy(max_batch_size=config.max_batch_size)
+    batching = config.dynamic_batching
+    if config.max_batch_size == 0:
+        raise ConfigError(f"{where}: dynamic_batching needs max_batch_size > 0")
+    preferred = tuple(sorted(set(batching.preferred_batch_size)))
+    bad = [size for size in preferred if not 0 < size <= config.max_batch_size]
+    if bad:
+        raise ConfigError(
+            f"{where}: dynamic_batching.preferred_batch_size {bad} must be within 1..max_batch_size "
+            f"({config.max_batch_size})"
+        )
+    queue = batching.default_queue_policy
+    return BatchPolicy(
+        max_batch_size=config.max_batch_size,
+        preferred_batch_sizes=preferred,
+        max_queue_delay_s=batching.max_queue_delay_microseconds * 1e-6,
+        max_queue_size=queue.max_queue_size,
+        default_timeout_s=queue.default_timeout_microseconds * 1e-6,
+    )
+
+
+def _tensor(
+    where: str, kind: str, name: str, data_type: int, dims: Sequence[int], reshape: Sequence[int], labels: str = ""
+) -> TensorSpec:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{where}: {message}")
+
+    if not name:
+        raise fail(f"an {kind} has no name")
+    if data_type not in NUMPY_DTYPES:
+        raise fail(f"{kind} '{name}' data_type {mc.DataType.Name(data_type)} is not supported")
+    if any(dim == 0 or dim < -1 for dim in dims):
+        raise fail(f"{kind} '{name}' dims {list(dims)} must be positive or -1")
+    if reshape and -1 not in dims and _count(reshape) != _count(dims):
+        raise fail(f"{kind} '{name}' reshape {list(reshape)} must hold as many elements as dims {list(dims)}")
+    return TensorSpec(name, data_type, tuple(dims), labels)
+
+
+def _count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def served_versions(source: ModelSource, config: mc.ModelConfig) -> tuple[int, ...]:
+    """The versions `version_policy` selects (default: the latest), ascending."""
+    where = f"{source.name}/{CONFIG_FILE}"
+    if not source.versions:
+        raise ConfigError(f"{source.name}: no version folder (expected {source.name}/1/)")
+    policy = config.version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return source.versions
+    if choice == "specific":
+        missing = sorted(set(policy.specific.versions) - set(source.versions))
+        if missing:
+            raise ConfigError(f"{where}: version_policy.specific lists versions {missing} with no folder")
+        return tuple(sorted(policy.specific.versions))
+    keep = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
+    return source.versions[-keep:]

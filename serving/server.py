@@ -1,0 +1,120 @@
+"""The gRPC server process: transports over the core, health, reflection, metrics, draining.
+
+Start-up order: bind and start gRPC first (so probes get NOT_SERVING instead of connection
+refused while models load), load every model (warm-up included), then report SERVING.
+Health: service "" is SERVING once the initial load finished and at least one model is ready;
+"ninefold.v1.Vision/<task>" is SERVING while that task's default model is ready.
+SIGTERM/SIGINT: every health service NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
+requests finish, and the process exits 0 within --grace-seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.api import ServingContext, available_adapters
+from serving.api.status import DomainErrorInterceptor
+from serving.config import ServerConfig
+from serving.metrics import start_metrics_server
+from serving.models import ModelManager
+from serving.placement import discover_gpus
+from serving.repository import TASKS
+
+log = logging.getLogger(__name__)
+
+VISION_SERVICE = "ninefold.v1.Vision"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The server's channel options in one place."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def task_health_service(task: str) -> str:
+    """Health service name of one task, e.g. "ninefold.v1.Vision/classify"."""
+    return f"{VISION_SERVICE}/{task}"
+
+
+class HealthReporter:
+    """Keeps grpc.health.v1 in step with the model manager (called on the event loop)."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, models: ModelManager) -> None:
+        self._servicer = servicer
+        self._models = models
+        self._tasks = sorted(set(TASKS))
+
+    async def update(self) -> None:
+        models = self._models
+        overall = models.loaded and not models.draining and any(m.ready for m in models.models())
+        await self._servicer.set("", _SERVING if overall else _NOT_SERVING)
+        for task in sorted(set(self._tasks) | set(models.tasks())):
+            try:
+                ready = overall and models.default_for(task).ready
+            except Exception:  # NotFound / NotReady / Unavailable: the task cannot answer now
+                ready = False
+            await self._servicer.set(task_health_service(task), _SERVING if ready else _NOT_SERVING)
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
+    """Run the server until `stop` is set or SIGTERM/SIGINT arrives; returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    models = ModelManager(config.model_repository, config.backend_settings(), discover_gpus())
+    server = grpc.aio.server(
+        interceptors=[DomainErrorInterceptor()], options=channel_options(config.max_message_bytes)
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reporter = HealthReporter(health_servicer, models)
+    services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    context = ServingContext(models=models, config=config)
+    for adapter in available_adapters():
+        services += list(adapter.register(server, context))
+    reflection.enable_server_reflection(services, server)
+
+    address = f"{config.host}:{config.port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as error:
+        log.error("cannot listen on %s (%s); is another server using the port?", address, error)
+        return 2
+    await reporter.update()
+    await server.start()
+    if config.metrics_port:
+        start_metrics_server(config.host, config.metrics_port, models)
+    log.info("listening on %s (metrics on :%s); loading %s", address, config.metrics_port, config.model_repository)
+
+    started = time.perf_counter()
+    models.add_listener(lambda: loop.create_task(reporter.update()))
+    await models.load_all()
+    await reporter.update()
+    ready = [m for m in models.models() if m.ready]
+    elapsed = time.perf_counter() - started
+    log.info("%d of %d model version(s) ready in %.2f s", len(ready), len(models.models()), elapsed)
+
+    await stop.wait()
+    log.info("shutting down: refusing new requests, finishing in-flight ones (grace %.1f s)", config.grace_seconds)
+    models.begin_drain()
+    await reporter.update()
+    await server.stop(config.grace_seconds)
+    await models.close()
+    log.info("stopped")
+    return 0
