@@ -1,0 +1,203 @@
+"""The main job (`make demo`): export the small families unless the repository is up to date,
+start the server, send one request of every task with the client, print the answers, draw them
+into `--out`, stop the server. Exit status 0 only when every step worked.
+
+    python -m clients.demo --model-repository model_repository --out demo_output
+
+Images come from the export stage's scene generator (numpy + Pillow, no torch); the export
+itself runs as a child process (`python -m export`), so this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clients import formatting, pictures
+from clients.client import VisionClient
+from clients.demo_repository import ensure_repository
+from clients.errors import ClientError
+from clients.results import Answer, ModelInfo
+from clients.server_process import ServerProcess
+from export.data.scenes import SHAPES, Scene, make_scenes
+
+SCENE_SIDE = 64
+"""Scenes are drawn at 64 x 64 (the small models' largest input); the server resizes per model."""
+IMAGES_PER_REQUEST = 4
+CALL_TIMEOUT_S = 60.0
+COLUMNS = 4
+
+Step = Callable[[VisionClient, Path, int], None]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out: Path = args.out
+    try:
+        ensure_repository(args.model_repository, force=args.force_export)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"starting the server on {args.model_repository} (log: {out / 'server.log'})", flush=True)
+        with ServerProcess.start(args.model_repository, log=out / "server.log") as server:
+            with VisionClient(server.target, timeout=CALL_TIMEOUT_S) as client:
+                failed = [name for name, step in STEPS if not _run_step(name, step, client, out, args.seed)]
+            status = server.stop()
+    except (ClientError, OSError) as error:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 1
+    if status != 0:
+        failed.append(f"server exit status {status}")
+    if failed:
+        print(f"demo: FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"demo: every task answered; pictures in {out}/")
+    return 0
+
+
+def classify(client: VisionClient, out: Path, seed: int) -> None:
+    """Every ready classifier (one request each, images sent as raw uint8 arrays)."""
+    scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
+    classifiers = _ready_models(client, "classify")
+    for model in classifiers:
+        answer = client.classify(np.stack([scene.image for scene in scenes]), model=model.name, top_k=3)
+        tiles = []
+        for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
+            truth = SHAPES[scene.label]
+            print("  " + formatting.classification(f"scene {i} (truth {truth})", Answer(answer.model, (result,))).text)
+            best = result.predictions[0]
+            verdict = pictures.GOOD if best.label == truth else pictures.BAD
+            tiles.append(
+                pictures.with_caption(
+                    pictures.enlarge(scene.image), [f"{best.label} {best.score:.2f}", f"truth: {truth}"], [verdict]
+                )
+            )
+        _save(pictures.grid(tiles, COLUMNS, f"classify: {answer.model}"), out / f"classify_{model.name}.png")
+
+
+def detect(client: VisionClient, out: Path, seed: int) -> None:
+    """Scenes of three objects, sent PNG-encoded; boxes drawn on the enlarged images."""
+    scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed, objects=3)
+    answer = client.detect([_png(scene.image) for scene in scenes])
+    tiles = []
+    for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
+        truth = ", ".join(SHAPES[label] for label in scene.box_labels)
+        print("  " + formatting.detections(f"scene {i} (truth {truth})", Answer(answer.model, (result,))).text)
+        found = result.detections
+        image = pictures.draw_boxes(
+            pictures.enlarge(scene.image),
+            [d.box for d in found],
+            [f"{d.label} {d.score:.2f}" for d in found],
+            scale=pictures.TILE_SIDE / SCENE_SIDE,
+        )
+        tiles.append(pictures.with_caption(image, [f"{len(found)} found", f"truth: {truth}"]))
+    _save(pictures.grid(tiles, COLUMNS, f"detect: {answer.model}"), out / "detect.png")
+
+
+def caption(client: VisionClient, out: Path, seed: int) -> None:
+    scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
+    answer = client.caption([scene.image for scene in scenes], beam_size=3)
+    tiles = []
+    for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
+        print("  " + formatting.caption(f"scene {i}", Answer(answer.model, (result,))).text)
+        print(f'    truth: "{scene.caption}"')
+        verdict = pictures.GOOD if result.text == scene.caption else pictures.BAD
+        tiles.append(
+            pictures.with_caption(pictures.enlarge(scene.image), [result.text, f"truth: {scene.caption}"], [verdict])
+        )
+    _save(pictures.grid(tiles, COLUMNS, f"caption (beam 3): {answer.model}"), out / "caption.png")
+
+
+def generate(client: VisionClient, out: Path, seed: int) -> None:
+    answer = client.generate(16, seed=seed)
+    print(f"  {len(answer.results)} images from seed {seed} ({answer.model})")
+    tiles = [pictures.enlarge(image.png, pictures.TILE_SIDE // 2) for image in answer.results]
+    _save(pictures.grid(tiles, 8, f"generate (seed {seed}): {answer.model}"), out / "generate.png")
+
+
+def warp(client: VisionClient, out: Path, seed: int) -> None:
+    """Distorted scenes in; each row: the input, the warped output, the undistorted scene."""
+    scenes: list[Scene] = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed, distort=True)
+    answer = client.warp([scene.image for scene in scenes])
+    tiles = []
+    for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
+        print("  " + formatting.warp(f"scene {i}", Answer(answer.model, (result,)), "warp.png").text)
+        truth = SHAPES[scene.label]
+        verdict = pictures.GOOD if result.label == truth else pictures.BAD
+        tiles += [
+            pictures.with_caption(pictures.enlarge(scene.image), ["input (distorted)", f"truth: {truth}"]),
+            pictures.with_caption(
+                pictures.enlarge(result.png), [f"warped: {result.label} {result.score:.2f}"], [verdict]
+            ),
+            pictures.with_caption(pictures.enlarge(scene.canonical), ["undistorted scene", ""]),
+        ]
+    _save(pictures.grid(tiles, 3, f"warp: {answer.model}  (input | warped | undistorted)"), out / "warp.png")
+
+
+def models(client: VisionClient, out: Path, seed: int) -> None:
+    infos = client.list_models()
+    print("\n".join("  " + line for line in formatting.models(infos).text.splitlines()))
+    not_ready = [f"{info.name}: {info.state_reason}" for info in infos if not info.ready]
+    if not_ready:
+        raise ClientError(f"models not ready: {'; '.join(not_ready)}")
+
+
+STEPS: tuple[tuple[str, Step], ...] = (
+    ("models", models),
+    ("classify", classify),
+    ("detect", detect),
+    ("caption", caption),
+    ("generate", generate),
+    ("warp", warp),
+)
+
+
+def _run_step(name: str, step: Step, client: VisionClient, out: Path, seed: int) -> bool:
+    print(f"{name}:", flush=True)
+    try:
+        step(client, out, seed)
+    except (ClientError, OSError) as error:
+        print(f"  FAILED: {error}", flush=True)
+        return False
+    return True
+
+
+def _ready_models(client: VisionClient, task: str) -> list[ModelInfo]:
+    found = [info for info in client.list_models(task) if info.ready]
+    if not found:
+        raise ClientError(f"no ready model serves {task}")
+    return found
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    image.save(path)
+    print(f"  wrote {path}", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m clients.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path(os.environ.get("NINEFOLD_MODEL_REPOSITORY", "model_repository")),
+        help="exported into when missing or stale (env NINEFOLD_MODEL_REPOSITORY; default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="pictures (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="scenes and generated images (default: %(default)s)")
+    parser.add_argument("--force-export", action="store_true", help="export even if the repository is up to date")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Is the demo's model repository up to date, and if not, export it.
+
+"Up to date" means: the stamp file the demo wrote after its last export exists, its digest of
+the export stage's sources (every export/**/*.py) equals today's, and every model it lists still
+has its config.pbtxt and an export_report.json. Any edit to export/ therefore re-exports; a
+repository exported by hand (no stamp) is exported again once, then reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from clients.errors import ClientError
+
+STAMP_FILE = ".ninefold-demo-export.json"
+EXPORT_SOURCES = Path(__file__).resolve().parent.parent / "export"
+"""The export package, a sibling of this one in the source tree and in site-packages alike."""
+
+
+def export_sources_digest() -> str:
+    """sha256 over the relative path and bytes of every Python file of the export package."""
+    root = EXPORT_SOURCES
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def is_up_to_date(repository: Path) -> bool:
+    try:
+        stamp = json.loads((repository / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    models = stamp.get("models") if isinstance(stamp, dict) else None
+    if not models or stamp.get("export_sources") != export_sources_digest():
+        return False
+    return all(_is_complete(repository / name) for name in models)
+
+
+def ensure_repository(repository: Path, *, force: bool = False) -> None:
+    """Export the small families into `repository` (child process `python -m export`) unless up to date."""
+    if not force and is_up_to_date(repository):
+        print(f"reusing the up-to-date model repository {repository}/", flush=True)
+        return
+    print(f"exporting the small families into {repository}/ (trains them; takes minutes)", flush=True)
+    status = subprocess.run([sys.executable, "-m", "export", "--out", str(repository)], check=False).returncode
+    if status != 0:
+        raise ClientError(f"the export failed with exit status {status} (its output is above)")
+    models = sorted(folder.name for folder in repository.iterdir() if _is_complete(folder))
+    if not models:
+        raise ClientError(f"the export finished but {repository}/ holds no complete model folder")
+    stamp = {"export_sources": export_sources_digest(), "models": models}
+    (repository / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.pbtxt").is_file() and any(folder.glob("*/export_report.json"))
