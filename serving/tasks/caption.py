@@ -165,7 +165,7 @@ class CaptionOptions:
 class Captioner:
     """An encoder model, its decoder-step model, and the caption vocabulary."""
 
-    encoder: TensorModel
+    model: TensorModel  # the encoder: images -> initial decoder state
     decoder: TensorModel
     preprocessing: Preprocessing
     vocabulary: tuple[str, ...]
@@ -194,7 +194,7 @@ class Captioner:
     ) -> list[Caption]:
         settings = self.settings(options)
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        encoded = await self.encoder.infer({"images": batch.tensor}, deadline)
+        encoded = await self.model.infer({"images": batch.tensor}, deadline)
         initial = DecoderState(h=encoded["h"], c=encoded["c"])
         sequences = await beam_search(decoder_step(self.decoder, deadline), initial, settings)
         return [
