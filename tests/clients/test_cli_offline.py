@@ -3,23 +3,13 @@ line on stderr with a non-zero exit; the client side never imports torch or the 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clients.cli import build_parser, main
-
-
-@pytest.fixture
-def refusing_address() -> Iterator[str]:
-    """A loopback port that is bound but not listening: connecting to it is refused at once."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
