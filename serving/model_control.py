@@ -63,12 +63,17 @@ class ModelControl:
                 "model control needs the header 'authorization: Bearer <token>' with the server's token"
             )
 
-    def model_folder(self, name: str) -> Path:
-        """The folder of model `name` inside the repository, after the name and containment checks."""
-        if not _NAME.fullmatch(name) or name in (".", ".."):
+    @staticmethod
+    def check_name(name: str) -> None:
+        """Raise InvalidArgument unless `name` is a plain folder name (no separators, no dot names)."""
+        if not _NAME.fullmatch(name):
             raise InvalidArgument(
                 f"model name {name!r} is not a plain folder name (letters, digits, '_', '-', '.'; up to 128)"
             )
+
+    def model_folder(self, name: str) -> Path:
+        """The folder of model `name` inside the repository, after the name and containment checks."""
+        self.check_name(name)
         folder = self.repository / name
         if not folder.is_dir():
             raise NotFound(f"no model folder '{name}' in the model repository")

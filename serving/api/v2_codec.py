@@ -72,12 +72,6 @@ def datatype_of(array: np.ndarray) -> str:
         raise InvalidArgument(f"arrays of dtype {array.dtype} have no Open Inference Protocol datatype") from None
 
 
-def config_datatype(data_type: str) -> str:
-    """v2 datatype of a config.pbtxt `data_type` (`TYPE_FP32` -> `FP32`, `TYPE_STRING` -> `BYTES`)."""
-    name = data_type.removeprefix("TYPE_")
-    return "BYTES" if name == "STRING" else name
-
-
 @dataclass(frozen=True)
 class WireSpec:
     """What the wire must carry for one tensor: v2 datatype and full shape (batch axis included),

@@ -1,0 +1,187 @@
+"""The Open Inference Protocol (KServe v2) gRPC adapter: `inference.GRPCInferenceService` over the core.
+
+A thin servicer: each RPC asks the ModelManager and converts with serving.api.v2_infer (requests,
+responses) or serving.api.v2_messages (metadata, config, statistics, index). Domain errors raised
+here become status codes in serving.api.status, like every adapter's. Shared-memory, trace and log
+RPCs are left to the generated base class, which answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.metadata import version as package_version
+
+import grpc
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from serving.api import ServingContext
+from serving.api import status as status_table
+from serving.api.v2_infer import InputLimits, infer, parse_version
+from serving.api.v2_messages import EXTENSIONS, model_config, model_metadata, model_statistics, repository_index
+from serving.config import add_option
+from serving.errors import InvalidArgument, NotFound, Unavailable
+from serving.images import ImageLimits
+from serving.model_control import MODES, ModelControl
+from serving.models import ModelManager
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+Context = grpc.aio.ServicerContext
+
+
+def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Model control flags (Triton's names): off by default; explicit mode needs a token."""
+    add_option(parser, env, "--model-control-mode", default="none", choices=MODES,
+               help="'explicit' enables RepositoryModelLoad/Unload for callers presenting the token")
+    add_option(parser, env, "--model-control-token", default="",
+               help="bearer token required by RepositoryModelLoad/Unload (prefer the environment variable)")
+
+
+def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
+    """Add the v2 servicer; exits with a one-line message for inconsistent model-control settings."""
+    extras = context.config.extras
+    try:
+        control = ModelControl.create(
+            extras.get("model_control_mode", "none"), extras.get("model_control_token", ""),
+            context.config.model_repository,
+        )
+    except ValueError as error:
+        raise SystemExit(f"ninefold serve: {error}") from None
+    limits = InputLimits(ImageLimits(max_pixels=context.config.max_image_pixels),
+                         context.config.max_images_per_request)
+    servicer = InferenceServicer(context.models, control, limits)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    return (SERVICE_NAME,)
+
+
+def _deadline(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService`: health, metadata, inference, statistics, repository control."""
+
+    def __init__(self, models: ModelManager, control: ModelControl, limits: InputLimits) -> None:
+        self._models = models
+        self._control = control
+        self._limits = limits
+
+    # ------------------------------------------------------------------ health and metadata
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        models = self._models  # the same rule as grpc.health's overall status (serving.server)
+        ready = models.loaded and not models.draining and any(m.ready for m in models.models())
+        return pb.ServerReadyResponse(ready=ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        try:
+            self._models.get(request.name, parse_version(request.version))
+        except (NotFound, Unavailable):  # as Triton: an unknown model is simply not ready
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="ninefold", version=package_version("ninefold"), extensions=EXTENSIONS)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        model = self._models.get(request.name, parse_version(request.version))
+        versions = [m.version for m in self._models.models() if m.name == model.name]
+        return model_metadata(model, versions)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        return model_config(self._models.get(request.name, parse_version(request.version)))
+
+    # ------------------------------------------------------------------ inference
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        return await infer(request, self._models, self._limits, _deadline(context))
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Every request of the stream runs concurrently (so they batch together); each answer is
+        sent when ready, in completion order, its `id` echoing the request's. A failed request
+        answers with `error_message` and the stream goes on."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+        deadline = _deadline(context)
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = await infer(request, self._models, self._limits, deadline)
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as error:  # noqa: BLE001 - every failure becomes this request's error_message
+                _, message = status_table.status_of(error)
+                failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
+                                               id=request.id)
+                await answers.put(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+        reader = asyncio.create_task(read())
+        try:
+            while not (reader.done() and not running and answers.empty()):
+                getter = asyncio.ensure_future(answers.get())
+                await asyncio.wait({getter, reader, *running}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            await reader  # re-raise a broken request stream
+        finally:
+            reader.cancel()
+            for task in running:
+                task.cancel()
+
+    # ------------------------------------------------------------------ statistics and repository
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        version = parse_version(request.version)
+        chosen = [
+            m for m in self._models.models()
+            if (not request.name or m.name == request.name) and (not version or m.version == version)
+        ]
+        if request.name and not chosen:
+            raise NotFound(f"no model '{request.name}'" + (f" version {version}" if version else "") + " is loaded")
+        return pb.ModelStatisticsResponse(model_stats=[model_statistics(m.stats()) for m in chosen])
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        return repository_index(self._models.index(), request.ready)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        self._control.authorise(context.invocation_metadata() or ())
+        if request.parameters:
+            raise InvalidArgument("load parameters (config overrides, file uploads) are not supported; "
+                                  "put the model folder into the repository and load it by name")
+        self._control.model_folder(request.model_name)
+        await self._models.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._control.authorise(context.invocation_metadata() or ())
+        self._control.check_name(request.model_name)
+        await self._models.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
