@@ -56,9 +56,7 @@ def test_caption_json(capsys, tiny_server: ServerProcess, images: list[str]) -> 
     assert isinstance(obj["caption"], str) and obj["caption"]
 
 
-def test_warp_json_writes_the_warped_png(
-    capsys, tiny_server: ServerProcess, images: list[str], tmp_path: Path
-) -> None:
+def test_warp_json_writes_the_warped_png(capsys, tiny_server: ServerProcess, images: list[str], tmp_path: Path) -> None:
     (obj,) = run_json(capsys, tiny_server, "warp", images[0], "--out", str(tmp_path))
     assert set(obj) == {"model", "theta", "image_path"}
     assert np.allclose(obj["theta"], np.reshape(WARP_THETA, (2, 3)))
