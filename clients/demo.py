@@ -126,7 +126,7 @@ def warp(client: VisionClient, out: Path, seed: int) -> None:
     answer = client.warp([scene.image for scene in scenes])
     tiles = []
     for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
-        print("  " + formatting.warp(f"scene {i}", Answer(answer.model, (result,)), "warp.png").text)
+        print("  " + formatting.warp(f"scene {i}", Answer(answer.model, (result,)), str(out / "warp.png")).text)
         truth = SHAPES[scene.label]
         verdict = pictures.GOOD if result.label == truth else pictures.BAD
         tiles += [

@@ -50,9 +50,14 @@ def ensure_repository(repository: Path, *, force: bool = False) -> None:
     status = subprocess.run([sys.executable, "-m", "export", "--out", str(repository)], check=False).returncode
     if status != 0:
         raise ClientError(f"the export failed with exit status {status} (its output is above)")
+    write_stamp(repository)
+
+
+def write_stamp(repository: Path) -> None:
+    """Record that `repository` is what the current export sources produce (after an export)."""
     models = sorted(folder.name for folder in repository.iterdir() if _is_complete(folder))
     if not models:
-        raise ClientError(f"the export finished but {repository}/ holds no complete model folder")
+        raise ClientError(f"{repository}/ holds no complete model folder (config.pbtxt + */export_report.json)")
     stamp = {"export_sources": export_sources_digest(), "models": models}
     (repository / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
 

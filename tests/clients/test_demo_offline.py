@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clients import pictures
-from clients.demo_repository import STAMP_FILE, export_sources_digest, is_up_to_date
+from clients.demo_repository import STAMP_FILE, export_sources_digest, is_up_to_date, write_stamp
 
 
 def write_model(repository: Path, name: str) -> None:
@@ -22,8 +22,7 @@ def write_model(repository: Path, name: str) -> None:
 def stamped_repository(tmp_path: Path) -> Path:
     for name in ("resnet_small", "stn_small"):
         write_model(tmp_path, name)
-    stamp = {"export_sources": export_sources_digest(), "models": ["resnet_small", "stn_small"]}
-    (tmp_path / STAMP_FILE).write_text(json.dumps(stamp))
+    write_stamp(tmp_path)
     return tmp_path
 
 
@@ -47,6 +46,12 @@ def test_changed_export_sources_make_it_stale(stamped_repository: Path) -> None:
 def test_a_listed_model_without_its_report_makes_it_stale(stamped_repository: Path) -> None:
     (stamped_repository / "stn_small" / "1" / "export_report.json").unlink()
     assert not is_up_to_date(stamped_repository)
+
+
+def test_stamp_lists_only_complete_models(stamped_repository: Path) -> None:
+    (stamped_repository / "half_written").mkdir()
+    write_stamp(stamped_repository)
+    assert json.loads((stamped_repository / STAMP_FILE).read_text())["models"] == ["resnet_small", "stn_small"]
 
 
 def test_digest_is_stable_and_hex() -> None:
