@@ -10,10 +10,14 @@ is keyed by both:
 
 The view the server is pointed at (NINEFOLD_MODEL_REPOSITORY) mirrors the read-only repository
 with symlinks and adds each cached plan as `<version>/model.<arch>.plan`, the name the model
-repository contract gives engines. A plan already in the cache, or already in the repository
-(`ninefold export --tensorrt`), is never built again: a pod on a GPU model some pod has served
-before starts warm. Builds are written to a temporary file and renamed, so two pods building at
-once both end with a whole engine.
+repository contract gives engines; the server runs such a plan natively. A graph TensorRT cannot
+build alone stays on ONNX Runtime, whose TensorRT EP builds engines for the parts it can at load
+time: `--ep-cache-link` points a symlink at CACHE/<arch>-trt<version>/onnxruntime for the server's
+NINEFOLD_TENSORRT_CACHE_DIR, so those engines live under the same key.
+
+A plan already in the cache, or already in the repository (`ninefold export --tensorrt`), is never
+built again: a pod on a GPU model some pod has served before starts warm. Builds are written to a
+temporary file and renamed, so two pods building at once both end with a whole engine.
 """
 
 from __future__ import annotations
@@ -113,6 +117,16 @@ def link_view(repository: Path, cache: Path, arch: str, view: Path) -> None:
                 target.symlink_to(plan.resolve())
 
 
+def link_ep_cache(keyed_cache: Path, link: Path) -> None:
+    """Point `link` at the keyed folder where ONNX Runtime's TensorRT EP keeps its engines (made if absent)."""
+    target = keyed_cache / "onnxruntime"
+    target.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(link):
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target.resolve())
+
+
 def _link_tree(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(source.iterdir()):
@@ -177,6 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path, required=True, help="read-only repository (PVC)")
     parser.add_argument("--cache", type=Path, required=True, help="engine cache root (shared volume)")
     parser.add_argument("--view", type=Path, required=True, help="empty folder the server will read")
+    parser.add_argument("--ep-cache-link", type=Path, default=None,
+                        help="symlink to create for the server's TensorRT EP cache (NINEFOLD_TENSORRT_CACHE_DIR)")
     parser.add_argument("--arch", default=None, help="GPU architecture, e.g. sm90 (default: asked from NVML)")
     return parser.parse_args(argv)
 
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     keyed_cache = args.cache / cache_key(arch, tensorrt_version())
     report = fill_cache(args.model_repository, keyed_cache, arch, build_with_tensorrt)
     link_view(args.model_repository, keyed_cache, arch, args.view)
+    if args.ep_cache_link is not None:
+        link_ep_cache(keyed_cache, args.ep_cache_link)
     print(f"engine-cache: {keyed_cache.name}: built {len(report.built)}, reused {len(report.reused)}, "
           f"left to ONNX Runtime {len(report.failed)}")
     return 0

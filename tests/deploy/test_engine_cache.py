@@ -137,6 +137,16 @@ def test_view_is_the_repository_plus_this_gpus_engines(repository: Path, tmp_pat
     assert files and all(path.is_symlink() for path in files), "the view holds links only, no copies"
 
 
+def test_tensorrt_ep_cache_link_points_into_the_keyed_cache(tmp_path: Path) -> None:
+    keyed = tmp_path / "cache" / "sm90-trt10"
+    link = tmp_path / "work" / "tensorrt-ep"
+    for _ in range(2):  # idempotent across init container reruns
+        engine_cache.link_ep_cache(keyed, link)
+    assert link.is_symlink() and link.resolve() == (keyed / "onnxruntime").resolve()
+    (link / "sm90").mkdir()  # what the server's TensorRT EP does under NINEFOLD_TENSORRT_CACHE_DIR
+    assert (keyed / "onnxruntime" / "sm90").is_dir()
+
+
 def test_cli_refuses_a_missing_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = engine_cache.main(["--model-repository", str(tmp_path / "absent"), "--cache", str(tmp_path),
                               "--view", str(tmp_path / "view"), "--arch", "sm90"])

@@ -114,11 +114,13 @@ def test_gpu_overlay_places_one_model_copy_per_gpu(rendered: dict[str, list[dict
     find_object(objects, "PersistentVolumeClaim", "ninefold-engine-cache")
     # The server reads the view the init container laid out; every mount the view links into is there.
     (config,) = [obj for obj in objects if obj["kind"] == "ConfigMap" and "NINEFOLD_PORT" in obj.get("data", {})]
-    assert config["data"]["NINEFOLD_MODEL_REPOSITORY"] == "/repository"
+    assert config["data"]["NINEFOLD_MODEL_REPOSITORY"] == "/work/repository"
     init_mounts = {mount["mountPath"] for mount in init["volumeMounts"]}
-    server_mounts = {mount["mountPath"] for mount in pod["containers"][0]["volumeMounts"]}
-    assert {"/models", "/engine-cache", "/repository"} <= init_mounts & server_mounts
+    server_mounts = {mount["mountPath"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+    assert {"/models", "/engine-cache", "/work"} <= init_mounts & set(server_mounts)
+    assert not server_mounts["/engine-cache"].get("readOnly"), "the TensorRT EP writes its engines there"
     assert f"--view={config['data']['NINEFOLD_MODEL_REPOSITORY']}" in init["command"]
+    assert f"--ep-cache-link={config['data']['NINEFOLD_TENSORRT_CACHE_DIR']}" in init["command"]
 
 
 def test_cpu_overlay_has_no_gpu(rendered: dict[str, list[dict]]) -> None:
