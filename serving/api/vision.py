@@ -92,9 +92,8 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         model = self._models.get(ref.name, ref.version) if ref.name else self._models.default_for(task)
         if model.task != task:
             serves = f"task '{model.task}'" if model.task else "no task (a plain tensor model for the v2 protocol)"
-            if model.task == DECODER_TASK:
-                serves += "; name its captioner instead"
-            raise FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'")
+            hint = "; name its captioner instead" if model.task == DECODER_TASK else ""
+            raise FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
         return model
 
     async def _run(self, model: ServedModel, kind: type[T], work: Callable[[T], Awaitable[R]]) -> R:

@@ -4,7 +4,8 @@ Built in milliseconds, so the Vision servicer's tests need not wait for the trai
 families. Every graph computes something simple enough to check answers by hand:
 
 - tiny_classify (tests.protocols.repositories): logits = mean colour @ weights.
-- tiny_detect: the same DETECTIONS for every image, in a 32x32 input grid, 2 of K = 3 rows real.
+- tiny_detect: the same DETECTIONS for every image, in a 32x32 input grid, 2 of K = 3 rows real
+  (the padding row scores 0.99, so only num_detections can drop it).
 - tiny_caption / tiny_caption_decoder: encoder h = mean colour @ weights; the decoder is a Markov
   chain over CAPTION_VOCABULARY biased by h.
 - tiny_generate: images = tanh(z @ weights), 3 x 4 x 4.
@@ -105,8 +106,7 @@ def _batch_zero_nodes(source: str, rank: int) -> tuple[list[onnx.NodeProto], lis
 
 def _write_detector(repository: Path) -> None:
     boxes = np.array([row[0] for row in DETECTIONS], np.float32)
-    scores = np.array([row[1] for row in DETECTIONS], np.float32)
-    scores[2] = 0.0  # padding rows score 0
+    scores = np.array([row[1] for row in DETECTIONS], np.float32)  # the padding row scores high on purpose
     labels = np.array([row[2] for row in DETECTIONS], np.int64)
     nodes, constants = _batch_zero_nodes("images", 3)
     nodes += [

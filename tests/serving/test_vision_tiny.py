@@ -1,0 +1,275 @@
+"""The Vision API end to end on a real server with tiny hand-checkable models (tests/serving/tiny_repository.py).
+
+Every answer is checked against what the tiny graph computes; every bad input against its status
+code and message; the server keeps serving after each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from clients.server_process import ServerProcess
+from protos.ninefold.v1 import vision_pb2 as pb
+from protos.ninefold.v1 import vision_pb2_grpc
+from serving.tasks.generate import latents_from_seed
+from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
+from tests.serving import tiny_repository as tiny
+
+MAX_PIXELS = 100 * 100
+MAX_IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("tiny")
+    repository = tiny.write_tiny_repository(folder / "repository")
+    flags = ("--max-image-pixels", str(MAX_PIXELS), "--max-images-per-request", str(MAX_IMAGES))
+    with ServerProcess.start(repository, log=folder / "server.log", extra_args=flags) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with grpc.insecure_channel(server.target) as channel:
+        yield vision_pb2_grpc.VisionStub(channel)
+
+
+def png(pixels: np.ndarray) -> pb.Image:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return pb.Image(encoded=buffer.getvalue())
+
+
+def raw(pixels: np.ndarray) -> pb.Image:
+    height, width, channels = pixels.shape
+    return pb.Image(raw=pb.RawImage(pixels=pixels.tobytes(), height=height, width=width, channels=channels))
+
+
+def uniform(colour: tuple[int, int, int], height: int = 20, width: int = 30) -> np.ndarray:
+    return np.broadcast_to(np.array(colour, np.uint8), (height, width, 3)).copy()
+
+
+def normalised(colour: tuple[int, int, int]) -> np.ndarray:
+    """The tiny models' preprocessing of a uniform image, as (1, 3, 8, 8)."""
+    values = (np.array(colour, np.float32) / 255 - 0.5) / 0.25
+    return np.broadcast_to(values[None, :, None, None], (1, 3, tiny.SIZE, tiny.SIZE))
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def rpc_error(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=10)
+    return caught.value
+
+
+def metric_samples(server: ServerProcess) -> list:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    return sum(
+        sample.value
+        for sample in metric_samples(server)
+        if sample.name in (name, f"{name}_total") and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+# ------------------------------------------------------------------ tasks
+
+
+def test_classify_several_images_encoded_and_raw(vision: vision_pb2_grpc.VisionStub) -> None:
+    colours = [(200, 30, 60), (10, 240, 100), (90, 90, 250)]
+    images = [png(uniform(colours[0])), raw(uniform(colours[1], 8, 8)), raw(uniform(colours[2], 50, 40))]
+    response = vision.Classify(pb.ClassifyRequest(images=images, top_k=2), timeout=10)
+    assert (response.model.name, response.model.version) == ("tiny_classify", 1)  # the default model
+    assert len(response.results) == 3
+    for colour, result in zip(colours, response.results, strict=True):
+        logits = tiny_classifier_logits(normalised(colour))[0]
+        probabilities = np.exp(logits) / np.exp(logits).sum()
+        best = np.argsort(-probabilities)[:2]
+        assert [p.index for p in result.predictions] == best.tolist()
+        assert [p.label for p in result.predictions] == [CLASSIFIER_LABELS[i] for i in best]
+        np.testing.assert_allclose([p.score for p in result.predictions], probabilities[best], rtol=1e-4)
+
+
+def test_classify_top_k_defaults_to_five_capped_at_the_classes(vision: vision_pb2_grpc.VisionStub) -> None:
+    named = pb.ModelRef(name="tiny_classify", version=1)
+    response = vision.Classify(pb.ClassifyRequest(model=named, images=[png(uniform((1, 2, 3)))]), timeout=10)
+    assert len(response.results[0].predictions) == len(CLASSIFIER_LABELS)
+
+
+def test_detect_boxes_in_each_original_image(vision: vision_pb2_grpc.VisionStub) -> None:
+    wide, tall = uniform((9, 9, 9), height=16, width=64), uniform((9, 9, 9), height=96, width=32)
+    response = vision.Detect(pb.DetectRequest(images=[png(wide), raw(tall)]), timeout=10)
+    first, second = response.results
+    assert [(d.label, round(d.score, 3)) for d in first.detections] == [("square", 0.9)]  # 0.4 under 0.5
+    box = first.detections[0].box
+    assert (box.x1, box.y1, box.x2, box.y2) == (8.0, 4.0, 24.0, 8.0)  # x * 64/32, y * 16/32
+    box = second.detections[0].box
+    assert (box.x1, box.y1, box.x2, box.y2) == (4.0, 24.0, 12.0, 48.0)  # x * 1, y * 96/32
+    low = vision.Detect(pb.DetectRequest(images=[png(wide)], score_threshold=0.3), timeout=10)
+    assert [d.label for d in low.results[0].detections] == ["square", "triangle"]  # padding row never
+    capped = vision.Detect(pb.DetectRequest(images=[png(wide)], score_threshold=0.3, max_detections=1), timeout=10)
+    assert [d.score for d in capped.results[0].detections] == [pytest.approx(0.9)]
+
+
+def test_caption_greedy_and_beam(vision: vision_pb2_grpc.VisionStub) -> None:
+    grey = [png(uniform((128, 128, 128))), raw(uniform((128, 128, 128), 8, 8))]
+    greedy = vision.Caption(pb.CaptionRequest(images=grey), timeout=10)
+    assert [c.text for c in greedy.results] == ["red square", "red square"]
+    assert greedy.results[0].log_probability == pytest.approx(np.log(0.6 * 0.7 * 0.8), abs=0.05)
+    # One word at most: greedy commits to "red" (0.6 * end 0.2); beam search finds "square" (0.3 * end 0.8).
+    short_greedy = vision.Caption(pb.CaptionRequest(images=grey[:1], max_length=1), timeout=10)
+    short_beam = vision.Caption(pb.CaptionRequest(images=grey[:1], max_length=1, beam_size=3), timeout=10)
+    assert short_greedy.results[0].text == "red" and short_beam.results[0].text == "square"
+    assert short_beam.results[0].log_probability > short_greedy.results[0].log_probability
+
+
+def test_generate_is_deterministic_and_matches_explicit_latents(vision: vision_pb2_grpc.VisionStub) -> None:
+    seeded = vision.Generate(pb.GenerateRequest(count=3, seed=42), timeout=10)
+    again = vision.Generate(pb.GenerateRequest(count=3, seed=42), timeout=10)
+    other = vision.Generate(pb.GenerateRequest(count=3, seed=43), timeout=10)
+    assert [i.png for i in seeded.images] == [i.png for i in again.images]
+    assert [i.png for i in seeded.images] != [i.png for i in other.images]
+    latents = latents_from_seed(42, 3, tiny.LATENT_SIZE)
+    explicit = vision.Generate(
+        pb.GenerateRequest(latents=[pb.Latent(values=row.tolist()) for row in latents]), timeout=10
+    )
+    assert [i.png for i in explicit.images] == [i.png for i in seeded.images]
+    image = seeded.images[0]
+    assert (image.height, image.width) == tiny.GENERATE_SHAPE[1:]
+    assert decoded(image.png).shape == (*tiny.GENERATE_SHAPE[1:], 3)
+
+
+def test_warp_returns_the_warped_image_theta_and_label(vision: vision_pb2_grpc.VisionStub) -> None:
+    picture = np.random.default_rng(5).integers(0, 256, (tiny.SIZE, tiny.SIZE, 3), dtype=np.uint8)
+    response = vision.Warp(pb.WarpRequest(images=[raw(picture), png(uniform((200, 30, 60)))]), timeout=10)
+    first, second = response.results
+    np.testing.assert_array_equal(decoded(first.png), picture)  # the tiny warp is the identity
+    assert list(first.theta) == pytest.approx(tiny.WARP_THETA)
+    logits = tiny_classifier_logits(normalised((200, 30, 60)))[0]
+    assert second.label == CLASSIFIER_LABELS[int(np.argmax(logits))]
+    assert second.score == pytest.approx(np.exp(logits.max()) / np.exp(logits).sum(), rel=1e-4)
+
+
+def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:
+    models = {m.name: m for m in vision.ListModels(pb.ListModelsRequest(), timeout=10).models}
+    assert set(models) == {"tiny_classify", "tiny_detect", "tiny_caption", "tiny_caption_decoder",
+                           "tiny_generate", "tiny_warp"}
+    assert models["tiny_classify"].is_default and models["tiny_classify"].ready
+    assert list(models["tiny_classify"].labels) == list(CLASSIFIER_LABELS)
+    assert not models["tiny_caption_decoder"].is_default
+    assert (models["tiny_warp"].max_batch_size, models["tiny_warp"].instances) == (16, 1)
+    only = vision.ListModels(pb.ListModelsRequest(task="detect"), timeout=10).models
+    assert [m.name for m in only] == ["tiny_detect"]
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_unknown_model_and_version(vision: vision_pb2_grpc.VisionStub) -> None:
+    image = [png(uniform((1, 2, 3)))]
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="nope"), images=image))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "'nope'" in error.details()
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_classify", version=7),
+                                                          images=image))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "version 7" in error.details()
+
+
+def test_model_of_another_task(vision: vision_pb2_grpc.VisionStub) -> None:
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_detect"),
+                                                          images=[png(uniform((1, 2, 3)))]))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == "model 'tiny_detect' serves task 'detect', not 'classify'"
+
+
+def test_bad_image_bytes_name_the_image(vision: vision_pb2_grpc.VisionStub) -> None:
+    images = [png(uniform((1, 2, 3))), pb.Image(encoded=b"definitely not a picture")]
+    error = rpc_error(vision.Detect, pb.DetectRequest(images=images))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("image 1: not a readable JPEG, PNG or WebP image")
+
+
+def test_raw_shape_mismatch_and_empty_image(vision: vision_pb2_grpc.VisionStub) -> None:
+    short = pb.Image(raw=pb.RawImage(pixels=b"\0" * 10, height=4, width=4, channels=3))
+    error = rpc_error(vision.Warp, pb.WarpRequest(images=[short]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "image 0: raw image of 4x4x3 needs 48 bytes, got 10"
+    error = rpc_error(vision.Caption, pb.CaptionRequest(images=[png(uniform((1, 2, 3))), pb.Image()]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("image 1: empty")
+    error = rpc_error(vision.Classify, pb.ClassifyRequest())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no images" in error.details()
+
+
+def test_limits(vision: vision_pb2_grpc.VisionStub) -> None:
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(images=[raw(uniform((1, 2, 3), 8, 8))] * (MAX_IMAGES + 1)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == f"{MAX_IMAGES + 1} images in one request; the limit is {MAX_IMAGES}, split the request"
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(images=[png(uniform((1, 2, 3), 101, 100))]))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details().startswith(f"image 0: 100x101 = 10100 pixels exceeds the limit of {MAX_PIXELS}")
+    error = rpc_error(vision.Generate, pb.GenerateRequest(count=MAX_IMAGES + 1))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_out_of_range_options(vision: vision_pb2_grpc.VisionStub) -> None:
+    image = [png(uniform((1, 2, 3)))]
+    error = rpc_error(vision.Caption, pb.CaptionRequest(images=image, beam_size=1000))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "beam_size 1000" in error.details()
+    error = rpc_error(vision.Caption, pb.CaptionRequest(images=image, max_length=99))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == f"max_length 99 is over this model's trained maximum of {tiny.CAPTION_MAX_LENGTH}"
+    error = rpc_error(vision.Detect, pb.DetectRequest(images=image, score_threshold=1.5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = rpc_error(vision.Generate, pb.GenerateRequest(latents=[pb.Latent(values=[1.0, 2.0])]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == f"latent 0 has 2 values; this model takes exactly {tiny.LATENT_SIZE}"
+
+
+def test_failures_and_successes_are_counted_per_model(server: ServerProcess, vision) -> None:
+    labels = {"model": "tiny_warp", "version": "1"}
+    before_ok = metric(server, "nv_inference_request_success", **labels)
+    before_bad = metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels)
+    vision.Warp(pb.WarpRequest(images=[png(uniform((1, 2, 3)))]), timeout=10)
+    rpc_error(vision.Warp, pb.WarpRequest(images=[pb.Image(encoded=b"junk")]))
+    assert metric(server, "nv_inference_request_success", **labels) == before_ok + 1
+    assert metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels) == before_bad + 1
+
+
+def test_concurrent_caption_steps_are_batched(server: ServerProcess) -> None:
+    """Greedy captions of one image submit one row per step, so any decoder batch larger than one
+    row holds the steps of different requests."""
+    labels = {"model": "tiny_caption_decoder", "version": "1"}
+    rows_before = metric(server, "nv_inference_count", **labels)
+    executions_before = metric(server, "nv_inference_exec_count", **labels)
+
+    async def caption_many() -> list[pb.CaptionResponse]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = vision_pb2_grpc.VisionStub(channel)
+            request = pb.CaptionRequest(images=[raw(uniform((128, 128, 128), 8, 8))])
+            return await asyncio.gather(*(stub.Caption(request, timeout=30) for _ in range(32)))
+
+    responses = asyncio.run(caption_many())
+    assert {r.results[0].text for r in responses} == {"red square"}
+    rows = metric(server, "nv_inference_count", **labels) - rows_before
+    executions = metric(server, "nv_inference_exec_count", **labels) - executions_before
+    assert rows == 32 * 3  # "red", "square", end for each request
+    assert executions < rows  # some executions ran steps of several requests together
+
+
+def test_server_still_serves_after_errors(vision: vision_pb2_grpc.VisionStub) -> None:
+    assert vision.Classify(pb.ClassifyRequest(images=[png(uniform((1, 2, 3)))]), timeout=10).results
