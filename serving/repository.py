@@ -8,6 +8,7 @@ names the file (relative to the repository, so no server paths leak to clients) 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def read_config(source: ModelSource) -> mc.ModelConfig:
     path = source.directory / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{where} is missing")
-    text = path.read_text()
+    text = _colon_before_lists(path.read_text())
     config = mc.ModelConfig()
     try:
         text_format.Parse(text, config)
@@ -93,6 +94,21 @@ def read_config(source: ModelSource) -> mc.ModelConfig:
     return config
 
 
+# A quoted string, a comment, or a field name directly followed by "[" (list of messages).
+_LIST_WITHOUT_COLON = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|\b([A-Za-z_]\w*)(\s*)\[')
+
+
+def _colon_before_lists(text: str) -> str:
+    """Write `field [ {...} ]` as `field: [ {...} ]` (same meaning).
+
+    protobuf can skip an unknown field only in the colon form, and Triton configs often use the
+    other (`model_warmup [ ... ]`, `control_input [ ... ]`); strings and comments are left alone.
+    """
+    return _LIST_WITHOUT_COLON.sub(
+        lambda match: f"{match.group(1)}:{match.group(2)}[" if match.group(1) else match.group(0), text
+    )
+
+
 def model_spec(source: ModelSource, config: mc.ModelConfig) -> ModelSpec:
     """Validate a parsed config against the folder it came from."""
     where = f"{source.name}/{CONFIG_FILE}"
@@ -102,9 +118,12 @@ def model_spec(source: ModelSource, config: mc.ModelConfig) -> ModelSpec:
 
     if config.name != source.name:
         raise fail(f"name '{config.name}' must match the folder name '{source.name}'")
+    for key, value in (("platform", config.platform), ("backend", config.backend)):
+        if value and value not in ONNX_PLATFORMS + TENSORRT_PLATFORMS:
+            raise fail(f"{key} '{value}' is not supported; use onnxruntime_onnx or tensorrt_plan")
     platform = config.platform or config.backend
-    if platform not in ONNX_PLATFORMS + TENSORRT_PLATFORMS:
-        raise fail(f"platform '{platform}' is not supported; use onnxruntime_onnx or tensorrt_plan")
+    if not platform:
+        raise fail("platform is missing; use onnxruntime_onnx or tensorrt_plan")
     if config.max_batch_size < 0:
         raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
     parameters = {key: value.string_value for key, value in config.parameters.items()}
