@@ -3,7 +3,7 @@
 A thin servicer: each RPC asks the ModelManager and converts with serving.api.v2_infer (requests,
 responses) or serving.api.v2_messages (metadata, config, statistics, index). Domain errors raised
 here become status codes in serving.api.status, like every adapter's. Shared-memory, trace and log
-RPCs are left to the generated base class, which answers UNIMPLEMENTED.
+RPCs answer UNIMPLEMENTED with a message saying what to do instead.
 """
 
 from __future__ import annotations
@@ -185,3 +185,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._models.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # ------------------------------------------------------------------ not served
+    async def SystemSharedMemoryStatus(self, request: object, context: Context) -> None:
+        await _unimplemented(context, _SHARED_MEMORY)
+
+    async def SystemSharedMemoryRegister(self, request: object, context: Context) -> None:
+        await _unimplemented(context, _SHARED_MEMORY)
+
+    async def SystemSharedMemoryUnregister(self, request: object, context: Context) -> None:
+        await _unimplemented(context, _SHARED_MEMORY)
+
+    async def CudaSharedMemoryStatus(self, request: object, context: Context) -> None:
+        await _unimplemented(context, _SHARED_MEMORY)
+
+    async def CudaSharedMemoryRegister(self, request: object, context: Context) -> None:
+        await _unimplemented(context, _SHARED_MEMORY)
+
+    async def CudaSharedMemoryUnregister(self, request: object, context: Context) -> None:
+        await _unimplemented(context, _SHARED_MEMORY)
+
+    async def TraceSetting(self, request: object, context: Context) -> None:
+        await _unimplemented(context, "trace settings are not supported; use the Prometheus metrics")
+
+    async def LogSettings(self, request: object, context: Context) -> None:
+        await _unimplemented(context, "log settings are not supported; set --log-level at start-up")
+
+
+_SHARED_MEMORY = "shared memory is not supported; send tensors in the request"
+
+
+async def _unimplemented(context: Context, message: str) -> None:
+    """UNIMPLEMENTED is a fact about this transport, not a domain error: abort here, outside the table."""
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
