@@ -1,0 +1,110 @@
+"""RepositoryModelLoad/Unload against a real server in explicit mode, through the real Triton client:
+the bearer token, name checks, no traversal, no symlink escape, and load/unload/reload that work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.server_process import ServerProcess
+from tests.protocols.conftest import CONTROL_TOKEN, TritonRunner
+from tests.protocols.repositories import write_plain_triton_model
+
+
+@pytest.fixture(scope="module")
+def control_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("control")
+    repository = root / "repository"
+    repository.mkdir()
+    write_plain_triton_model(repository, "simple")
+    write_plain_triton_model(root / "outside", "stray")  # a valid model the server must never read
+    return repository
+
+
+@pytest.fixture(scope="module")
+def control_server(control_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("control_server") / "server.log"
+    flags = ["--model-control-mode", "explicit", "--model-control-token", CONTROL_TOKEN]
+    with ServerProcess.start(control_repository, log=log, extra_args=flags) as server:
+        yield server
+
+
+def _refused(step: dict, status: str, message: str) -> None:
+    assert not step["ok"] and step["status"] == status, step
+    assert message in step["message"], step["message"]
+
+
+def test_load_and_unload_need_the_token(control_server: ServerProcess, tmp_path: Path) -> None:
+    steps = TritonRunner(control_server.target, tmp_path).run([
+        {"op": "load", "model": "simple"},
+        {"op": "load", "model": "simple", "token": "wrong-token-0123456789"},
+        {"op": "unload", "model": "simple"},
+        {"op": "model_ready", "model": "simple"},
+    ]).steps
+    for step in steps[:3]:
+        _refused(step, "UNAUTHENTICATED", "authorization: Bearer <token>")
+    assert steps[3]["value"] is True
+
+
+def test_nothing_outside_the_repository_can_be_loaded(
+    control_server: ServerProcess, control_repository: Path, tmp_path: Path
+) -> None:
+    outside = control_repository.parent / "outside" / "stray"
+    (control_repository / "escape").symlink_to(outside, target_is_directory=True)
+    (control_repository / "sneaky" / "1").mkdir(parents=True)
+    (control_repository / "sneaky" / "config.pbtxt").symlink_to(outside / "config.pbtxt")
+    (control_repository / "sneaky" / "1" / "model.onnx").symlink_to(outside / "1" / "model.onnx")
+    steps = TritonRunner(control_server.target, tmp_path).run([
+        {"op": "load", "model": name, "token": CONTROL_TOKEN}
+        for name in ("../outside/stray", "..", "simple/1", "escape", "sneaky", "missing")
+    ] + [{"op": "model_ready", "model": name} for name in ("escape", "sneaky", "stray")]).steps
+    for step in steps[:3]:
+        _refused(step, "INVALID_ARGUMENT", "is not a plain folder name")
+    for step in steps[3:5]:
+        _refused(step, "INVALID_ARGUMENT", "outside the model repository")
+    _refused(steps[5], "NOT_FOUND", "no model folder 'missing'")
+    assert [step["value"] for step in steps[6:]] == [False, False, False]
+
+
+def test_unload_load_and_a_model_added_after_start(
+    control_server: ServerProcess, control_repository: Path, tmp_path: Path
+) -> None:
+    write_plain_triton_model(control_repository, "late")
+    ints = np.arange(32, dtype=np.int32).reshape(2, 16)
+    infer = {"op": "infer", "inputs": [{"name": "INPUT0", "datatype": "INT32", "array": "a"},
+                                       {"name": "INPUT1", "datatype": "INT32", "array": "a"}]}
+    result = TritonRunner(control_server.target, tmp_path).run([
+        {"op": "load", "model": "late", "token": CONTROL_TOKEN},
+        {**infer, "model": "late"},
+        {"op": "unload", "model": "simple", "token": CONTROL_TOKEN},
+        {"op": "model_ready", "model": "simple"},
+        {**infer, "model": "simple"},
+        {"op": "repository_index"},
+        {"op": "load", "model": "simple", "token": CONTROL_TOKEN},
+        {**infer, "model": "simple"},
+    ], {"a": ints})
+    steps = result.steps
+    assert steps[0]["ok"] and steps[1]["ok"], steps[:2]
+    np.testing.assert_array_equal(result.outputs["1/OUTPUT0"], 2 * ints)
+    assert steps[2]["ok"] and steps[3]["value"] is False
+    assert not steps[4]["ok"] and steps[4]["status"] in ("NOT_FOUND", "UNAVAILABLE")
+    index = {entry["name"]: entry for entry in steps[5]["value"]["models"]}
+    assert index["late"]["state"] == "READY" and index["simple"]["state"] == "UNAVAILABLE"
+    assert steps[6]["ok"] and steps[7]["ok"]
+    np.testing.assert_array_equal(result.outputs["7/OUTPUT1"], 0 * ints)
+
+
+def test_explicit_mode_without_a_token_refuses_to_start(control_repository: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(control_repository), "--port", "0",
+         "--metrics-port", "0", "--model-control-mode", "explicit"],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode != 0
+    assert "needs a bearer token of at least 16 characters" in done.stderr
+    assert "Traceback" not in done.stderr
