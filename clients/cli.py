@@ -17,7 +17,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -38,6 +38,10 @@ STAGES = {
     "bench": ("clients.bench", "measure the server under load", "bench"),
 }
 """Subcommands owned by other stages: module with `main(argv) -> int`, help, the extra it needs."""
+
+
+Handler = Callable[[VisionClient, argparse.Namespace], Iterator[Output]]
+"""A subcommand: sends its request(s), yields what to print for each, as soon as it is answered."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -84,20 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     images = OneLineParser(add_help=False, parents=[model])
     images.add_argument("images", nargs="+", metavar="IMAGE", help="image file (JPEG, PNG or WebP)")
 
-    def task(name: str, help_text: str, handler: Callable[..., object], parents: list) -> argparse.ArgumentParser:
+    def task(name: str, help_text: str, handler: Handler, parents: list) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, parents=parents)
         sub.set_defaults(handler=handler)
         return sub
 
-    classify = task("classify", "top-k labels of each image", _classify, [images])
+    classify = task("classify", "top-k labels of each image", _each_image(_classify), [images])
     classify.add_argument("--top-k", type=_non_negative_int, default=0, help="labels per image (0 = server's 5)")
-    detect = task("detect", "objects in each image: label, score, box", _detect, [images])
+    detect = task("detect", "objects in each image: label, score, box", _each_image(_detect), [images])
     detect.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score in [0, 1] (0 = server's 0.5)")
     detect.add_argument("--max-detections", type=_non_negative_int, default=0, help="per image (0 = all)")
-    caption = task("caption", "a sentence describing each image", _caption, [images])
+    caption = task("caption", "a sentence describing each image", _each_image(_caption), [images])
     caption.add_argument("--beam-size", type=_non_negative_int, default=0, help="beam search width (0/1 = greedy)")
     caption.add_argument("--max-length", type=_non_negative_int, default=0, help="tokens (0 = model's maximum)")
-    warp = task("warp", "the spatial transformer's warped image and affine theta", _warp, [images])
+    warp = task("warp", "the spatial transformer's warped image and affine theta", _each_image(_warp), [images])
     warp.add_argument("--out", type=Path, default=Path("."), help="folder for the warped PNGs (default: .)")
     generate = task("generate", "draw images from the generator", _generate, [model])
     generate.add_argument("--count", type=_non_negative_int, default=4, help="images to draw (default: 4)")
@@ -110,63 +114,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _classify(client: VisionClient, args: argparse.Namespace) -> list[Output]:
-    return [
-        formatting.classification(
-            image, client.classify(image, model=args.model, version=args.version, top_k=args.top_k)
-        )
-        for image in args.images
-    ]
+def _classify(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
+    answer = client.classify(image, model=args.model, version=args.version, top_k=args.top_k)
+    return formatting.classification(image, answer)
 
 
-def _detect(client: VisionClient, args: argparse.Namespace) -> list[Output]:
-    return [
-        formatting.detections(
-            image,
-            client.detect(
-                image,
-                model=args.model,
-                version=args.version,
-                score_threshold=args.threshold,
-                max_detections=args.max_detections,
-            ),
-        )
-        for image in args.images
-    ]
+def _detect(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
+    answer = client.detect(
+        image,
+        model=args.model,
+        version=args.version,
+        score_threshold=args.threshold,
+        max_detections=args.max_detections,
+    )
+    return formatting.detections(image, answer)
 
 
-def _caption(client: VisionClient, args: argparse.Namespace) -> list[Output]:
-    return [
-        formatting.caption(
-            image,
-            client.caption(
-                image, model=args.model, version=args.version, beam_size=args.beam_size, max_length=args.max_length
-            ),
-        )
-        for image in args.images
-    ]
+def _caption(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
+    answer = client.caption(
+        image, model=args.model, version=args.version, beam_size=args.beam_size, max_length=args.max_length
+    )
+    return formatting.caption(image, answer)
 
 
-def _warp(client: VisionClient, args: argparse.Namespace) -> list[Output]:
-    outputs = []
-    for image in args.images:
-        answer = client.warp(image, model=args.model, version=args.version)
-        path = _write(args.out / f"{Path(image).stem}_warped.png", answer.results[0].png)
-        outputs.append(formatting.warp(image, answer, str(path)))
-    return outputs
+def _warp(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
+    answer = client.warp(image, model=args.model, version=args.version)
+    path = _write(args.out / f"{Path(image).stem}_warped.png", answer.results[0].png)
+    return formatting.warp(image, answer, str(path))
 
 
-def _generate(client: VisionClient, args: argparse.Namespace) -> list[Output]:
+def _each_image(ask: Callable[[VisionClient, str, argparse.Namespace], Output]) -> Handler:
+    """One request per IMAGE argument, answered (and printed) in order."""
+
+    def handler(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:
+        return (ask(client, image, args) for image in args.images)
+
+    return handler
+
+
+def _generate(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:
     answer = client.generate(args.count, seed=args.seed, model=args.model, version=args.version)
     paths = [
         str(_write(args.out / f"{answer.model.name}_seed{args.seed}_{i:03d}.png", image.png))
         for i, image in enumerate(answer.results)
     ]
-    return [formatting.generated(answer, paths)]
+    yield formatting.generated(answer, paths)
 
 
-def _models(client: VisionClient, args: argparse.Namespace) -> list[Output]:
-    return [formatting.models(client.list_models(args.task))]
+def _models(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:
+    yield formatting.models(client.list_models(args.task))
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import AsyncVisionClient, VisionClient, VisionError
+from clients import AsyncVisionClient, InputError, VisionClient, VisionError
 from clients.server_process import ServerProcess
 from tests.serving.tiny_repository import CLASSIFIER_LABELS, DETECT_SIZE, WARP_THETA
 
@@ -80,10 +80,11 @@ def test_unknown_model_and_bad_bytes_raise_vision_error_with_code_and_message(cl
     assert garbage.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_an_expired_deadline_surfaces_as_deadline_exceeded(client: VisionClient) -> None:
-    with pytest.raises(VisionError) as expired:
-        client.classify(flat_image((5, 5, 5)), timeout=1e-6)
+def test_an_expired_deadline_surfaces_as_deadline_exceeded(silent_address: str) -> None:
+    with VisionClient(silent_address, timeout=30) as client, pytest.raises(VisionError) as expired:
+        client.classify(flat_image((5, 5, 5)), timeout=0.2)  # the call's own deadline wins
     assert expired.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert str(expired.value).startswith("DEADLINE_EXCEEDED: ")
 
 
 def test_wait_until_ready_on_a_dead_address_gives_up_with_deadline_exceeded(refusing_address: str) -> None:
@@ -98,16 +99,24 @@ def test_async_client_runs_concurrent_calls_and_matches_the_sync_client(
 ) -> None:
     images = [flat_image((i * 25, 100, 255 - i * 25)) for i in range(8)]
 
-    async def run() -> tuple[list, VisionError]:
+    async def run() -> list:
         async with AsyncVisionClient(tiny_server.target) as aclient:
             await aclient.wait_until_ready(timeout=10)
-            answers = await asyncio.gather(*(aclient.classify(image, top_k=1) for image in images))
-            try:
-                await aclient.caption(images[0], timeout=1e-6)
-            except VisionError as error:
-                return list(answers), error
-            raise AssertionError("a 1 microsecond deadline did not expire")
+            return list(await asyncio.gather(*(aclient.classify(image, top_k=1) for image in images)))
 
-    answers, expired = asyncio.run(run())
+    answers = asyncio.run(run())
     assert [answer.results[0] for answer in answers] == list(client.classify(images, top_k=1).results)
-    assert expired.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_async_deadline_and_bad_input_errors(silent_address: str) -> None:
+    async def run() -> VisionError:
+        async with AsyncVisionClient(silent_address, timeout=0.2) as aclient:
+            with pytest.raises(InputError):
+                await aclient.classify(np.zeros((4, 4, 3), np.float64))
+            try:
+                await aclient.caption(flat_image((1, 1, 1)))
+            except VisionError as error:
+                return error
+            raise AssertionError("a call to a silent server returned")
+
+    assert asyncio.run(run()).code == grpc.StatusCode.DEADLINE_EXCEEDED
