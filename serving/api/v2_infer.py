@@ -154,6 +154,8 @@ def _requested_outputs(
     for output in requested:
         if output.name not in declared:
             raise InvalidArgument(f"model '{model.name}' has no output '{output.name}'; it has {declared}")
+        if any(earlier.name == output.name for earlier in outputs):
+            raise InvalidArgument(f"output '{output.name}' is requested twice; ask for each output once")
         _refuse_shared_memory(f"output '{output.name}'", output.parameters)
         count = 0
         if "classification" in output.parameters:
