@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib.metadata import version as package_version
+from typing import TypeAlias
 
 import grpc
 
@@ -29,7 +30,7 @@ from serving.model_control import MODES, ModelControl
 from serving.models import ModelManager
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = grpc.aio.ServicerContext
 
 
 def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:

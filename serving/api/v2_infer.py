@@ -150,7 +150,7 @@ def _requested_outputs(
     declared = [t.name for t in model.outputs]
     if not requested:
         return tuple(RequestedOutput(name) for name in declared)
-    outputs = []
+    outputs: list[RequestedOutput] = []
     for output in requested:
         if output.name not in declared:
             raise InvalidArgument(f"model '{model.name}' has no output '{output.name}'; it has {declared}")

@@ -37,9 +37,11 @@ def model_config(model: ServedModel) -> pb.ModelConfigResponse:
     config.CopyFrom(model.config)
     config.platform = config.platform or model.spec.platform
     if not config.input:
-        config.input.extend(mc.ModelInput(name=t.name, data_type=t.data_type, dims=t.shape) for t in model.inputs)
+        for tensor in model.inputs:
+            config.input.add(name=tensor.name, data_type=mc.DataType.Name(tensor.data_type), dims=tensor.shape)
     if not config.output:
-        config.output.extend(mc.ModelOutput(name=t.name, data_type=t.data_type, dims=t.shape) for t in model.outputs)
+        for tensor in model.outputs:
+            config.output.add(name=tensor.name, data_type=mc.DataType.Name(tensor.data_type), dims=tensor.shape)
     return pb.ModelConfigResponse(config=config)
 
 

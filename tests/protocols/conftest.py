@@ -59,10 +59,12 @@ class TritonRunner:
 
 @pytest.fixture(scope="session")
 def v2_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every tiny task model plus Triton's plain "simple" model (no ninefold parameters)."""
+    """Every tiny task model plus Triton's plain "simple" model (no ninefold parameters), once with
+    its tensors listed in config.pbtxt and once without (signature from the model file)."""
     repository = tmp_path_factory.mktemp("v2_repository")
     write_tiny_repository(repository)
     write_plain_triton_model(repository)
+    write_plain_triton_model(repository, "simple_unlisted", list_tensors=False)
     return repository
 
 

@@ -43,8 +43,11 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def write_plain_triton_model(repository: Path, name: str = "simple") -> Path:
-    """Triton's "simple" model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (INT32 [B, 16])."""
+def write_plain_triton_model(repository: Path, name: str = "simple", *, list_tensors: bool = True) -> Path:
+    """Triton's "simple" model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (INT32 [B, 16]).
+
+    `list_tensors=False` writes a config without input/output, as Triton users do for ONNX models
+    (the server takes the signature from the model file)."""
     folder = repository / name
     tensor = [TensorProto.INT32, ["batch", 16]]
     graph = helper.make_graph(
@@ -55,7 +58,10 @@ def write_plain_triton_model(repository: Path, name: str = "simple") -> Path:
         [helper.make_tensor_value_info(n, *tensor) for n in ("OUTPUT0", "OUTPUT1")],
     )
     _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), folder / "1" / "model.onnx")
-    (folder / "config.pbtxt").write_text(SIMPLE_CONFIG.replace('"simple"', f'"{name}"'))
+    config = SIMPLE_CONFIG.replace('"simple"', f'"{name}"')
+    if not list_tensors:
+        config = config[: config.index("input [")]
+    (folder / "config.pbtxt").write_text(config)
     return folder
 
 

@@ -17,7 +17,7 @@ from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logi
 from tests.serving.tiny_repository import LATENT_SIZE, SIZE
 
 TASK_MODELS = ("tiny_caption", "tiny_caption_decoder", "tiny_classify", "tiny_detect", "tiny_generate", "tiny_warp")
-ALL_MODELS = ("simple", *TASK_MODELS)
+ALL_MODELS = ("simple", "simple_unlisted", *TASK_MODELS)
 BATCH = 3
 _NUMPY = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
 
@@ -64,6 +64,9 @@ def test_every_model_exposes_its_signature_and_config(triton: TritonRunner) -> N
     simple, simple_config = by_model["simple"]
     assert [t["datatype"] for t in simple["inputs"]] == ["INT32", "INT32"]
     assert simple_config["config"]["max_batch_size"] == 8 and "parameters" not in simple_config["config"]
+    unlisted, unlisted_config = by_model["simple_unlisted"]
+    assert (unlisted["inputs"], unlisted["outputs"]) == (simple["inputs"], simple["outputs"])
+    assert [t["name"] for t in unlisted_config["config"]["output"]] == ["OUTPUT0", "OUTPUT1"]
 
     index = ok(steps[-1])["models"]
     assert sorted(entry["name"] for entry in index) == sorted(ALL_MODELS)
@@ -247,7 +250,9 @@ def test_model_control_is_refused_when_disabled(triton: TritonRunner) -> None:
         assert "model control is disabled" in step["message"]
 
 
-def test_the_plain_triton_model_carries_no_ninefold_parameters(v2_repository: Path) -> None:
-    """Guards test_infer_on_every_model's "simple": a config as a Triton user writes it."""
-    config = (v2_repository / "simple" / "config.pbtxt").read_text()
-    assert "parameters" not in config and "ninefold" not in config
+def test_the_plain_triton_models_carry_no_ninefold_parameters(v2_repository: Path) -> None:
+    """Guards test_infer_on_every_model's "simple" models: configs as a Triton user writes them."""
+    for name in ("simple", "simple_unlisted"):
+        config = (v2_repository / name / "config.pbtxt").read_text()
+        assert "parameters" not in config and "ninefold" not in config
+    assert "input" not in (v2_repository / "simple_unlisted" / "config.pbtxt").read_text()
