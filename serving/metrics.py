@@ -11,11 +11,14 @@ Triton's counters carry no `_total` suffix; neither do ours (the exposition stay
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from serving.models import ModelManager
@@ -137,11 +140,38 @@ class GpuCollector(Collector):
 
 
 COLLECTOR = ServingCollector()
+_TRITON_COUNTERS = (
+    REQUEST_SUCCESS, REQUEST_FAILURE, INFERENCE_COUNT, EXEC_COUNT,
+    REQUEST_DURATION_US, QUEUE_DURATION_US, COMPUTE_INFER_DURATION_US,
+)
 _registered = False
 
 
+def exposition() -> bytes:
+    """The /metrics text: prometheus_client's, with Triton's counter names kept free of `_total`."""
+    text = generate_latest(REGISTRY).decode()
+    for name in _TRITON_COUNTERS:
+        text = text.replace(f"# HELP {name}_total ", f"# HELP {name} ").replace(
+            f"# TYPE {name}_total counter", f"# TYPE {name} counter"
+        )
+    return text.encode()
+
+
+def _metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    if environ.get("PATH_INFO") != "/metrics":
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"metrics are at /metrics\n"]
+    start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+    return [exposition()]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are frequent; do not log each one."""
+
+
 def start_metrics_server(host: str, port: int, manager: ModelManager) -> None:
-    """Serve /metrics on `host:port` from a background thread (also process_* metrics of this process)."""
+    """Serve /metrics on `host:port` from a daemon thread (plus this process's process_* metrics)."""
     global _registered
     COLLECTOR.attach(manager)
     if not _registered:
@@ -150,7 +180,8 @@ def start_metrics_server(host: str, port: int, manager: ModelManager) -> None:
         if gpu is not None:
             REGISTRY.register(gpu)
         _registered = True
-    start_http_server(port, addr=host)
+    server = make_server(host, port, _metrics_app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics http", daemon=True).start()
 
 
 def _gpu_collector() -> GpuCollector | None:

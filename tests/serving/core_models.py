@@ -44,23 +44,32 @@ def batch_dropping_graph() -> onnx.GraphProto:
     )
 
 
-def slow_graph(width: int = 1024, depth: int = 1000) -> onnx.GraphProto:
-    """A chain of `depth` (width x width) MatMuls: tens to hundreds of ms per item on a CPU, so a
-    request reliably keeps its instance busy while a test sends others. FP32 [B, width] -> [B, width]."""
+def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
+    """`iterations` (width x width) MatMuls in one Loop node: tens to hundreds of ms per item on a CPU,
+    so a request reliably keeps its instance busy while a test sends others; one node, so it loads in
+    milliseconds. FP32 [B, width] -> [B, width]."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-    nodes = []
-    previous = "x"
-    for layer in range(depth):
-        output = "y" if layer == depth - 1 else f"h{layer}"
-        nodes.append(helper.make_node("MatMul", [previous, "w"], [output]))
-        previous = output
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["h_in", "w"], ["h_out"])],
+        "step",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width])],
+    )
     return helper.make_graph(
-        nodes,
+        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
         "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        initializer=[numpy_helper.from_array(weight, "w")],
+        initializer=[
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+        ],
     )
 
 
