@@ -1,0 +1,66 @@
+"""ServerConfig from flags and NINEFOLD_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from serving.__main__ import main
+from serving.config import add_option, env_name, load_config
+
+
+def test_defaults_follow_the_shared_conventions() -> None:
+    config = load_config(["--model-repository", "repo"], env={})
+    assert (config.model_repository, config.host, config.port, config.metrics_port) == (
+        Path("repo"), "127.0.0.1", 8001, 8002
+    )
+    assert config.spin_wait is False and config.grace_seconds == 10.0
+
+
+def test_environment_variables_set_values_and_flags_win() -> None:
+    env = {"NINEFOLD_MODEL_REPOSITORY": "/models", "NINEFOLD_PORT": "9001", "NINEFOLD_SPIN_WAIT": "true",
+           "NINEFOLD_GRACE_SECONDS": "2.5", "NINEFOLD_LOG_LEVEL": "debug"}
+    config = load_config([], env=env)
+    assert (config.model_repository, config.port, config.spin_wait, config.grace_seconds, config.log_level) == (
+        Path("/models"), 9001, True, 2.5, "DEBUG"
+    )
+    assert load_config(["--port", "7000", "--no-spin-wait"], env=env).port == 7000
+    assert load_config(["--no-spin-wait"], env=env).spin_wait is False
+    settings = load_config(["--ort-threads", "3"], env=env).backend_settings()
+    assert (settings.intra_op_threads, settings.spin_wait) == (3, True)
+
+
+def test_a_missing_repository_or_a_bad_value_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as missing:
+        load_config([], env={})
+    assert missing.value.code == 2
+    with pytest.raises(SystemExit):
+        load_config(["--model-repository", "r", "--port", "eighty"], env={})
+
+
+def test_adapter_hooks_add_flags_with_the_same_env_convention() -> None:
+    def hook(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+        add_option(parser, env, "--model-control-mode", default="none", choices=("none", "explicit"), help="mode")
+
+    config = load_config(["--model-repository", "r"], env={"NINEFOLD_MODEL_CONTROL_MODE": "explicit"}, extra=[hook])
+    assert config.extras == {"model_control_mode": "explicit"}
+    assert env_name("--model-control-mode") == "NINEFOLD_MODEL_CONTROL_MODE"
+
+
+def test_help_documents_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["--help"])
+    assert raised.value.code == 0
+    text = capsys.readouterr().out
+    for variable in ("NINEFOLD_MODEL_REPOSITORY", "NINEFOLD_PORT", "NINEFOLD_METRICS_PORT", "NINEFOLD_GRACE_SECONDS",
+                     "NINEFOLD_MAX_MESSAGE_BYTES", "NINEFOLD_MAX_IMAGE_PIXELS", "NINEFOLD_MAX_IMAGES_PER_REQUEST",
+                     "NINEFOLD_ORT_THREADS", "NINEFOLD_SPIN_WAIT", "NINEFOLD_LOG_LEVEL"):
+        assert variable in text
+
+
+def test_main_refuses_a_repository_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model-repository", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
