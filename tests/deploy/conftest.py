@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 import yaml
 from deploy_support import K8S, OVERLAYS, find_tool
+
+from tests.serving.conftest import RunningServer, start_server
+from tests.serving.tiny_repository import write_tiny_repository
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +38,12 @@ def rendered(kubectl: str) -> dict[str, list[dict]]:
         assert result.returncode == 0, f"kubectl kustomize k8s/{overlay} failed:\n{result.stderr}"
         outputs[overlay] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     return outputs
+
+
+@pytest.fixture(scope="session")
+def ninefold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real `python -m serving` on loopback over the tiny repository (one tiny model per task)."""
+    repository = write_tiny_repository(tmp_path_factory.mktemp("deploy-repository"))
+    server = start_server(repository)
+    yield server
+    assert server.stop() == 0, server.log()
