@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib.metadata import version as package_version
@@ -28,6 +29,8 @@ from serving.errors import InvalidArgument, NotFound, Unavailable
 from serving.images import ImageLimits
 from serving.model_control import MODES, ModelControl
 from serving.models import ModelManager
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -123,7 +126,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response = await infer(request, self._models, self._limits, deadline)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as error:  # noqa: BLE001 - every failure becomes this request's error_message
-                _, message = status_table.status_of(error)
+                code, message = status_table.status_of(error)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.error("ModelStreamInfer request for %s failed", request.model_name, exc_info=error)
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                                id=request.id)
                 await answers.put(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
