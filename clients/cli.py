@@ -179,7 +179,10 @@ def _run_stage(name: str, argv: list[str]) -> int:
         return _fail(
             f"`{PROG} {name}` cannot start: {error} (it needs the `{extra}` extra: pip install 'ninefold[{extra}]')"
         )
-    return int(module.main(argv) or 0)
+    stage_main = getattr(module, "main", None)
+    if stage_main is None:
+        return _fail(f"`{PROG} {name}` is not available: {module_name} has no main(argv)")
+    return int(stage_main(argv) or 0)
 
 
 def _fail(message: str) -> int:
