@@ -78,3 +78,11 @@ class TensorSpec:
         return len(shape) == len(self.shape) and all(
             want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
         )
+
+
+_CONFIG_TYPE_OF_NUMPY = {dtype: code for code, dtype in NUMPY_DTYPES.items()}
+
+
+def config_type_of(dtype: np.dtype) -> int:
+    """The Triton config enum for a numpy dtype; raises KeyError for dtypes Triton lacks."""
+    return _CONFIG_TYPE_OF_NUMPY[np.dtype(dtype)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 
@@ -130,3 +132,23 @@ def test_backend_choice_per_device() -> None:
         select_backend("onnxruntime_onnx", "", ["model.sm90.plan"], CPU, True)
     with pytest.raises(ValueError, match="not supported"):
         select_backend("pytorch_libtorch", "", files, CPU, True)
+
+
+@pytest.mark.gpu
+def test_a_native_tensorrt_engine_runs_on_the_gpu(tmp_path: Path) -> None:
+    """Needs a GPU, TensorRT and an engine the export stage built (NINEFOLD_TEST_ENGINE=path/model.smXX.plan)."""
+
+    engine = os.environ.get("NINEFOLD_TEST_ENGINE")
+    if engine is None:
+        pytest.skip("no GPU engine given (set NINEFOLD_TEST_ENGINE on a GPU machine)")
+    from serving.backends.tensorrt import TensorRTBackend
+    from serving.placement import discover_gpus
+
+    gpus = discover_gpus()
+    if not gpus:
+        pytest.skip("no GPU visible")
+    backend = TensorRTBackend(Path(engine), Device(gpus[0]))
+    feeds = {s.name: np.zeros((1, *[max(d, 1) for d in s.shape[1:]]), s.dtype) for s in backend.inputs}
+    outputs = backend.infer(feeds)
+    assert set(outputs) == {s.name for s in backend.outputs}
+    backend.close()
