@@ -10,6 +10,7 @@ Every error names the image by its index in the request and says what to change.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ class Preprocessing:
     size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @functools.cached_property
+    def scale(self) -> np.ndarray:
+        """float32 (3, 1, 1): 1 / (255 * std), computed once per model."""
+        return (1.0 / (255.0 * np.asarray(self.std, dtype=np.float32)))[:, None, None]
+
+    @functools.cached_property
+    def offset(self) -> np.ndarray:
+        """float32 (3, 1, 1): -mean / std."""
+        return (-np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32))[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -179,13 +190,11 @@ def normalise(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> np.
     and one in-place add for the whole batch: no intermediate float copies.
     """
     height, width = preprocessing.size
-    std = np.asarray(preprocessing.std, dtype=np.float32)
-    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
-    offset = (-np.asarray(preprocessing.mean, dtype=np.float32) / std)[:, None, None]
+    scale = preprocessing.scale
     batch = np.empty((len(images), 3, height, width), dtype=np.float32)
     for slot, image in zip(batch, images, strict=True):
         np.multiply(image.transpose(2, 0, 1), scale, out=slot, casting="unsafe")
-    batch += offset
+    batch += preprocessing.offset
     return batch
 
 

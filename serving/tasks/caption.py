@@ -19,6 +19,7 @@ import numpy as np
 
 from serving.errors import InvalidArgument
 from serving.images import ImageInput, ImageLimits, Preprocessing
+from serving.tasks.classify import top_columns
 from serving.tasks.common import TensorModel, prepare_images
 
 #: Beam widths above this multiply decoder work for no measurable gain on these models.
@@ -92,7 +93,7 @@ async def beam_search(step: DecoderStep, initial: DecoderState, settings: Search
             forced[:, :, end] = candidates[:, :, end]
             candidates = forced
         flat = candidates.reshape(len(live), beams * vocabulary)
-        chosen = _top_columns(flat, min(settings.beam_size, flat.shape[1]))
+        chosen = top_columns(flat, min(settings.beam_size, flat.shape[1]))
         parents, next_tokens = np.divmod(chosen, vocabulary)
         width = chosen.shape[1]
         if width != beams:  # widen the per-image arrays to the new beam count
@@ -117,14 +118,6 @@ async def beam_search(step: DecoderStep, initial: DecoderState, settings: Search
         live = live[~stop]
         state = DecoderState(h=state.h[keep_rows], c=state.c[keep_rows])
     return best
-
-
-def _top_columns(scores: np.ndarray, count: int) -> np.ndarray:
-    """Column indices of the `count` largest values per row, best first: int (rows, count)."""
-    columns = scores.shape[1]
-    candidates = np.argpartition(scores, columns - count, axis=1)[:, columns - count :]
-    order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(candidates, order, axis=1)
 
 
 def _images_done(scores: np.ndarray, finished: np.ndarray) -> np.ndarray:
