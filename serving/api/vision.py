@@ -25,7 +25,7 @@ from serving.models import ModelManager, ServedModel
 from serving.repository import DECODER_TASK
 from serving.tasks.caption import Caption, Captioner, CaptionOptions
 from serving.tasks.classify import Classification, Classifier
-from serving.tasks.detect import DetectionOptions, Detections, Detector
+from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detections, Detector
 from serving.tasks.factory import TaskFactory
 from serving.tasks.generate import GeneratedImage, Generator, latents_from_seed, latents_from_values
 from serving.tasks.warp import Warper, WarpResult
@@ -132,7 +132,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         if not 0.0 <= request.score_threshold <= 1.0:
             raise InvalidArgument(f"score_threshold {request.score_threshold} is outside [0, 1]")
         options = DetectionOptions(
-            score_threshold=request.score_threshold or DetectionOptions.score_threshold,
+            score_threshold=request.score_threshold or DEFAULT_SCORE_THRESHOLD,
             max_detections=request.max_detections,
         )
 
