@@ -55,7 +55,7 @@ RUN apt-get update \
 # ---- serving: the server, its health probe and the TensorRT engine-cache init step ---------------
 # hadolint ignore=DL3006
 FROM ${FLAVOUR}-base AS serving
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/ninefold/bin:${PATH} \
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/ninefold/bin:${PATH} HOME=/tmp \
     NINEFOLD_HOST=0.0.0.0 NINEFOLD_PORT=8001 NINEFOLD_METRICS_PORT=8002 \
     NINEFOLD_MODEL_REPOSITORY=/models
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \

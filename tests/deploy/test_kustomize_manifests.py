@@ -3,7 +3,8 @@
 Kubernetes objects: strict JSON schemas (unknown fields rejected) of Kubernetes 1.30 and 1.37 from
 kubernetes-validate. Prometheus Operator objects: the operator's CRD models (cloudcoil), round-tripped
 so that a misspelt field, which a model would silently drop, fails too. KServe publishes no offline
-schema; its objects are checked against the Deployment's conventions instead.
+schema: the Kubernetes types its objects embed (containers, volumes, tolerations) are validated as
+the pod KServe makes of them, and the KServe fields are checked against the Deployment's conventions.
 """
 
 from __future__ import annotations
@@ -23,15 +24,33 @@ SERVER_GRACE_SECONDS = 30
 PRE_STOP_SECONDS = 5
 
 
+KSERVE_MODEL_FIELDS = ("modelFormat", "runtime", "storageUri", "protocolVersion")
+"""Fields a KServe model spec adds to the Kubernetes Container it embeds."""
+
+
+def kserve_pod(obj: dict) -> dict:
+    """The Kubernetes Pod parts of a KServe object, as a Pod a strict schema can check."""
+    if obj["kind"] == "ServingRuntime":
+        spec = {key: obj["spec"][key] for key in ("containers", "volumes", "nodeSelector", "tolerations")
+                if key in obj["spec"]}
+    else:
+        predictor = obj["spec"]["predictor"]
+        model = {key: value for key, value in predictor["model"].items() if key not in KSERVE_MODEL_FIELDS}
+        spec = {"containers": [{"name": "kserve-container", "image": "runtime", **model}],
+                **{key: predictor[key] for key in ("nodeSelector", "tolerations") if key in predictor}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": obj["metadata"]["name"]}, "spec": spec}
+
+
 def validate_object(obj: dict) -> None:
-    """Raise if `obj` does not match its schema; KServe objects are left to the consistency tests."""
+    """Raise if `obj` does not match its schema."""
     if obj["apiVersion"] == OPERATOR_GROUP:
         model = getattr(prometheus_operator, obj["kind"]).model_validate(obj)
         assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == obj, (
             f"{obj['kind']}/{obj['metadata']['name']} has fields the Prometheus Operator CRD does not know")
-    elif obj["apiVersion"] not in KSERVE_GROUPS:
-        for version in KUBERNETES_VERSIONS:
-            kubernetes_validate.validate(obj, version, strict=True)
+        return
+    kubernetes_object = kserve_pod(obj) if obj["apiVersion"] in KSERVE_GROUPS else obj
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(kubernetes_object, version, strict=True)
 
 
 def test_every_kustomization_is_listed() -> None:
@@ -62,6 +81,10 @@ def test_validators_reject_a_broken_object(rendered: dict[str, list[dict]]) -> N
     monitor = find_object(rendered["monitoring"], "ServiceMonitor", "ninefold")
     with pytest.raises(AssertionError, match="does not know"):
         validate_object({**monitor, "spec": {**monitor["spec"], "endpoint": []}})
+    runtime = find_object(rendered["kserve"], "ServingRuntime", "ninefold")
+    (container,) = runtime["spec"]["containers"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_object({**runtime, "spec": {**runtime["spec"], "containers": [{**container, "port": 8001}]}})
 
 
 def server_pod_spec(objects: list[dict]) -> dict:
@@ -182,6 +205,8 @@ def test_kserve_runtime_runs_the_server_like_the_deployment(rendered: dict[str, 
     assert container["readinessProbe"]["grpc"]["port"] == 8001
     assert runtime["metadata"]["annotations"]["prometheus.kserve.io/port"] == env["NINEFOLD_METRICS_PORT"]
     assert container["securityContext"]["runAsNonRoot"] is True
+    writable = {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert any(env["NINEFOLD_TENSORRT_CACHE_DIR"].startswith(path) for path in writable), "/mnt/models is read-only"
     model = service["spec"]["predictor"]["model"]
     assert model["runtime"] == "ninefold"
     assert model["protocolVersion"] == "grpc-v2"
