@@ -32,6 +32,7 @@ from serving.models import ModelManager
 
 log = logging.getLogger(__name__)
 
+SERVER_VERSION = package_version("ninefold")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 Context: TypeAlias = grpc.aio.ServicerContext
 
@@ -95,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="ninefold", version=package_version("ninefold"), extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name="ninefold", version=SERVER_VERSION, extensions=EXTENSIONS)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
