@@ -1,0 +1,162 @@
+"""`ninefold bench`: a load generator for ninefold's task API and any Open Inference Protocol server.
+
+Closed loop at given concurrencies and/or open loop at given rates, after a warm-up, for a fixed
+duration, repeated; per point: throughput, p50/p90/p99/max latency, errors by gRPC status code,
+and the server's average batch size read from its /metrics. Results as JSON, Markdown and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from clients.bench.loadgen import run_closed_loop, run_open_loop
+from clients.bench.report import Point, write_results
+from clients.bench.scrape import average_batch_size, read_batch_counters
+from clients.bench.stats import combine, summarise
+from clients.bench.targets import Target, classify_target, make_call, v2_image_target
+
+#: One HTTP/2 connection carries every concurrent stream; no per-call channel set-up.
+_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How to load one system: closed-loop concurrencies and/or open-loop rates, and timings."""
+
+    concurrencies: tuple[int, ...] = (1, 4, 16, 64)
+    rates: tuple[float, ...] = ()
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    repeats: int = 3
+    timeout_s: float = 30.0
+
+
+async def measure_system(
+    server: str,
+    target: Target,
+    plan: LoadPlan,
+    *,
+    system: str,
+    model: str,
+    metrics_url: str | None = None,
+    progress: bool = True,
+) -> list[Point]:
+    """Every load point of `plan` against one running server, in order."""
+    points: list[Point] = []
+    loads = [("closed", float(c)) for c in plan.concurrencies] + [("open", r) for r in plan.rates]
+    async with grpc.aio.insecure_channel(server, options=_CHANNEL_OPTIONS) as channel:
+        call = make_call(channel, target, plan.timeout_s)
+        for mode, load in loads:
+            runs, batch_sizes = [], []
+            for _ in range(plan.repeats):
+                before = read_batch_counters(metrics_url, model) if metrics_url else None
+                if mode == "closed":
+                    samples = await run_closed_loop(call, int(load), plan.duration_s, plan.warmup_s)
+                else:
+                    samples = await run_open_loop(call, load, plan.duration_s, plan.warmup_s)
+                if before is not None and metrics_url:
+                    batch = average_batch_size(before, read_batch_counters(metrics_url, model))
+                    if batch is not None:
+                        batch_sizes.append(batch)
+                runs.append(summarise(samples))
+            result = combine(runs)
+            batch = sum(batch_sizes) / len(batch_sizes) if batch_sizes else None
+            point = Point(system, model, mode, load, result, batch)
+            points.append(point)
+            if progress:
+                _print_progress(point)
+    return points
+
+
+def _print_progress(point: Point) -> None:
+    m = point.result.median
+    load = f"c={point.load:g}" if point.mode == "closed" else f"{point.load:g}/s"
+    batch = f" batch {point.avg_batch_size:.2f}" if point.avg_batch_size is not None else ""
+    errors = f" errors {m.errors}" if m.errors else ""
+    print(
+        f"  {point.model:>10} {point.system:<20} {load:>7}: {m.throughput:8.1f}/s  "
+        f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms{batch}{errors}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def synthetic_jpeg(size: int = 224) -> bytes:
+    """A textured test picture (deterministic), for runs without --image."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = np.stack([(xx * 255 // size), (yy * 255 // size), ((xx + yy) * 127 // size)], axis=-1)
+    noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _numbers(text: str, kind: type) -> tuple:
+    return tuple(kind(part) for part in text.split(",") if part.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ninefold bench",
+        description="Load a ninefold (task API) or Open Inference Protocol server and report latency and throughput.",
+    )
+    parser.add_argument("--server", default="localhost:8001", help="HOST:PORT of the gRPC server")
+    parser.add_argument("--model", required=True, help="model name to send requests to")
+    parser.add_argument("--protocol", choices=("ninefold", "v2"), default="ninefold",
+                        help="ninefold: Vision/Classify; v2: ModelInfer with the JPEG as a BYTES input 'images'")
+    parser.add_argument("--image", type=Path, help="JPEG/PNG to send (default: a synthetic 224x224 JPEG)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--concurrency", default="1,4,16,64", help="closed-loop concurrencies, comma separated")
+    parser.add_argument("--rate", default="", help="open-loop request rates per second, comma separated")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per point and repeat")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per point; medians and spread are reported")
+    parser.add_argument("--metrics-url", help="the server's /metrics URL, to read its average batch size")
+    parser.add_argument("--system", default="ninefold", help="name of the system in the results")
+    parser.add_argument("--out", type=Path, default=Path("bench_results"), help="directory for JSON/MD/PNG")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        jpeg = args.image.read_bytes() if args.image else synthetic_jpeg()
+    except OSError as error:
+        print(f"ninefold bench: cannot read {args.image}: {error.strerror}", file=sys.stderr)
+        return 2
+    if args.protocol == "ninefold":
+        target = classify_target(args.model, jpeg, args.top_k)
+    else:
+        target = v2_image_target(args.model, "images", jpeg, "logits", args.top_k)
+    plan = LoadPlan(
+        concurrencies=_numbers(args.concurrency, int),
+        rates=_numbers(args.rate, float),
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        repeats=args.repeats,
+    )
+    print(f"ninefold bench: {target.description} at {args.server}", file=sys.stderr)
+    points = asyncio.run(
+        measure_system(args.server, target, plan, system=args.system, model=args.model, metrics_url=args.metrics_url)
+    )
+    failed = sum(sum(p.result.median.errors.values()) for p in points)
+    extra = {"target": target.description, "server": args.server, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_results(points, args.out, extra, stem="bench")
+    print(f"ninefold bench: results in {args.out}/bench.json, .md, .png", file=sys.stderr)
+    if failed and all(p.result.median.completed == 0 for p in points):
+        print("ninefold bench: every request failed", file=sys.stderr)
+        return 1
+    return 0

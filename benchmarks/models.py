@@ -1,0 +1,91 @@
+"""Build the benchmark's models and repositories (torch side; `python -m benchmarks.models OUT`).
+
+Two classifiers, random weights (speed does not depend on them):
+- `tiny`: a five-layer CNN at 64x64, about a millisecond per image on two cores;
+- `resnet18`: torchvision's ResNet-18 at 224x224, 1,000 classes.
+Each is exported once to ONNX and served from two repositories that differ only in batching:
+`batching/` (dynamic_batching, as the export stage writes) and `unbatched/` (no dynamic_batching:
+each request runs alone, Triton's default scheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_BATCH_SIZE = 32
+
+
+def tiny_classifier(classes: int = 10) -> nn.Module:
+    """Conv-BN-ReLU x4 with stride 2, global average pool, linear: (B, 3, 64, 64) -> (B, classes)."""
+    layers: list[nn.Module] = []
+    width_in = 3
+    for width in (16, 32, 64, 128):
+        layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        width_in = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width_in, classes))
+
+
+MODELS = {
+    "tiny": (tiny_classifier, 64, 10),
+    "resnet18": (lambda classes: torchvision.models.resnet18(weights=None, num_classes=classes), 224, 1000),
+}
+
+
+def config_text(name: str, size: int, classes: int, batching: bool) -> str:
+    """A Triton config.pbtxt for a task-level classifier, with or without a dynamic batcher."""
+    preprocessing = json.dumps({"size": [size, size], "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {MAX_BATCH_SIZE}",
+        f'input [ {{ name: "images" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]',
+        f'output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }} ]',
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        'parameters { key: "task" value { string_value: "classify" } }',
+        f'parameters {{ key: "preprocessing" value {{ string_value: {json.dumps(preprocessing)} }} }}',
+    ]
+    if batching:
+        lines.append("dynamic_batching { default_queue_policy { max_queue_size: 1024 } }")
+    return "\n".join(lines) + "\n"
+
+
+def export(name: str, out: Path) -> Path:
+    """model.onnx (opset 17, dynamic batch) for `name` under out/onnx/<name>.onnx."""
+    build, size, classes = MODELS[name]
+    torch.manual_seed(0)
+    model = build(classes).eval()
+    path = out / "onnx" / f"{name}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(1, 3, size, size)
+    torch.onnx.export(
+        model, (example,), str(path), input_names=["images"], output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    return path
+
+
+def write_repositories(out: Path) -> None:
+    """out/batching/<model>/... and out/unbatched/<model>/..., sharing each ONNX file by hard link."""
+    for name, (_, size, classes) in MODELS.items():
+        onnx_path = export(name, out)
+        for variant, batching in (("batching", True), ("unbatched", False)):
+            folder = out / variant / name
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "1").mkdir(parents=True)
+            (folder / "config.pbtxt").write_text(config_text(name, size, classes, batching))
+            (folder / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(classes)))
+            (folder / "1" / "model.onnx").hardlink_to(onnx_path)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    write_repositories(Path(sys.argv[1]))

@@ -1,0 +1,67 @@
+"""The peer: KServe's Python model server running the same classify work (benchmark only).
+
+Run in its own virtual environment (KServe pins its own protobuf): `python -m benchmarks.peer_kserve
+MODEL_DIR --grpc-port P --http-port Q`. It serves the Open Inference Protocol over gRPC with the
+same request ninefold's v2 endpoint takes: input `images` BYTES [N] (JPEGs), output `logits` as
+BYTES [N, k] "score:index:label" strings (Triton's classification format), computed by
+benchmarks.pipeline exactly as the raw baseline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import kserve
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse
+
+from benchmarks.pipeline import ClassifyPipeline
+
+TOP_K = 5
+
+
+class PeerClassifier(kserve.Model):
+    """JPEGs in (a BYTES tensor, one element per image), top-5 strings out per image."""
+
+    def __init__(self, name: str, model_dir: Path) -> None:
+        super().__init__(name)
+        self._model_dir = model_dir
+        self._pipeline: ClassifyPipeline | None = None
+
+    def load(self) -> bool:
+        self._pipeline = ClassifyPipeline(self._model_dir)
+        self.ready = True
+        return self.ready
+
+    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
+        assert self._pipeline is not None
+        jpegs = [bytes(item) for item in payload.inputs[0].data]
+        pipeline = self._pipeline
+        answers = await asyncio.to_thread(pipeline, jpegs, TOP_K)  # keep ORT off the event loop
+        strings = np.array(
+            [
+                [f"{s:.6f}:{i}:{label}" for label, i, s in zip(a.labels, a.indices, a.scores, strict=True)]
+                for a in answers
+            ],
+            dtype=object,
+        )
+        output = InferOutput(name="logits", shape=list(strings.shape), datatype="BYTES")
+        output.set_data_from_numpy(strings, binary_data=False)
+        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--http-port", type=int, required=True)
+    args = parser.parse_args()
+    model = PeerClassifier(args.model_dir.name, args.model_dir)
+    model.load()
+    kserve.ModelServer(grpc_port=args.grpc_port, http_port=args.http_port, workers=1).start([model])
+
+
+if __name__ == "__main__":
+    main()
