@@ -1,0 +1,338 @@
+"""DCGAN (Radford et al. 2015, after Goodfellow et al. 2014): the generator G(z) is served (task `generate`).
+
+Generator: a stack of stride-2 transposed convolutions from a 4x4 seed, BatchNorm + ReLU between them
+and tanh at the end, so images come out in [-1, 1]. Discriminator: the mirror image, strided
+convolutions with BatchNorm + LeakyReLU(0.2), one logit per image. Training alternates one
+discriminator step and one generator step with Adam(lr 2e-4, beta1 0.5) and N(0, 0.02) weights, as
+the DCGAN paper does. The discriminator never leaves export; it is used in training and its mean
+score on generated samples is recorded as a quality figure beside the judge classifier's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from export.data.scenes import SHAPES, Scene, make_scenes, stack_images, stack_labels
+from export.families import register_family
+from export.families.base import (
+    FamilyConfig,
+    GraphSpec,
+    OnnxRunner,
+    ParityCase,
+    ParityCheck,
+    Quality,
+    TensorSpec,
+    Tolerance,
+    load_state_dict_strict,
+)
+from export.train import SGDRecipe, fit, set_threads, shuffled_batches
+
+
+@dataclass(frozen=True)
+class DcganConfig(FamilyConfig):
+    """Shape and training budget of a DCGAN pair.
+
+    image_size: side of the square output, a power of two >= 8 (64 in the paper).
+    z_dim: length of the standard-normal latent vector (100 in the paper).
+    width: channels of the generator's last hidden layer and the discriminator's first; they double
+        at every scale step towards 4x4 (ngf = ndf = 64 in the paper).
+    train_steps / batch_size / train_scenes: alternating D/G steps, images per step, and the size of
+        the synthetic training set (small configs only).
+    """
+
+    image_size: int = 64
+    z_dim: int = 100
+    width: int = 64
+    train_steps: int = 0
+    batch_size: int = 64
+    train_scenes: int = 4000
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8 or self.image_size & (self.image_size - 1):
+            raise ValueError(f"DCGAN image_size must be a power of two >= 8, got {self.image_size}")
+
+    @property
+    def scale_steps(self) -> int:
+        """Stride-2 steps between the 4x4 seed and the output."""
+        return int(math.log2(self.image_size)) - 2
+
+
+FULL = DcganConfig(name="full", trainable=False, max_batch_size=64, image_size=64, z_dim=100, width=64)
+SMALL = DcganConfig(
+    name="small", trainable=True, max_batch_size=64, image_size=32, z_dim=32, width=24, train_steps=1500
+)
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """The paper's init: conv weights N(0, 0.02); BatchNorm scale N(1, 0.02), shift 0."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """G(z): z FP32 [B, z_dim] (standard normal) -> images FP32 [B, 3, S, S] in [-1, 1]."""
+
+    def __init__(self, config: DcganConfig) -> None:
+        super().__init__()
+        self.z_dim = config.z_dim
+        channels = config.width * 2 ** (config.scale_steps - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(config.z_dim, channels, 4, 1, 0, bias=False),  # (B, C, 4, 4)
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        ]
+        for _ in range(config.scale_steps - 1):
+            layers += [
+                nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),  # doubles H, W
+                nn.BatchNorm2d(channels // 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels //= 2
+        layers += [nn.ConvTranspose2d(channels, 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """D(x): images FP32 [B, 3, S, S] in [-1, 1] -> logit FP32 [B] (real > 0)."""
+
+    def __init__(self, config: DcganConfig) -> None:
+        super().__init__()
+        channels = config.width
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        for _ in range(config.scale_steps - 1):
+            layers += [
+                nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False),  # halves H, W
+                nn.BatchNorm2d(channels * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 0, bias=False))  # (B, 1, 1, 1)
+        self.main = nn.Sequential(*layers)
+        self.apply(init_dcgan_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.main(images).flatten()
+
+
+class Dcgan(nn.Module):
+    """The trained pair. Only `generator` is exported; `discriminator` stays in export."""
+
+    def __init__(self, config: DcganConfig) -> None:
+        super().__init__()
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+
+
+def scene_tensor(scenes: Sequence[Scene]) -> torch.Tensor:
+    """FP32 [N, 3, S, S] in [-1, 1]: the generator's pixel space."""
+    return torch.from_numpy(stack_images(list(scenes))).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_gan(model: Dcgan, config: DcganConfig, real_images: torch.Tensor, seed: int) -> Dcgan:
+    """Alternating D/G updates on `real_images` FP32 [N, 3, S, S] in [-1, 1]; returns `model` in eval mode.
+
+    D maximises log D(x) + log(1 - D(G(z))); G maximises log D(G(z)) (the non-saturating loss of
+    Goodfellow et al.). Adam(2e-4, beta1 0.5) for both and batches of real images only or fake
+    images only through D, as DCGAN.
+    """
+    set_threads()
+    rng = torch.Generator().manual_seed(seed)
+    generator, discriminator = model.generator.train(), model.discriminator.train()
+    g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    ones, zeros = torch.ones(config.batch_size), torch.zeros(config.batch_size)
+    with tqdm(total=config.train_steps, desc=f"dcgan_{config.name} train", unit="step", leave=False) as bar:
+        for _ in range(config.train_steps):
+            index = torch.randint(0, real_images.shape[0], (config.batch_size,), generator=rng)
+            fake = generator(torch.randn(config.batch_size, config.z_dim, generator=rng))
+            d_loss = F.binary_cross_entropy_with_logits(discriminator(real_images[index]), ones)
+            d_loss = d_loss + F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros)
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+            g_loss = F.binary_cross_entropy_with_logits(discriminator(fake), ones)
+            g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            g_opt.step()
+            bar.update(1)
+            bar.set_postfix(d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
+    return model.eval()
+
+
+class Judge(nn.Module):
+    """A small shape classifier on real scenes at the generator's size: images [-1, 1] -> logits [B, C].
+
+    It judges generated samples (is this recognisably one shape?) and is trained here, on real
+    synthetic scenes, as part of evaluation, so the GAN's quality check needs no other family.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in (16, 32, 64):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+            channels = width
+        self.main = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.main(images)
+
+
+JUDGE_RECIPE = SGDRecipe(epochs=4, batch_size=64, lr=0.05)
+JUDGE_TRAIN_SCENES = 6000
+SAMPLES = 512
+CONFIDENCE = 0.9
+CONFIDENT_FRACTION = 0.7
+
+
+def train_judge(config: DcganConfig, seed: int) -> tuple[Judge, float]:
+    """The judge and its top-1 accuracy on held-out real scenes."""
+    torch.manual_seed(seed)
+    scenes = make_scenes(JUDGE_TRAIN_SCENES, config.image_size, seed)
+    images, labels = scene_tensor(scenes), torch.from_numpy(stack_labels(scenes))
+    rng = torch.Generator().manual_seed(seed)
+
+    def batches(_: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        for index in shuffled_batches(len(scenes), JUDGE_RECIPE.batch_size, rng):
+            yield images[index], labels[index]
+
+    judge = Judge(len(SHAPES))
+    fit(
+        judge,
+        batches,
+        len(scenes) // JUDGE_RECIPE.batch_size,
+        lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]),
+        JUDGE_RECIPE,
+        f"dcgan_{config.name} judge",
+    )
+    held_out = make_scenes(500, config.image_size, seed + 1)
+    with torch.no_grad():
+        predicted = judge(scene_tensor(held_out)).argmax(dim=1).numpy()
+    return judge, float((predicted == stack_labels(held_out)).mean())
+
+
+def judge_samples(judge: Judge, generator: Generator, z: torch.Tensor) -> tuple[float, list[int]]:
+    """Fraction of G(z) the judge classifies with confidence >= CONFIDENCE, and those per class."""
+    with torch.no_grad():
+        confidence, predicted = F.softmax(judge(generator(z)), dim=1).max(dim=1)
+    confident = confidence >= CONFIDENCE
+    counts = torch.bincount(predicted[confident], minlength=len(SHAPES)).tolist()
+    return float(confident.float().mean()), counts
+
+
+class DcganFamily:
+    """Registry entry: small trains adversarially on synthetic scenes; full loads a generator checkpoint.
+
+    `--weights dcgan=PATH` takes the generator's state_dict (keys `main.*`; the layout of the DCGAN
+    generator in pytorch/examples, whose `netG` checkpoints load as they are).
+    """
+
+    name = "dcgan"
+    task = "generate"
+    configs: Mapping[str, DcganConfig] = {"small": SMALL, "full": FULL}
+
+    def build(self, config: FamilyConfig) -> nn.Module:
+        return Dcgan(_own(config))
+
+    def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
+        dcgan_config = _own(config)
+        torch.manual_seed(seed)
+        real = scene_tensor(make_scenes(dcgan_config.train_scenes, dcgan_config.image_size, seed))
+        return train_gan(_dcgan(model), dcgan_config, real, seed)
+
+    def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+        load_state_dict_strict(_dcgan(model).generator, state_dict, f"dcgan_{config.name} generator")
+        return model.eval()
+
+    def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
+        """Judge-classifier confidence on generated samples; the value is 0 unless every class appears."""
+        if not config.trainable:
+            return None
+        dcgan_config = _own(config)
+        generator = _dcgan(model).generator.eval()
+        judge, judge_accuracy = train_judge(dcgan_config, seed + 1000)
+        z = torch.randn(SAMPLES, dcgan_config.z_dim, generator=torch.Generator().manual_seed(seed + 2000))
+        fraction, counts = judge_samples(judge.eval(), generator, z)
+        untrained_fraction, _ = judge_samples(judge, Generator(dcgan_config).eval(), z)
+        real = scene_tensor(make_scenes(SAMPLES, dcgan_config.image_size, seed + 3000))
+        discriminator = _dcgan(model).discriminator.eval()
+        with torch.no_grad():
+            d_real = float(torch.sigmoid(discriminator(real)).mean())
+            d_fake = float(torch.sigmoid(discriminator(generator(z))).mean())
+        every_class = all(count > 0 for count in counts)
+        return Quality(
+            metric="confident_fraction_every_class",
+            value=fraction if every_class else 0.0,
+            threshold=CONFIDENT_FRACTION,
+            details={
+                "confident_fraction": fraction,
+                "confidence": CONFIDENCE,
+                "samples": SAMPLES,
+                "confident_per_class": dict(zip(SHAPES, counts, strict=True)),
+                "every_class_present": every_class,
+                "judge": "dcgan.Judge trained on real synthetic scenes during evaluation",
+                "judge_accuracy_real_held_out": judge_accuracy,
+                "untrained_generator_confident_fraction": untrained_fraction,
+                "discriminator_mean_real": d_real,
+                "discriminator_mean_generated": d_fake,
+            },
+        )
+
+    def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
+        dcgan_config = _own(config)
+        rng = np.random.default_rng(seed)
+        side = dcgan_config.image_size
+        return (
+            GraphSpec(
+                module=_dcgan(model).generator.eval(),
+                inputs=(TensorSpec("z", (dcgan_config.z_dim,)),),
+                outputs=(TensorSpec("images", (3, side, side), tolerance=Tolerance(atol=1e-4)),),
+                parity_cases=(
+                    ParityCase("standard_normal", {"z": rng.standard_normal((4, dcgan_config.z_dim), np.float32)}),
+                    ParityCase("wide_normal", {"z": 3 * rng.standard_normal((3, dcgan_config.z_dim), np.float32)}),
+                ),
+                max_batch_size=dcgan_config.max_batch_size,
+                task=self.task,
+                parameters={"output_range": json.dumps(OUTPUT_RANGE)},
+            ),
+        )
+
+    def system_parity(
+        self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
+    ) -> Sequence[ParityCheck]:
+        return ()
+
+
+OUTPUT_RANGE = [-1.0, 1.0]
+
+
+def _own(config: FamilyConfig) -> DcganConfig:
+    if not isinstance(config, DcganConfig):
+        raise TypeError(f"dcgan needs a DcganConfig, got {type(config).__name__}")
+    return config
+
+
+def _dcgan(model: nn.Module) -> Dcgan:
+    if not isinstance(model, Dcgan):
+        raise TypeError(f"dcgan needs a Dcgan module, got {type(model).__name__}")
+    return model
+
+
+register_family(DcganFamily())
