@@ -144,7 +144,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             while not (reader.done() and not running and answers.empty()):
                 getter = asyncio.ensure_future(answers.get())
-                await asyncio.wait({getter, reader, *running}, return_when=asyncio.FIRST_COMPLETED)
+                watched = {getter, *running} if reader.done() else {getter, reader, *running}
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()
                 else:
