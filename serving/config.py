@@ -41,6 +41,7 @@ class ServerConfig:
     tensorrt_cache_dir: Path | None = None
     tensorrt_fp16: bool = True
     log_level: str = "INFO"
+    event_loop: str = "uvloop"
     extras: Mapping[str, Any] = field(default_factory=dict)
 
     def backend_settings(self) -> BackendSettings:
@@ -126,6 +127,8 @@ def build_parser(
     add_option(parser, env, "--tensorrt-fp16", default=True, type=bool, help="allow fp16 in the TensorRT EP")
     add_option(parser, env, "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                type=str.upper, help="log verbosity")
+    add_option(parser, env, "--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
+               help="event loop implementation")
     for hook in extra:
         hook(parser, env)
     return parser
