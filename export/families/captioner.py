@@ -1,0 +1,483 @@
+"""Image captioner (Karpathy & Fei-Fei 2015; Vinyals et al. "Show and Tell" 2015): task `caption`.
+
+A CNN encodes the image into the initial state (h, c) of an LSTM; the LSTM then emits one word per
+step, fed its previous word, until `<end>`. Served as two graphs so the server can batch decoding
+steps of concurrent requests: the encoder (`images` -> `h`, `c`) and one decoder step (`token`,
+`h`, `c` -> `logprobs`, `h_out`, `c_out`). Training is teacher forcing with cross-entropy over
+the words of the synthetic captions; evaluation decodes greedily and with beam search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from export.bleu import corpus_bleu
+from export.data.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
+from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET, normalise
+from export.families import register_family
+from export.families.base import (
+    FamilyConfig,
+    GraphSpec,
+    OnnxRunner,
+    ParityCase,
+    ParityCheck,
+    Quality,
+    TensorSpec,
+    load_state_dict_strict,
+    preprocessing_parameter,
+)
+from export.repository import model_name
+from export.train import set_threads
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Token list; token id = index. The four special tokens come first, in SPECIAL_TOKENS order."""
+
+    tokens: tuple[str, ...]
+
+    @classmethod
+    def build(cls, captions: Iterable[str]) -> Vocabulary:
+        """Special tokens, then every word of `captions` (lower-cased, whitespace-split), sorted."""
+        words = sorted({word for caption in captions for word in tokenize(caption)} - set(SPECIAL_TOKENS))
+        return cls(tokens=SPECIAL_TOKENS + tuple(words))
+
+    @property
+    def start_id(self) -> int:
+        return self.tokens.index(START)
+
+    @property
+    def end_id(self) -> int:
+        return self.tokens.index(END)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokens.index(PAD)
+
+    def encode(self, caption: str) -> list[int]:
+        """Word ids of `caption`, unknown words as `<unk>`; no start/end tokens."""
+        index = {token: i for i, token in enumerate(self.tokens)}
+        unk = index[UNK]
+        return [index.get(word, unk) for word in tokenize(caption)]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words of `ids` up to (not including) the first `<end>`; padding and `<start>` dropped."""
+        words: list[str] = []
+        for token_id in ids:
+            token = self.tokens[token_id]
+            if token == END:
+                break
+            if token not in (PAD, START):
+                words.append(token)
+        return words
+
+
+def tokenize(caption: str) -> list[str]:
+    return caption.lower().split()
+
+
+@dataclass(frozen=True)
+class CaptionerConfig(FamilyConfig):
+    """Shape and training budget of an encoder/decoder pair.
+
+    image_size: square input side; each encoder stage (3x3 conv, BN, ReLU, 2x2 max-pool) halves it.
+    widths: channels per encoder stage. The last feature map is flattened, not averaged, so the
+        words that depend on layout keep the information they need.
+    embed_dim: word embedding size. hidden_size: LSTM state size S (the `h`/`c` width).
+    train_steps / batch_size / train_scenes / lr: teacher-forcing steps with Adam (small configs only).
+    """
+
+    image_size: int = 224
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    embed_dim: int = 512
+    hidden_size: int = 512
+    dropout: float = 0.2
+    train_steps: int = 0
+    batch_size: int = 64
+    train_scenes: int = 3000
+    lr: float = 2e-3
+
+    @property
+    def feature_side(self) -> int:
+        return self.image_size // 2 ** len(self.widths)
+
+
+FULL = CaptionerConfig(name="full", trainable=False, max_batch_size=32)
+SMALL = CaptionerConfig(
+    name="small",
+    trainable=True,
+    max_batch_size=64,
+    image_size=64,
+    widths=(16, 32, 48, 64),
+    embed_dim=48,
+    hidden_size=128,
+    train_steps=600,
+)
+
+
+class Encoder(nn.Module):
+    """images FP32 [B, 3, H, W] (preprocessed) -> h, c FP32 [B, S]: the decoder's initial state."""
+
+    def __init__(self, config: CaptionerConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in config.widths:
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        flat = channels * config.feature_side**2
+        self.project = nn.Sequential(nn.Flatten(), nn.Linear(flat, config.hidden_size), nn.ReLU(inplace=True))
+        self.to_h = nn.Linear(config.hidden_size, config.hidden_size)
+        self.to_c = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.project(self.features(images))  # (B, S)
+        return torch.tanh(self.to_h(feature)), self.to_c(feature)
+
+
+class DecoderStep(nn.Module):
+    """One LSTM step: token INT64 [B, 1], h, c FP32 [B, S] -> logprobs FP32 [B, V], h_out, c_out.
+
+    The LSTM gates are written out (i, f, g, o as in Hochreiter & Schmidhuber with a forget gate) so
+    training over a sequence and the exported single step share one definition.
+    """
+
+    def __init__(self, config: CaptionerConfig, vocabulary_size: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary_size, config.embed_dim)
+        self.input_gates = nn.Linear(config.embed_dim, 4 * config.hidden_size)
+        self.hidden_gates = nn.Linear(config.hidden_size, 4 * config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, vocabulary_size)
+
+    def cell(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i, f, g, o = (gates_in + self.hidden_gates(h)).chunk(4, dim=1)
+        c_out = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c_out), c_out
+
+    def forward(
+        self, token: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h_out, c_out = self.cell(self.input_gates(self.embed(token[:, 0])), h, c)
+        return F.log_softmax(self.classifier(h_out), dim=1), h_out, c_out
+
+    def sequence_logits(self, tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens INT64 [B, T] -> logits FP32 [B, T, V] of the next word at each step."""
+        gates_in = self.input_gates(self.embed(tokens))  # (B, T, 4S), all steps at once
+        outputs = []
+        for step in range(tokens.shape[1]):
+            h, c = self.cell(gates_in[:, step], h, c)
+            outputs.append(h)
+        return self.classifier(self.dropout(torch.stack(outputs, dim=1)))
+
+
+class Captioner(nn.Module):
+    """Encoder + decoder step; the pair the export splits into two graphs."""
+
+    def __init__(self, config: CaptionerConfig, vocabulary: Vocabulary) -> None:
+        super().__init__()
+        self.config = config
+        self.vocabulary = vocabulary
+        self.encoder = Encoder(config)
+        self.decoder = DecoderStep(config, len(vocabulary.tokens))
+
+    def loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the next word; tokens INT64 [B, T] = `<start>` w1 .. wn `<end>` `<pad>`..."""
+        h, c = self.encoder(images)
+        logits = self.decoder.sequence_logits(tokens[:, :-1], h, c)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=self.vocabulary.pad_id
+        )
+
+    @torch.no_grad()
+    def greedy(self, images: torch.Tensor, max_length: int) -> list[list[int]]:
+        """Most likely word at every step, batched; each row cut at its first `<end>` (not included)."""
+        h, c = self.encoder(images)
+        token = torch.full((images.shape[0], 1), self.vocabulary.start_id, dtype=torch.int64)
+        steps = []
+        for _ in range(max_length):
+            logprobs, h, c = self.decoder(token, h, c)
+            token = logprobs.argmax(dim=1, keepdim=True)
+            steps.append(token)
+        rows = torch.cat(steps, dim=1).tolist()
+        return [_cut_at(row, self.vocabulary.end_id) for row in rows]
+
+    @torch.no_grad()
+    def beam(self, image: torch.Tensor, max_length: int, beam_size: int = 3) -> list[int]:
+        """Beam search for one image FP32 [3, H, W]: the finished caption with the best total log-probability."""
+        h, c = self.encoder(image[None])
+        beams = [_Beam(tokens=(self.vocabulary.start_id,), score=0.0, h=h, c=c)]
+        finished: list[_Beam] = []
+        for _ in range(max_length):
+            if not beams:
+                break
+            token = torch.tensor([[b.tokens[-1]] for b in beams], dtype=torch.int64)
+            h = torch.cat([b.h for b in beams])
+            c = torch.cat([b.c for b in beams])
+            logprobs, h_all, c_all = self.decoder(token, h, c)
+            candidates = []
+            for row, beam in enumerate(beams):
+                top = logprobs[row].topk(beam_size)
+                for score, word in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                    candidates.append(
+                        _Beam(beam.tokens + (word,), beam.score + score, h_all[row : row + 1], c_all[row : row + 1])
+                    )
+            candidates.sort(key=lambda b: b.score, reverse=True)
+            beams = []
+            for candidate in candidates[:beam_size]:
+                (finished if candidate.tokens[-1] == self.vocabulary.end_id else beams).append(candidate)
+        best = max(finished or beams, key=lambda b: b.score)
+        return _cut_at(list(best.tokens[1:]), self.vocabulary.end_id)
+
+
+@dataclass(frozen=True)
+class _Beam:
+    tokens: tuple[int, ...]
+    score: float
+    h: torch.Tensor
+    c: torch.Tensor
+
+
+def _cut_at(ids: list[int], end_id: int) -> list[int]:
+    return ids[: ids.index(end_id)] if end_id in ids else ids
+
+
+def caption_tensor(vocabulary: Vocabulary, captions: Sequence[str], max_length: int) -> torch.Tensor:
+    """INT64 [N, max_length + 1]: `<start>` words `<end>` then `<pad>`; words past max_length - 1 are cut."""
+    rows = torch.full((len(captions), max_length + 1), vocabulary.pad_id, dtype=torch.int64)
+    for row, caption in enumerate(captions):
+        ids = [vocabulary.start_id] + vocabulary.encode(caption)[: max_length - 1] + [vocabulary.end_id]
+        rows[row, : len(ids)] = torch.tensor(ids)
+    return rows
+
+
+VOCABULARY_FILE = "vocabulary.txt"
+EVAL_SCENES = 300
+BEAM_SCENES = 100
+BEAM_SIZE = 3
+BLEU_THRESHOLD = 0.60
+PARITY_SCENES = 16
+PARITY_SEED = HELD_OUT_SEED_OFFSET + 7  # system parity gets no seed; a fixed held-out draw
+
+
+def synthetic_captions() -> list[str]:
+    """Every caption a single-object synthetic scene can have (the vocabulary's and max_length's source)."""
+    return [
+        describe([shape], [color], texture)
+        for shape in range(len(SHAPES))
+        for color in range(len(COLORS))
+        for texture in range(len(TEXTURES))
+    ]
+
+
+def synthetic_vocabulary() -> Vocabulary:
+    return Vocabulary.build(synthetic_captions())
+
+
+def caption_max_length() -> int:
+    """Decoding steps the longest synthetic caption needs: its words plus `<end>`."""
+    return max(len(tokenize(caption)) for caption in synthetic_captions()) + 1
+
+
+def _images(scenes: Sequence[Scene]) -> torch.Tensor:
+    return normalise(stack_images(list(scenes)), DEFAULT_MEAN, DEFAULT_STD)
+
+
+def train_captioner(model: Captioner, config: CaptionerConfig, seed: int) -> Captioner:
+    """Teacher forcing with cross-entropy on `train_scenes` scenes; Adam; returns the eval-mode model."""
+    set_threads()
+    torch.manual_seed(seed)
+    scenes = make_scenes(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
+    images = _images(scenes)
+    tokens = caption_tensor(model.vocabulary, [scene.caption for scene in scenes], caption_max_length())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.train_steps)
+    rng = torch.Generator().manual_seed(seed)
+    model.train()
+    with tqdm(total=config.train_steps, desc=f"captioner_{config.name} train", unit="step", leave=False) as bar:
+        for _ in range(config.train_steps):
+            index = torch.randint(0, len(scenes), (config.batch_size,), generator=rng)
+            loss = model.loss(images[index], tokens[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+class CaptionerFamily:
+    """Registry entry. Both configs use the synthetic vocabulary (its size fixes the embedding and output
+    shapes), so `--weights captioner=PATH` takes a `Captioner` state_dict trained with that vocabulary."""
+
+    name = "captioner"
+    task = "caption"
+    configs: Mapping[str, CaptionerConfig] = {"small": SMALL, "full": FULL}
+
+    def build(self, config: FamilyConfig) -> nn.Module:
+        return Captioner(_own(config), synthetic_vocabulary())
+
+    def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
+        return train_captioner(_captioner(model), _own(config), seed)
+
+    def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+        return load_state_dict_strict(model, state_dict, f"captioner_{config.name}")
+
+    def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
+        """Corpus BLEU-4 of greedy captions on held-out scenes; beam-search BLEU-4 on a subset as a detail."""
+        if not config.trainable:
+            return None
+        captioner = _captioner(model).eval()
+        vocabulary = captioner.vocabulary
+        scenes = make_scenes(EVAL_SCENES, _own(config).image_size, seed + HELD_OUT_SEED_OFFSET)
+        images = _images(scenes)
+        references = [[tokenize(scene.caption)] for scene in scenes]
+        greedy = [vocabulary.decode(ids) for ids in captioner.greedy(images, caption_max_length())]
+        beam = [
+            vocabulary.decode(captioner.beam(images[i], caption_max_length(), BEAM_SIZE)) for i in range(BEAM_SCENES)
+        ]
+        exact = sum(words == refs[0] for words, refs in zip(greedy, references, strict=True))
+        return Quality(
+            metric="bleu4_greedy",
+            value=corpus_bleu(greedy, references),
+            threshold=BLEU_THRESHOLD,
+            details={
+                "held_out_scenes": EVAL_SCENES,
+                "bleu4_beam": corpus_bleu(beam, references[:BEAM_SCENES]),
+                "beam_size": BEAM_SIZE,
+                "beam_scenes": BEAM_SCENES,
+                "exact_caption_fraction_greedy": exact / EVAL_SCENES,
+                "examples": [
+                    {"reference": scene.caption, "greedy": " ".join(words)}
+                    for scene, words in zip(scenes[:3], greedy, strict=False)
+                ],
+            },
+        )
+
+    def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
+        """The encoder (task caption) and one decoder step (task caption_decoder, suffix `_decoder`)."""
+        captioner_config = _own(config)
+        captioner = _captioner(model).eval()
+        vocabulary = captioner.vocabulary
+        side, state = captioner_config.image_size, captioner_config.hidden_size
+        rng = np.random.default_rng(seed)
+        real = _images(make_scenes(4, side, seed + HELD_OUT_SEED_OFFSET))
+        with torch.no_grad():
+            real_h, real_c = captioner.encoder(real)
+        start = np.full((4, 1), vocabulary.start_id, dtype=np.int64)
+        encoder = GraphSpec(
+            module=captioner.encoder,
+            inputs=(TensorSpec("images", (3, side, side)),),
+            outputs=(TensorSpec("h", (state,)), TensorSpec("c", (state,))),
+            parity_cases=(
+                ParityCase("real", {"images": real.numpy()}),
+                ParityCase("random", {"images": rng.standard_normal((3, 3, side, side), np.float32)}),
+            ),
+            max_batch_size=captioner_config.max_batch_size,
+            task=self.task,
+            parameters={
+                "preprocessing": preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD),
+                "decoder_model": model_name(self.name, config.name, DECODER_SUFFIX),
+                "vocabulary": VOCABULARY_FILE,
+                "start_token": str(vocabulary.start_id),
+                "end_token": str(vocabulary.end_id),
+                "max_length": str(caption_max_length()),
+            },
+            extra_files={VOCABULARY_FILE: "\n".join(vocabulary.tokens) + "\n"},
+        )
+        decoder = GraphSpec(
+            module=captioner.decoder,
+            inputs=(TensorSpec("token", (1,), dtype="int64"), TensorSpec("h", (state,)), TensorSpec("c", (state,))),
+            outputs=(
+                TensorSpec("logprobs", (len(vocabulary.tokens),)),
+                TensorSpec("h_out", (state,)),
+                TensorSpec("c_out", (state,)),
+            ),
+            parity_cases=(
+                ParityCase("real", {"token": start, "h": real_h.numpy(), "c": real_c.numpy()}),
+                ParityCase(
+                    "random",
+                    {
+                        "token": rng.integers(0, len(vocabulary.tokens), (3, 1), dtype=np.int64),
+                        "h": np.tanh(rng.standard_normal((3, state), np.float32)),
+                        "c": rng.standard_normal((3, state), np.float32),
+                    },
+                ),
+            ),
+            max_batch_size=captioner_config.max_batch_size,
+            task="caption_decoder",
+            suffix=DECODER_SUFFIX,
+        )
+        return (encoder, decoder)
+
+    def system_parity(
+        self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
+    ) -> Sequence[ParityCheck]:
+        """Greedy captions from a numpy loop over the two ONNX graphs must equal PyTorch's, word for word."""
+        captioner = _captioner(model).eval()
+        scenes = make_scenes(PARITY_SCENES, _own(config).image_size, PARITY_SEED)
+        images = _images(scenes)
+        max_length = caption_max_length()
+        expected = captioner.greedy(images, max_length)
+        state = run("", {"images": images.numpy()})
+        h, c = state["h"], state["c"]
+        token = np.full((len(scenes), 1), captioner.vocabulary.start_id, dtype=np.int64)
+        with torch.no_grad():
+            h_torch, c_torch = captioner.encoder(images)
+        worst = 0.0
+        steps = []
+        for _ in range(max_length):
+            step = run(DECODER_SUFFIX, {"token": token, "h": h, "c": c})
+            with torch.no_grad():  # PyTorch fed the ONNX loop's tokens, so logprobs compare step by step
+                logprobs_torch, h_torch, c_torch = captioner.decoder(torch.from_numpy(token), h_torch, c_torch)
+            worst = max(worst, float(np.abs(step["logprobs"] - logprobs_torch.numpy()).max()))
+            token = step["logprobs"].argmax(axis=1)[:, None].astype(np.int64)
+            h, c = step["h_out"], step["c_out"]
+            steps.append(token)
+        actual = [_cut_at(row, captioner.vocabulary.end_id) for row in np.concatenate(steps, axis=1).tolist()]
+        identical = sum(a == e for a, e in zip(actual, expected, strict=True))
+        return (
+            ParityCheck(
+                name="greedy_captions_onnx_vs_torch",
+                max_abs_diff=worst,
+                passed=identical == len(scenes) and worst <= LOGPROB_TOLERANCE,
+                detail=f"{identical}/{len(scenes)} greedy captions identical; max_abs_diff = logprobs per step "
+                f"(bound {LOGPROB_TOLERANCE})",
+            ),
+        )
+
+
+DECODER_SUFFIX = "_decoder"
+LOGPROB_TOLERANCE = 1e-4
+
+
+def _own(config: FamilyConfig) -> CaptionerConfig:
+    if not isinstance(config, CaptionerConfig):
+        raise TypeError(f"captioner needs a CaptionerConfig, got {type(config).__name__}")
+    return config
+
+
+def _captioner(model: nn.Module) -> Captioner:
+    if not isinstance(model, Captioner):
+        raise TypeError(f"captioner needs a Captioner module, got {type(model).__name__}")
+    return model
+
+
+register_family(CaptionerFamily())
