@@ -18,10 +18,9 @@ from serving.errors import InvalidArgument
 def top_k_strings(name: str, values: np.ndarray, k: int, labels: Sequence[str], batched: bool) -> np.ndarray:
     """(B, ...) -> object array (B, min(k, C)) of bytes (or (min(k, C),) when not `batched`).
 
-    C = elements per batch item. Raises InvalidArgument for k < 1 or a non-numeric output.
+    C = elements per batch item, k >= 1 (the request decoder checks it before compute).
+    Raises InvalidArgument for a non-numeric output.
     """
-    if k < 1:
-        raise InvalidArgument(f"output '{name}': classification count must be at least 1, got {k}")
     if values.dtype.kind not in "biuf":
         raise InvalidArgument(f"output '{name}': classification needs a numeric output, it is {values.dtype}")
     rows = values.reshape(values.shape[0], -1) if batched else values.reshape(1, -1)

@@ -182,7 +182,7 @@ def encode_response(request: DecodedRequest, outputs: Mapping[str, np.ndarray]) 
     """Requested outputs as raw_output_contents, in the order they were requested."""
     model = request.model
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
-    labelled = {t.name for t in model.config.output if t.label_filename}
+    labelled = {t.name for t in model.outputs if t.label_filename}
     for wanted in request.outputs:
         array = outputs[wanted.name]
         if wanted.classification:

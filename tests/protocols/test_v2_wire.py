@@ -3,7 +3,7 @@ mixed raw/typed payloads, shared-memory parameters, the RPCs left UNIMPLEMENTED.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -48,13 +48,19 @@ def test_typed_contents_give_the_same_answer_as_raw(stub: pb_grpc.GRPCInferenceS
     np.testing.assert_array_equal(_array(typed_answer), _array(stub.ModelInfer(raw, timeout=TIMEOUT_S)))
 
 
+def _classification(parameter: pb.InferParameter) -> Callable[[pb.ModelInferRequest], object]:
+    return lambda request: request.outputs.add(name="logits", parameters={"classification": parameter})
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
         (lambda r: r.inputs[0].contents.fp32_contents.append(1.0), "either raw_input_contents or contents"),
         (lambda r: r.raw_input_contents.append(b""), "2 raw_input_contents for 1 inputs"),
-        (lambda r: r.inputs[0].parameters["shared_memory_region"].string_param.__len__(),
+        (lambda r: r.inputs[0].parameters["shared_memory_region"].CopyFrom(pb.InferParameter(string_param="r")),
          "shared memory is not supported"),
+        (_classification(pb.InferParameter(int64_param=0)), "classification count must be at least 1, got 0"),
+        (_classification(pb.InferParameter(string_param="3")), "must be an integer parameter, got string_param"),
     ],
 )
 def test_malformed_payloads_are_invalid_arguments(stub: pb_grpc.GRPCInferenceServiceStub, mutate, message: str) -> None:
