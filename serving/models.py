@@ -330,6 +330,11 @@ class ModelManager:
                 entries.append(RepositoryEntry(source.name, None, ModelState.UNAVAILABLE, reason))
         return entries
 
+    @property
+    def serving(self) -> bool:
+        """The whole server can answer: the initial load finished, not draining, some model ready."""
+        return self.loaded and not self.draining and any(m.ready for m in self.models())
+
     def add_listener(self, listener: Listener) -> None:
         """Call `listener()` on the event loop after any model changes state."""
         self._listeners.append(listener)
@@ -358,9 +363,12 @@ class ModelManager:
     async def unload(self, name: str) -> None:
         """Stop serving `name`: refuse new requests, finish running batches, release the sessions."""
         versions = self._models.pop(name, None)
-        self._errors.pop(name, None)
+        failed = self._errors.pop(name, None)
         if versions is None:
-            raise NotFound(f"model '{name}' is not loaded")
+            if failed is None:
+                raise NotFound(f"model '{name}' is not loaded")
+            self._notify()
+            return
         for model in versions.values():
             model.state = ModelState.UNLOADING
         self._notify()
@@ -383,24 +391,33 @@ class ModelManager:
             raise Unavailable("the server is shutting down; retry on another replica")
 
     async def _load_source(self, source: ModelSource) -> None:
+        """Load every served version of one folder; on a reload the old versions serve until the new
+        ones are ready, and stay when none of the new ones is (as Triton does)."""
         try:
             config = repository.read_config(source)
             spec = repository.model_spec(source, config)
             versions = repository.served_versions(source, config)
         except ConfigError as error:
             log.error("model %s cannot load: %s", source.name, error)
-            self._errors[source.name] = str(error)
-            self._models.pop(source.name, None)
+            if source.name not in self._models:
+                self._errors[source.name] = str(error)
             return
-        self._errors.pop(source.name, None)
         fresh = {version: ServedModel(source, spec, version) for version in versions}
-        previous = self._models.get(source.name, {})
-        if not previous:
+        previous = self._models.get(source.name)
+        if previous is None:
+            self._errors.pop(source.name, None)
             self._models[source.name] = fresh
         await asyncio.gather(*(self._load_version(model) for model in fresh.values()))
-        if previous:
+        if previous is None:
+            return
+        if any(model.ready for model in fresh.values()):
             self._models[source.name] = fresh
             await asyncio.gather(*(model._close() for model in previous.values()))
+        else:
+            log.error("model %s: the reload failed; the loaded versions keep serving", source.name)
+            await asyncio.gather(*(model._close() for model in fresh.values()))
+            reasons = "; ".join(m.reason for m in fresh.values() if m.reason)
+            raise NotReady(f"model '{source.name}' could not be reloaded ({reasons}); the loaded versions keep serving")
 
     async def _load_version(self, model: ServedModel) -> None:
         loop = asyncio.get_running_loop()
@@ -485,6 +502,7 @@ def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
             TensorSpec(t.name, t.data_type, t.shape[1:] if batches else t.shape) for t in declared
         )
 
+    reshaped = {t.name for t in (*spec.config.input, *spec.config.output) if t.reshape.shape}
     inputs = spec.inputs or from_file(backend.inputs)
     outputs = spec.outputs or from_file(backend.outputs)
     for kind, configured, declared in (("input", inputs, backend.inputs), ("output", outputs, backend.outputs)):
@@ -500,6 +518,12 @@ def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
                     f"{where}: {kind} '{tensor.name}' data_type {mc.DataType.Name(tensor.data_type)} does not match "
                     f"the model file ({mc.DataType.Name(actual.data_type)})"
                 )
+            item_shape = actual.shape[1:] if batches else actual.shape
+            if tensor.name not in reshaped and not _compatible(tensor.shape, item_shape):
+                raise ConfigError(
+                    f"{where}: {kind} '{tensor.name}' dims {list(tensor.shape)} do not match the model file "
+                    f"({list(item_shape)}, -1 = any)"
+                )
             if batches and actual.shape and actual.shape[0] not in (-1,):
                 raise ConfigError(
                     f"{where}: {kind} '{tensor.name}' has a fixed batch axis ({actual.shape[0]}) in the model file; "
@@ -509,6 +533,12 @@ def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
     if missing:
         raise ConfigError(f"{where}: the model file needs inputs {sorted(missing)} that the config does not list")
     return replace(spec, inputs=inputs, outputs=outputs)
+
+
+def _compatible(configured: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    return len(configured) == len(declared) and all(
+        a == b or -1 in (a, b) for a, b in zip(configured, declared, strict=True)
+    )
 
 
 def warm_up(spec: ModelSpec, backend: Backend) -> None:

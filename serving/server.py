@@ -60,7 +60,7 @@ class HealthReporter:
 
     async def update(self) -> None:
         models = self._models
-        overall = models.loaded and not models.draining and any(m.ready for m in models.models())
+        overall = models.serving
         await self._servicer.set("", _SERVING if overall else _NOT_SERVING)
         for task in sorted(set(self._tasks) | set(models.tasks())):
             try:

@@ -180,3 +180,41 @@ def test_the_default_model_of_a_task(tmp_path: Path) -> None:
         await manager.close()
 
     asyncio.run(scenario())
+
+
+def test_config_dims_that_disagree_with_the_model_file_are_a_load_error(tmp_path: Path) -> None:
+    write_model(tmp_path, "wide", doubler_graph(), tensor_config(5))
+
+    async def scenario() -> None:
+        manager = ModelManager(tmp_path)
+        await manager.load_all()
+        with pytest.raises(NotReady, match=r"input 'x' dims \[5\] do not match the model file \(\[4\]"):
+            manager.get("wide")
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_reload_keeps_the_loaded_model_serving(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "m", doubler_graph(), tensor_config(4))
+
+    async def scenario() -> None:
+        manager = ModelManager(tmp_path)
+        await manager.load_all()
+        serving = manager.get("m")
+        (folder / "1" / "model.onnx").write_bytes(b"broken")
+        with pytest.raises(NotReady, match="could not be reloaded"):
+            await manager.load("m")
+        assert manager.get("m") is serving
+        assert (await serving.infer({"x": np.ones((1, 4), np.float32)}))["y"].tolist() == [[2.0] * 4]
+        write_model(tmp_path, "m", doubler_graph(), tensor_config(4))
+        await manager.load("m")
+        assert manager.get("m") is not serving and not serving.ready
+        await manager.unload("m")
+        with pytest.raises(NotFound):
+            manager.get("m")
+        with pytest.raises(NotFound, match="has no model folder named 'nope'"):
+            await manager.load("nope")
+        await manager.close()
+
+    asyncio.run(scenario())
