@@ -28,7 +28,7 @@ def tiny_classifier(classes: int = 10) -> nn.Module:
     """Conv-BN-ReLU x4 with stride 2, global average pool, linear: (B, 3, 64, 64) -> (B, classes)."""
     layers: list[nn.Module] = []
     width_in = 3
-    for width in (16, 32, 64, 128):
+    for width in (32, 64, 128, 256):
         layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
         width_in = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width_in, classes))

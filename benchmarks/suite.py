@@ -1,0 +1,223 @@
+"""`make bench`: the same classify work (JPEG in, top-5 labels out) on the same ONNX files, measured
+side by side in one run:
+
+1. raw: ClassifyPipeline in this process, batch 1 and the best batch size (the limit);
+2. ninefold with dynamic batching, and with batching off (task API, Classify);
+3. the peer: KServe's Python model server with the same pipeline (Open Inference Protocol gRPC).
+
+Writes bench_results/summary.json (ratios per model + every point + machine, versions, date),
+results.md and results.png. See docs/PERFORMANCE.md for how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from benchmarks.peer_env import peer_python
+from benchmarks.pipeline import ClassifyPipeline
+from benchmarks.raw import RawResult, measure_raw
+from clients.bench import LoadPlan, measure_system
+from clients.bench.report import Point, write_results
+from clients.bench.targets import classify_target, v2_image_target
+from clients.server_process import ServerProcess, free_ports
+from protos.inference import grpc_service_pb2 as v2
+from protos.inference import grpc_service_pb2_grpc as v2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"tiny": 64, "resnet18": 224}
+RAW_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Settings:
+    out: Path
+    cache: Path
+    plan: LoadPlan
+    models: tuple[str, ...]
+    peer: bool
+
+
+def scene_jpeg(size: int) -> bytes:
+    """A synthetic scene from the export stage's generator, as the JPEG every system receives."""
+    from export.data.scenes import make_scenes
+
+    buffer = io.BytesIO()
+    Image.fromarray(make_scenes(1, size, seed=7)[0].image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def build_models(cache: Path) -> Path:
+    """Export the benchmark models (torch runs in a child process; this one stays torch-free)."""
+    work = cache / "models"
+    if not (work / "unbatched" / "resnet18" / "1" / "model.onnx").exists():
+        subprocess.run([sys.executable, "-m", "benchmarks.models", str(work)], check=True, cwd=ROOT)
+    return work
+
+
+class PeerProcess:
+    """KServe's model server in its own venv, on free loopback ports, stopped with SIGTERM."""
+
+    def __init__(self, python: Path, model_dir: Path, log: Path) -> None:
+        grpc_port, http_port = free_ports(2)
+        self.target = f"127.0.0.1:{grpc_port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with log.open("wb") as sink:
+            self._process = subprocess.Popen(
+                [str(python), "-m", "benchmarks.peer_kserve", str(model_dir),
+                 "--grpc-port", str(grpc_port), "--http-port", str(http_port)],
+                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        self._wait_ready(model_dir.name, log)
+
+    def _wait_ready(self, model: str, log: Path, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.target) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"the peer server exited; see {log}")
+                try:
+                    if stub.ModelReady(v2.ModelReadyRequest(name=model), timeout=1.0).ready:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.3)
+        raise RuntimeError(f"the peer server was not ready within {timeout_s:g} s; see {log}")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+
+def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | None) -> tuple[RawResult, list[Point]]:
+    """Raw, ninefold (batching on, off) and the peer on one model; one system running at a time."""
+    size = MODELS[model]
+    jpeg = scene_jpeg(size)
+    print(f"bench: {model} raw ONNX Runtime", file=sys.stderr, flush=True)
+    pipeline = ClassifyPipeline(models_dir / "batching" / model)
+    seconds = max(1.0, settings.plan.duration_s / 2)
+    raw = measure_raw(pipeline, jpeg, RAW_BATCH_SIZES, seconds)
+    del pipeline
+    print(f"  raw: batch 1 p50 {raw.p50_ms_batch1:.2f} ms; best {raw.best_images_per_s:.0f} img/s at batch "
+          f"{raw.best_batch_size}", file=sys.stderr, flush=True)
+    points: list[Point] = []
+    logs = settings.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for system, repository in (("ninefold", "batching"), ("ninefold-no-batching", "unbatched")):
+        with ServerProcess.start(models_dir / repository, log=logs / f"{system}-{model}.log") as server:
+            points += asyncio.run(measure_system(
+                server.target, classify_target(model, jpeg), settings.plan,
+                system=system, model=model, metrics_url=server.metrics_url,
+            ))
+    if peer is not None:
+        process = PeerProcess(peer, models_dir / "batching" / model, logs / f"kserve-{model}.log")
+        try:
+            points += asyncio.run(measure_system(
+                process.target, v2_image_target(model, "images", jpeg, "logits"), settings.plan,
+                system="kserve", model=model,
+            ))
+        finally:
+            process.stop()
+    return raw, points
+
+
+def _at(points: list[Point], system: str, concurrency: int) -> Point | None:
+    return next((p for p in points if p.system == system and p.mode == "closed" and p.load == concurrency), None)
+
+
+def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
+    """The figures the performance issue asks for (None where a system was not measured)."""
+    ours = [p for p in points if p.system == "ninefold"]
+    best = max((p.result.median.throughput for p in ours), default=float("nan"))
+    c1, c16 = _at(points, "ninefold", 1), _at(points, "ninefold", 16)
+    off16, peer16 = _at(points, "ninefold-no-batching", 16), _at(points, "kserve", 16)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    return {
+        "saturation_vs_raw": best / raw.best_images_per_s,
+        "overhead_ms_c1": c1.result.median.p50_ms - raw.p50_ms_batch1 if c1 else None,
+        "batching_gain_c16": ratio(c16 and c16.result.median.throughput, off16 and off16.result.median.throughput),
+        "vs_peer_c16": ratio(c16 and c16.result.median.throughput, peer16 and peer16.result.median.throughput),
+        "p99_vs_peer_c16": ratio(c16 and c16.result.median.p99_ms, peer16 and peer16.result.median.p99_ms),
+    }
+
+
+def environment() -> dict[str, object]:
+    versions = {name: metadata.version(name) for name in ("onnxruntime", "grpcio", "protobuf", "numpy", "pillow")}
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(),
+                    "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
+        "versions": versions,
+    }
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    parser.add_argument("--models", default="tiny,resnet18")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point and repeat")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-peer", action="store_true", help="skip the KServe peer (no venv to build)")
+    args = parser.parse_args(argv)
+    plan = LoadPlan(
+        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
+        duration_s=args.duration, warmup_s=args.warmup, repeats=args.repeats,
+    )
+    return Settings(args.out, args.cache, plan, tuple(args.models.split(",")), not args.no_peer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    summary: dict[str, object] = {**environment(), "plan": settings.plan.__dict__, "models": {}}
+    models_dir = build_models(settings.cache)
+    peer = peer_python(settings.cache) if settings.peer else None
+    all_points: list[Point] = []
+    for model in settings.models:
+        raw, points = run_model(model, models_dir, settings, peer)
+        all_points += points
+        summary["models"][model] = {  # type: ignore[index]
+            "ratios": ratios(raw, points), "raw": raw.as_dict(), "points": [p.as_dict() for p in points],
+        }
+    summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    (settings.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_plain))
+    write_results(all_points, settings.out, {"date": summary["date"]}, stem="results")
+    for model, figures in summary["models"].items():  # type: ignore[union-attr]
+        shown = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in figures["ratios"].items())
+        print(f"bench: {model}: {shown}", file=sys.stderr)
+    print(f"bench: {settings.out}/summary.json, results.md, results.png ({summary['wall_seconds']} s)", file=sys.stderr)
+    return 0
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
