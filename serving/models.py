@@ -376,9 +376,9 @@ class ModelManager:
 
     async def close(self) -> None:
         """Unload everything (after a drain)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         for name in list(self._models):
             await self.unload(name)
-        self._pool.shutdown(wait=False)
 
     def begin_drain(self) -> None:
         """From now on get()/default_for() raise Unavailable; running requests finish."""

@@ -104,17 +104,29 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
 
     started = time.perf_counter()
     models.add_listener(lambda: loop.create_task(reporter.update()))
-    await models.load_all()
-    await reporter.update()
-    ready = [m for m in models.models() if m.ready]
-    elapsed = time.perf_counter() - started
-    log.info("%d of %d model version(s) ready in %.2f s", len(ready), len(models.models()), elapsed)
+    loading = asyncio.ensure_future(models.load_all())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        await reporter.update()
+        ready = [m for m in models.models() if m.ready]
+        elapsed = time.perf_counter() - started
+        log.info("%d of %d model version(s) ready in %.2f s", len(ready), len(models.models()), elapsed)
+    await stopping
+    await drain(server, models, reporter, config.grace_seconds)
+    loading.cancel()
+    return 0
 
-    await stop.wait()
-    log.info("shutting down: refusing new requests, finishing in-flight ones (grace %.1f s)", config.grace_seconds)
+
+async def drain(server: grpc.aio.Server, models: ModelManager, reporter: HealthReporter, grace: float) -> None:
+    """NOT_SERVING, refuse new requests, let in-flight ones finish, release the models, all within `grace`."""
+    deadline = time.monotonic() + grace
+    log.info("shutting down: refusing new requests, finishing in-flight ones (grace %.1f s)", grace)
     models.begin_drain()
     await reporter.update()
-    await server.stop(config.grace_seconds)
-    await models.close()
+    await server.stop(grace)
+    try:
+        await asyncio.wait_for(models.close(), timeout=max(0.1, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        log.warning("a batch was still computing when the grace period ended; exiting without it")
     log.info("stopped")
-    return 0
