@@ -1,0 +1,82 @@
+"""`ninefold bench` end to end: a 2-second run against a real server writes every file and field.
+
+Speed is not asserted here (shared, noisy machine); `make bench` measures it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.raw import RawResult
+from benchmarks.suite import ratios
+from clients.bench.report import Point
+from clients.bench.stats import PointSummary, combine
+from clients.server_process import ServerProcess
+from tests.serving.tiny_repository import write_tiny_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    repository = write_tiny_repository(tmp_path_factory.mktemp("bench_repository"))
+    with ServerProcess.start(repository, log=tmp_path_factory.mktemp("logs") / "server.log") as running:
+        yield running
+
+
+def _bench(server: ServerProcess, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable, "-m", "clients.cli", "bench", "--server", server.target, "--model", "tiny_classify",
+        "--concurrency", "1,4", "--duration", "1", "--warmup", "0.2", "--repeats", "1",
+        "--metrics-url", server.metrics_url, "--out", str(out), *args,
+    ]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("protocol", ["ninefold", "v2"])
+def test_bench_writes_results_with_every_field(server: ServerProcess, tmp_path: Path, protocol: str) -> None:
+    finished = _bench(server, tmp_path, "--protocol", protocol)
+    assert finished.returncode == 0, finished.stderr
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert [p["load"] for p in results["points"]] == [1, 4]
+    for point in results["points"]:
+        median = point["median"]
+        assert median["completed"] > 0 and median["errors"] == {}
+        assert median["throughput"] > 0
+        assert 0 < median["p50_ms"] <= median["p90_ms"] <= median["p99_ms"] <= median["max_ms"]
+        assert point["avg_batch_size"] >= 1.0  # read from the server's /metrics
+    assert "| tiny_classify | ninefold |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+    assert "c=4" in finished.stderr  # progress on the terminal
+
+
+def test_bench_counts_errors_by_status_code(server: ServerProcess, tmp_path: Path) -> None:
+    finished = _bench(server, tmp_path, "--model", "no_such_model")
+    assert finished.returncode == 1
+    assert "every request failed" in finished.stderr
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert set(results["points"][0]["median"]["errors"]) == {"NOT_FOUND"}
+
+
+def _point(system: str, load: int, throughput: float, p50: float, p99: float) -> Point:
+    summary = PointSummary(throughput, p50, p50, p99, p99, completed=10, errors={})
+    return Point(system, "m", "closed", load, combine([summary]), None)
+
+
+def test_summary_ratios_compare_systems_at_the_same_load() -> None:
+    raw = RawResult(p50_ms_batch1=1.0, p99_ms_batch1=1.5, images_per_s={1: 800.0, 8: 1000.0})
+    points = [
+        _point("ninefold", 1, 700, 1.3, 2.0), _point("ninefold", 16, 900, 17.0, 30.0),
+        _point("ninefold-no-batching", 16, 750, 20.0, 40.0), _point("kserve", 16, 600, 25.0, 60.0),
+    ]
+    figures = ratios(raw, points)
+    assert figures["saturation_vs_raw"] == pytest.approx(0.9)
+    assert figures["overhead_ms_c1"] == pytest.approx(0.3)
+    assert figures["batching_gain_c16"] == pytest.approx(1.2)
+    assert figures["vs_peer_c16"] == pytest.approx(1.5)
+    assert figures["p99_vs_peer_c16"] == pytest.approx(0.5)
