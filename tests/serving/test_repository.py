@@ -218,3 +218,24 @@ def test_a_failed_reload_keeps_the_loaded_model_serving(tmp_path: Path) -> None:
         await manager.close()
 
     asyncio.run(scenario())
+
+
+def test_a_model_without_a_batch_axis_runs_each_request_alone(tmp_path: Path) -> None:
+    write_model(
+        tmp_path, "fixed", doubler_graph(),
+        'max_batch_size: 0\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 4 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2, 4 ] } ]\n',
+    )
+
+    async def scenario() -> None:
+        manager = ModelManager(tmp_path)
+        await manager.load_all()
+        model = manager.get("fixed")
+        results = await asyncio.gather(*(model.infer({"x": np.full((2, 4), i, np.float32)}) for i in range(3)))
+        assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]
+        with pytest.raises(InvalidArgument, match=r"must have shape \[2, 4\]"):
+            await model.infer({"x": np.ones((1, 2, 4), np.float32)})
+        assert model.stats().execution_count == 3
+        await manager.close()
+
+    asyncio.run(scenario())
