@@ -11,10 +11,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from deploy_support import ROOT
 from onnx import TensorProto, helper
+
+from clients.client import VisionClient
+from tests.serving.conftest import start_server
+from tests.serving.tiny_repository import write_tiny_repository
 
 spec = importlib.util.spec_from_file_location("engine_cache", ROOT / "scripts" / "engine_cache.py")
 assert spec is not None and spec.loader is not None
@@ -145,6 +150,22 @@ def test_tensorrt_ep_cache_link_points_into_the_keyed_cache(tmp_path: Path) -> N
     assert link.is_symlink() and link.resolve() == (keyed / "onnxruntime").resolve()
     (link / "sm90").mkdir()  # what the server's TensorRT EP does under NINEFOLD_TENSORRT_CACHE_DIR
     assert (keyed / "onnxruntime" / "sm90").is_dir()
+
+
+def test_server_serves_from_the_view(tmp_path: Path) -> None:
+    """The real server loads every model through the view's symlinks and answers a call."""
+    repository = write_tiny_repository(tmp_path / "models")
+    view = tmp_path / "work" / "repository"
+    engine_cache.link_view(repository, tmp_path / "cache" / "sm90-trt10", "sm90", view)
+    server = start_server(view)
+    try:
+        with VisionClient(server.address) as client:
+            served = {model.name for model in client.list_models()}
+            answer = client.classify([np.zeros((8, 8, 3), dtype=np.uint8)], top_k=1)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert served == {path.name for path in repository.iterdir()}
+    assert len(answer.results[0].predictions) == 1
 
 
 def test_cli_refuses_a_missing_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
