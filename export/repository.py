@@ -119,9 +119,7 @@ def staged_model(repository: Path, name: str) -> Iterator[Path]:
         raise
 
 
-def write_metadata(
-    folder: Path, name: str, family: str, graph: GraphSpec, report: Mapping[str, object]
-) -> None:
+def write_metadata(folder: Path, name: str, family: str, graph: GraphSpec, report: Mapping[str, object]) -> None:
     """config.pbtxt, labels.txt, extra files and 1/export_report.json into a (staged) model folder."""
     (folder / "config.pbtxt").write_text(render_config(name, family, graph))
     if graph.labels is not None:

@@ -125,9 +125,7 @@ def _background(rng: np.random.Generator, size: int, texture: int) -> np.ndarray
         weight = np.zeros((size, size), np.float32)
     elif name == "striped":
         angle = rng.uniform(0, math.pi)
-        weight = (np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period) > 0).astype(
-            np.float32
-        )
+        weight = (np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period) > 0).astype(np.float32)
     elif name == "checkered":
         weight = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
     elif name == "dotted":

@@ -180,9 +180,7 @@ class Family(Protocol):
         """Train on synthetic data (deterministic from seed; show a tqdm bar); returns the eval-mode model."""
         ...
 
-    def load(
-        self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]
-    ) -> nn.Module:
+    def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         """Load user weights (already read with weights_only=True). Raise WeightsError on a mismatch."""
         ...
 
@@ -208,13 +206,15 @@ class ExportError(Exception):
     """A problem the user can fix (bad family, weights, output directory); its message says how."""
 
 
+class ParityError(ExportError):
+    """An exported graph whose outputs differ from PyTorch beyond tolerance; it is not written."""
+
+
 class WeightsError(ExportError):
     """A weights file that is missing, unreadable or does not fit the family's architecture."""
 
 
-def load_state_dict_strict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], family: str
-) -> nn.Module:
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], family: str) -> nn.Module:
     """Load a state_dict exactly (same keys, same shapes) or raise WeightsError naming what differs."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))

@@ -1,0 +1,48 @@
+"""Scenes as torch tensors for training and evaluation (the export side only; serving never imports this).
+
+Data sets are cached per process: the five classifiers train on the same scenes, drawn once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from export.data.scenes import make_scenes, stack_images, stack_labels
+
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.25, 0.25, 0.25)
+
+# Seeds offset from the user's seed so that training and held-out scenes never coincide.
+TRAIN_SEED_OFFSET = 0
+HELD_OUT_SEED_OFFSET = 1_000_003
+
+
+def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 ``(x / 255 - mean) / std``: the served preprocessing."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((tensor - mean_t) / std_t).contiguous()
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """images: (N, 3, S, S) float32 normalised with DEFAULT_MEAN/STD; labels: (N,) int64 class ids."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@functools.lru_cache(maxsize=8)
+def classification_set(count: int, size: int, seed: int) -> LabelledImages:
+    """``count`` single-object scenes of ``size`` pixels as normalised tensors (cached per process)."""
+    scenes = make_scenes(count, size, seed)
+    return LabelledImages(
+        images=normalise(stack_images(scenes), DEFAULT_MEAN, DEFAULT_STD),
+        labels=torch.from_numpy(stack_labels(scenes)),
+    )

@@ -1,0 +1,110 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton 2012): 5 convolutions + 3 fully connected layers, ReLU,
+dropout before the first two FC layers, overlapping 3x3/2 max-pooling.
+
+small: the same eleven layers at 64 x 64 with the paper's 11x11 stride-4 first convolution (the map sizes
+go 64 -> 15 -> 7 -> 3 -> 1 as 224 -> 55 -> 27 -> 13 -> 6 do in the paper) and narrower layers.
+full: torchvision's AlexNet at 224 (its state_dict loads as is). No LRN, as in torchvision.
+Training: SGD with momentum 0.9 and weight decay 5e-4 as in the paper, with its augmentation (random
+translations / patch crops and horizontal reflections).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from export.families import register_family
+from export.families.classifier import (
+    ClassifierConfig,
+    ClassifierFamily,
+    ClassifierRecipe,
+    flip_and_crop,
+    full_config_fields,
+    small_config_fields,
+)
+from export.train import SGDRecipe
+
+
+@dataclass(frozen=True)
+class AlexNetConfig(ClassifierConfig):
+    """conv_widths: filters of the five convolutions; fc_width: units of the two hidden FC layers."""
+
+    conv_widths: tuple[int, int, int, int, int] = (64, 192, 384, 256, 256)
+    fc_width: int = 4096
+    dropout: float = 0.5
+
+
+class SmallAlexNet(nn.Module):
+    """(B, 3, S, S) normalised images -> (B, num_classes) logits; torchvision's module layout."""
+
+    def __init__(self, config: AlexNetConfig) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5 = config.conv_widths
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),  # (B, c1, S/4, S/4)
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping pooling
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        side = _pooled_side(config.image_size)
+        self.classifier = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(c5 * side * side, config.fc_width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.fc_width, config.fc_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.fc_width, config.num_classes),
+        )
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _pooled_side(image_size: int) -> int:
+    """Side of the last feature map: conv1 (11, stride 4, pad 2) then three 3x3/2 pools."""
+    side = (image_size + 4 - 11) // 4 + 1
+    for _ in range(3):
+        side = (side - 3) // 2 + 1
+    return side
+
+
+def build(config: AlexNetConfig) -> nn.Module:
+    if config.name == "small":
+        return SmallAlexNet(config)
+    return torchvision.models.alexnet(weights=None, num_classes=config.num_classes)
+
+
+SMALL = AlexNetConfig(
+    **small_config_fields(
+        image_size=64,
+        recipe=ClassifierRecipe(
+            sgd=SGDRecipe(epochs=4, batch_size=64, lr=0.02, weight_decay=5e-4),
+            train_scenes=4000,
+            augment=functools.partial(flip_and_crop, pad=4),  # translations/patches up to 4 px, reflections
+        ),
+    ),
+    conv_widths=(24, 48, 64, 64, 48),
+    fc_width=256,
+)
+FULL = AlexNetConfig(**full_config_fields())
+
+register_family(ClassifierFamily(name="alexnet", configs={"small": SMALL, "full": FULL}, builder=build))

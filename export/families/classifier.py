@@ -1,0 +1,233 @@
+"""What the five image classifiers share: config, training recipe, augmentations, quality, export graph.
+
+Each classifier family module (alexnet, zfnet, vgg, googlenet, resnet) supplies its networks and configs
+and registers a ``ClassifierFamily``; the training loop, the held-out top-1 and the exported
+``images -> logits`` graph are the same for all five.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.data.scenes import SHAPES, make_scenes, stack_images
+from export.data.tensors import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    HELD_OUT_SEED_OFFSET,
+    TRAIN_SEED_OFFSET,
+    classification_set,
+    normalise,
+)
+from export.families.base import (
+    FamilyConfig,
+    GraphSpec,
+    OnnxRunner,
+    ParityCase,
+    ParityCheck,
+    Quality,
+    TensorSpec,
+    load_state_dict_strict,
+    preprocessing_parameter,
+)
+from export.train import SGDRecipe, fit, set_threads, shuffled_batches
+
+TOP1_THRESHOLD = 0.95
+HELD_OUT_SCENES = 1000
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""(B, 3, S, S) normalised batch + generator -> augmented batch of the same shape."""
+
+
+def no_augmentation(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return images
+
+
+def _crop_and_mirror(images: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """A random ``size`` x ``size`` patch of each image, mirrored left-right with probability 1/2."""
+    batch, _, height, width = images.shape
+    ys = torch.randint(0, height - size + 1, (batch,), generator=generator).tolist()
+    xs = torch.randint(0, width - size + 1, (batch,), generator=generator).tolist()
+    crops = torch.stack([images[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(zip(ys, xs, strict=True))])
+    mirror = torch.rand(batch, generator=generator) < 0.5
+    return torch.where(mirror.view(-1, 1, 1, 1), crops.flip(3), crops)
+
+
+def flip_and_crop(images: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+    """AlexNet's augmentation: translations / patch crops (pad ``pad`` px, crop back) and reflections."""
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    return _crop_and_mirror(padded, generator, images.shape[-1])
+
+
+def scale_jitter(images: torch.Tensor, generator: torch.Generator, max_scale: float) -> torch.Tensor:
+    """VGG's scale jittering: rescale by s in [1, max_scale], crop back to size, mirror.
+
+    The paper draws the scale per image; one scale per batch keeps it one interpolate call.
+    """
+    size = images.shape[-1]
+    scaled_size = round(size * (1 + float(torch.rand((), generator=generator)) * (max_scale - 1)))
+    scaled = F.interpolate(images, size=(scaled_size, scaled_size), mode="bilinear", align_corners=False)
+    return _crop_and_mirror(scaled, generator, size)
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """How a small classifier trains: optimiser schedule, data amount, augmentation, auxiliary losses.
+
+    aux_weight: weight of each auxiliary classifier's loss (GoogLeNet: 0.3); the model returns
+    ``(logits, *aux_logits)`` in training mode when it has auxiliary heads.
+    """
+
+    sgd: SGDRecipe
+    train_scenes: int
+    augment: Augment = no_augmentation
+    aux_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClassifierConfig(FamilyConfig):
+    """image_size: square input side; mean/std: preprocessing; recipe: None for configs that only load."""
+
+    image_size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    recipe: ClassifierRecipe | None
+
+
+def small_config_fields(image_size: int, recipe: ClassifierRecipe) -> dict[str, object]:
+    """The ClassifierConfig fields every small classifier shares (synthetic shapes, trained)."""
+    return {
+        "name": "small",
+        "trainable": True,
+        "max_batch_size": 32,
+        "image_size": image_size,
+        "num_classes": len(SHAPES),
+        "mean": DEFAULT_MEAN,
+        "std": DEFAULT_STD,
+        "recipe": recipe,
+    }
+
+
+def full_config_fields() -> dict[str, object]:
+    """The ClassifierConfig fields every full classifier shares (ImageNet-sized, loads user weights)."""
+    return {
+        "name": "full",
+        "trainable": False,
+        "max_batch_size": 16,
+        "image_size": 224,
+        "num_classes": 1000,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "recipe": None,
+    }
+
+
+def classification_loss(outputs: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor, aux_weight: float):
+    """Cross-entropy of the main logits plus ``aux_weight`` x that of each auxiliary head, if any."""
+    if isinstance(outputs, torch.Tensor):
+        return F.cross_entropy(outputs, labels)
+    main, *auxiliary = outputs
+    return F.cross_entropy(main, labels) + aux_weight * sum(F.cross_entropy(a, labels) for a in auxiliary)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N,) predicted class ids of an eval-mode model."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def held_out_inputs(count: int, size: int, seed: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(count, 3, size, size) float32 normalised held-out scenes: the parity 'real' inputs."""
+    scenes = make_scenes(count, size, seed + HELD_OUT_SEED_OFFSET)
+    return normalise(stack_images(scenes), mean, std).numpy()
+
+
+@dataclass(frozen=True)
+class ClassifierFamily:
+    """A classifier family: networks per config from ``builder``, everything else shared (see module doc)."""
+
+    name: str
+    configs: Mapping[str, ClassifierConfig]
+    builder: Callable[[ClassifierConfig], nn.Module]
+    task: str = "classify"
+    weights_variant: Callable[[ClassifierConfig, Mapping[str, torch.Tensor]], ClassifierConfig] | None = None
+    """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
+
+    def build(self, config: ClassifierConfig) -> nn.Module:
+        return self.builder(config)
+
+    def train(self, model: nn.Module, config: ClassifierConfig, seed: int) -> nn.Module:
+        if config.recipe is None:
+            raise ValueError(f"{self.name} {config.name} has no training recipe; it loads weights")
+        recipe = config.recipe
+        set_threads()
+        torch.manual_seed(seed)
+        data = classification_set(recipe.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
+        generator = torch.Generator().manual_seed(seed)
+
+        def batches(epoch: int):
+            for index in shuffled_batches(len(data.labels), recipe.sgd.batch_size, generator):
+                yield recipe.augment(data.images[index], generator), data.labels[index]
+
+        def loss(net: nn.Module, batch) -> torch.Tensor:
+            images, labels = batch
+            return classification_loss(net(images), labels, recipe.aux_weight)
+
+        steps = len(data.labels) // recipe.sgd.batch_size
+        return fit(model, batches, steps, loss, recipe.sgd, description=f"train {self.name}")
+
+    def load(self, model: nn.Module, config: ClassifierConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+        """Load strictly; a family with variants first rebuilds the model as the variant the keys describe."""
+        if self.weights_variant is not None:
+            config = self.weights_variant(config, state_dict)
+            model = self.builder(config)
+        return load_state_dict_strict(model, state_dict, f"{self.name} ({config.name})")
+
+    def evaluate(self, model: nn.Module, config: ClassifierConfig, seed: int) -> Quality | None:
+        if config.num_classes != len(SHAPES):
+            return None  # user weights for other classes (ImageNet): the synthetic shapes say nothing
+        data = classification_set(HELD_OUT_SCENES, config.image_size, seed + HELD_OUT_SEED_OFFSET)
+        correct = predict(model, data.images) == data.labels
+        per_class = {
+            shape: round(float(correct[data.labels == index].float().mean()), 4) for index, shape in enumerate(SHAPES)
+        }
+        return Quality(
+            metric="top1",
+            value=float(correct.float().mean()),
+            threshold=TOP1_THRESHOLD,
+            details={"held_out_scenes": HELD_OUT_SCENES, "per_class_top1": per_class},
+        )
+
+    def graphs(self, model: nn.Module, config: ClassifierConfig, seed: int) -> Sequence[GraphSpec]:
+        size = config.image_size
+        labels = SHAPES if config.num_classes == len(SHAPES) else tuple(f"class_{i}" for i in range(config.num_classes))
+        random = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+        return (
+            GraphSpec(
+                module=model.eval(),
+                inputs=(TensorSpec("images", (3, size, size)),),
+                outputs=(TensorSpec("logits", (config.num_classes,), label_filename="labels.txt"),),
+                parity_cases=(
+                    ParityCase("real", {"images": held_out_inputs(8, size, seed, config.mean, config.std)}),
+                    ParityCase("random", {"images": random}),
+                ),
+                max_batch_size=config.max_batch_size,
+                task=self.task,
+                parameters={"preprocessing": preprocessing_parameter((size, size), config.mean, config.std)},
+                labels=labels,
+            ),
+        )
+
+    def system_parity(
+        self, model: nn.Module, config: ClassifierConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
+    ) -> Sequence[ParityCheck]:
+        return ()

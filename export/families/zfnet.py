@@ -1,0 +1,135 @@
+"""ZF Net (Zeiler & Fergus 2013): AlexNet's design with a 7x7 stride-2 first convolution (instead of
+11x11 stride 4) and a stride-2 second convolution, chosen by looking at DeconvNet visualisations.
+
+The max-pooling layers record their switches (``forward_with_switches``) so that a DeconvNet can later
+unpool, rectify and filter back down to pixels; the exported graph (``forward``) does not carry them.
+
+small: the same eight layers at 64 x 64 (maps 64 -> 30 -> 15 -> 6 -> 3 -> 1, as 224 -> 110 -> 55 -> 26 ->
+13 -> 6 in the paper) with narrower layers. full: the paper's layer sizes at 224 (torchvision has no ZF
+Net, so its state_dict layout is this module's own).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from export.families import register_family
+from export.families.classifier import (
+    ClassifierConfig,
+    ClassifierFamily,
+    ClassifierRecipe,
+    flip_and_crop,
+    full_config_fields,
+    small_config_fields,
+)
+from export.train import SGDRecipe
+
+
+@dataclass(frozen=True)
+class ZFNetConfig(ClassifierConfig):
+    """conv_widths: filters of the five convolutions; fc_width: units of the two hidden FC layers."""
+
+    conv_widths: tuple[int, int, int, int, int] = (96, 256, 384, 384, 256)
+    fc_width: int = 4096
+    dropout: float = 0.5
+
+
+# (kernel, stride, padding) of conv1, conv2 and of the three max-pools, as in the paper's figure 3.
+_CONV1 = (7, 2, 1)
+_CONV2 = (5, 2, 0)
+_POOLS = ((3, 2, 1), (3, 2, 1), (3, 2, 0))
+
+
+def _out_side(side: int, kernel: int, stride: int, padding: int) -> int:
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+def _pooled_side(image_size: int) -> int:
+    side = _out_side(image_size, *_CONV1)
+    side = _out_side(side, *_POOLS[0])
+    side = _out_side(side, *_CONV2)
+    side = _out_side(side, *_POOLS[1])
+    return _out_side(side, *_POOLS[2])
+
+
+@dataclass(frozen=True)
+class SwitchedFeatures:
+    """features: (B, C, s, s) last feature map; switches: argmax indices of each max-pool (DeconvNet)."""
+
+    features: torch.Tensor
+    switches: tuple[torch.Tensor, ...]
+
+
+class ZFNet(nn.Module):
+    """(B, 3, S, S) normalised images -> (B, num_classes) logits."""
+
+    def __init__(self, config: ZFNetConfig) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5 = config.conv_widths
+        self.conv1 = nn.Conv2d(3, c1, *_CONV1)
+        self.conv2 = nn.Conv2d(c1, c2, *_CONV2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, 1, 1)
+        self.conv4 = nn.Conv2d(c3, c4, 3, 1, 1)
+        self.conv5 = nn.Conv2d(c4, c5, 3, 1, 1)
+        self.pools = nn.ModuleList(nn.MaxPool2d(k, s, p, return_indices=True) for k, s, p in _POOLS)
+        self.relu = nn.ReLU(inplace=True)
+        side = _pooled_side(config.image_size)
+        self.classifier = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(c5 * side * side, config.fc_width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.fc_width, config.fc_width),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.fc_width, config.num_classes),
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def _features(self, x: torch.Tensor, keep_switches: bool) -> SwitchedFeatures:
+        switches = []
+
+        def pool(index: int, tensor: torch.Tensor) -> torch.Tensor:
+            if not keep_switches:
+                layer = self.pools[index]
+                return nn.functional.max_pool2d(tensor, layer.kernel_size, layer.stride, layer.padding)
+            pooled, indices = self.pools[index](tensor)
+            switches.append(indices)
+            return pooled
+
+        x = pool(0, self.relu(self.conv1(x)))  # (B, c1, S/4, S/4)
+        x = pool(1, self.relu(self.conv2(x)))  # (B, c2, S/16, S/16)
+        x = self.relu(self.conv5(self.relu(self.conv4(self.relu(self.conv3(x))))))
+        x = pool(2, x)  # (B, c5, s, s)
+        return SwitchedFeatures(features=x, switches=tuple(switches))
+
+    def forward_with_switches(self, x: torch.Tensor) -> SwitchedFeatures:
+        """The last feature map and the three pooling switches, for DeconvNet visualisation."""
+        return self._features(x, keep_switches=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self._features(x, keep_switches=False).features, 1))
+
+
+SMALL = ZFNetConfig(
+    **small_config_fields(
+        image_size=64,
+        recipe=ClassifierRecipe(
+            sgd=SGDRecipe(epochs=6, batch_size=64, lr=0.02, weight_decay=5e-4),
+            train_scenes=4000,
+            augment=functools.partial(flip_and_crop, pad=4),  # ZF Net kept AlexNet's augmentation
+        ),
+    ),
+    conv_widths=(24, 48, 64, 64, 48),
+    fc_width=256,
+    dropout=0.2,
+)
+FULL = ZFNetConfig(**full_config_fields())
+
+register_family(ClassifierFamily(name="zfnet", configs={"small": SMALL, "full": FULL}, builder=ZFNet))

@@ -1,0 +1,269 @@
+"""The export pipeline, the same for every family: build -> train or load -> evaluate -> per graph
+ONNX export + checker + parity (+ TensorRT) -> staged model folders -> atomic rename into the repository.
+
+``build_repository`` is the Python API (tests, demo); ``export.__main__`` is the command line over it.
+All user errors (unknown family, weights, output directory) are found before any training starts and
+raise ExportError with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export import onnx as onnx_export
+from export import repository, tensorrt
+from export.families import family_names, get_family
+from export.families.base import (
+    ExportError,
+    Family,
+    FamilyConfig,
+    GraphSpec,
+    ParityCheck,
+    ParityError,
+    Quality,
+    WeightsError,
+)
+from export.train import set_threads
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One written model folder: its name, the family's quality, its parity checks and timings (seconds)."""
+
+    name: str
+    family: str
+    config: str
+    task: str | None
+    quality: Quality | None
+    parity: tuple[ParityCheck, ...]
+    tensorrt: tuple[ParityCheck, ...]
+    train_seconds: float
+    export_seconds: float
+    path: Path
+
+    @property
+    def parity_passed(self) -> bool:
+        return all(check.passed for check in self.parity)
+
+    @property
+    def worst_parity(self) -> float:
+        return max((check.max_abs_diff for check in self.parity), default=0.0)
+
+
+def parse_weights(specs: Sequence[str]) -> dict[str, Path]:
+    """``FAMILY=PATH`` strings -> {family: path}; a malformed one raises ExportError."""
+    weights: dict[str, Path] = {}
+    for spec in specs:
+        family, separator, path = spec.partition("=")
+        if not separator or not family or not path:
+            raise ExportError(f"--weights expects FAMILY=PATH, got {spec!r}")
+        weights[family] = Path(path)
+    return weights
+
+
+def resolve_families(requested: Sequence[str] | None) -> tuple[Family, ...]:
+    """Families by name (None or ["all"] = every registered one, in registry order)."""
+    if requested is None or list(requested) == ["all"]:
+        return tuple(get_family(name) for name in family_names())
+    if not requested:
+        raise ExportError("no families given; use --families all or a comma-separated list")
+    return tuple(get_family(name) for name in requested)
+
+
+def read_state_dict(path: Path, family: str) -> dict[str, torch.Tensor]:
+    """A checkpoint as a state_dict, read with weights_only=True (never unpickles arbitrary objects).
+
+    Accepts a plain state_dict or a dict holding one under "state_dict" or "model".
+    """
+    if not path.is_file():
+        raise WeightsError(f"weights file for {family} not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe pickles
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(f"cannot read weights for {family} from {path}: {first_line}") from None
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
+    return loaded
+
+
+def _config_of(family: Family, config_name: str, has_weights: bool) -> FamilyConfig:
+    if config_name not in family.configs:
+        raise ExportError(f"{family.name} has no {config_name!r} config; choose one of {sorted(family.configs)}")
+    config = family.configs[config_name]
+    if not config.trainable and not has_weights:
+        raise ExportError(
+            f"{family.name} {config_name} loads a checkpoint and cannot train here; pass --weights {family.name}=PATH"
+        )
+    return config
+
+
+def _report(
+    name: str,
+    family: Family,
+    config: FamilyConfig,
+    graph: GraphSpec,
+    quality: Quality | None,
+    parity: Sequence[ParityCheck],
+    engine_checks: Sequence[ParityCheck],
+    timings: Mapping[str, float],
+    seed: int,
+    weights: Path | None,
+) -> dict[str, object]:
+    return {
+        "model": name,
+        "family": family.name,
+        "config": config.name,
+        "task": graph.task,
+        "weights": str(weights) if weights else "trained on synthetic scenes",
+        "seed": seed,
+        "opset": onnx_export.OPSET,
+        "exporter": onnx_export.EXPORTER,
+        "torch": torch.__version__,
+        "max_batch_size": graph.max_batch_size,
+        "inputs": repository.signature(graph.inputs),
+        "outputs": repository.signature(graph.outputs),
+        "parity": {"passed": all(c.passed for c in parity), "checks": [asdict(c) for c in parity]},
+        "quality": None if quality is None else {**asdict(quality), "passed": quality.passed},
+        "tensorrt": None if not engine_checks else {"checks": [asdict(c) for c in engine_checks]},
+        "seconds": dict(timings),
+    }
+
+
+def _tensorrt_checks(graph: GraphSpec, folder: Path, session) -> tuple[ParityCheck, ...]:
+    """Build this graph's fp16 engine into the staged version folder and compare it with ONNX Runtime."""
+    case = graph.parity_cases[0]
+    shapes = {name: tuple(array.shape) for name, array in case.inputs.items()}
+    profile = tensorrt.optimisation_profile(graph.inputs, graph.max_batch_size, shapes)
+    plan = folder / repository.VERSION / tensorrt.engine_file_name(tensorrt.compute_capability())
+    tensorrt.build_engine(folder / repository.VERSION / repository.MODEL_FILE, plan, profile)
+    reference = onnx_export.run_session(session, case.inputs)
+    produced = tensorrt.run_engine(plan, case.inputs)
+    return tuple(tensorrt.agreement(f"{case.name}/{name}", reference[name], produced[name]) for name in reference)
+
+
+def export_family(
+    family: Family,
+    config: FamilyConfig,
+    out: Path,
+    *,
+    seed: int,
+    weights: Path | None,
+    build_tensorrt: bool,
+) -> tuple[ModelResult, ...]:
+    """Train or load one family and write its model folder(s); nothing is written unless all succeed."""
+    set_threads()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    started = time.perf_counter()
+    model = family.build(config)
+    if weights is not None:
+        model = family.load(model, config, read_state_dict(weights, family.name))
+    else:
+        model = family.train(model, config, seed)
+    model.eval()
+    quality = family.evaluate(model, config, seed)
+    graphs = family.graphs(model, config, seed)
+    train_seconds = time.perf_counter() - started
+
+    with contextlib.ExitStack() as stack:
+        staged = []
+        for graph in graphs:
+            graph_started = time.perf_counter()
+            name = repository.model_name(family.name, config.name, graph.suffix)
+            folder = stack.enter_context(repository.staged_model(out, name))
+            onnx_path = folder / repository.VERSION / repository.MODEL_FILE
+            onnx_export.export_graph(graph, onnx_path)
+            session = onnx_export.open_session(onnx_path)
+            parity = onnx_export.graph_parity(graph, session)
+            engine_checks = _tensorrt_checks(graph, folder, session) if build_tensorrt else ()
+            staged.append((graph, name, folder, session, parity, engine_checks, time.perf_counter() - graph_started))
+
+        sessions = {graph.suffix: session for graph, _, _, session, *_ in staged}
+        system = tuple(
+            family.system_parity(
+                model, config, graphs, lambda suffix, inputs: onnx_export.run_session(sessions[suffix], inputs)
+            )
+        )
+        results = []
+        for index, (graph, name, folder, _, parity, engine_checks, export_seconds) in enumerate(staged):
+            checks = parity + (system if index == 0 else ())
+            failed = [c for c in checks if not c.passed]
+            if failed:
+                worst = ", ".join(f"{c.name} max|diff|={c.max_abs_diff:.3g} ({c.detail})" for c in failed[:3])
+                raise ParityError(f"{name}: ONNX output differs from PyTorch beyond tolerance: {worst}")
+            timings = {"train_and_evaluate": round(train_seconds, 3), "export": round(export_seconds, 3)}
+            report = _report(name, family, config, graph, quality, checks, engine_checks, timings, seed, weights)
+            repository.write_metadata(folder, name, family.name, graph, report)
+            results.append(
+                ModelResult(
+                    name=name,
+                    family=family.name,
+                    config=config.name,
+                    task=graph.task,
+                    quality=quality if index == 0 else None,
+                    parity=checks,
+                    tensorrt=engine_checks,
+                    train_seconds=train_seconds if index == 0 else 0.0,
+                    export_seconds=export_seconds,
+                    path=out / name,
+                )
+            )
+    return tuple(results)
+
+
+def build_repository(
+    out: Path | str,
+    *,
+    families: Sequence[str] | None = None,
+    config: str = "small",
+    seed: int = 0,
+    weights: Mapping[str, Path | str] | None = None,
+    build_tensorrt: bool = False,
+) -> tuple[ModelResult, ...]:
+    """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
+
+    weights: {family: checkpoint path}; required for configs that do not train (full). With
+    build_tensorrt, engines are built too, and a machine without TensorRT or a GPU raises ExportError.
+    Input is checked before any work; each family's folders appear atomically when it is done.
+    """
+    out = Path(out)
+    chosen = resolve_families(families)
+    weight_paths = {family: Path(path) for family, path in (weights or {}).items()}
+    unknown = sorted(set(weight_paths) - {family.name for family in chosen})
+    if unknown:
+        raise ExportError(f"--weights given for {', '.join(unknown)}, which is not among the families exported")
+    for family_name, path in weight_paths.items():
+        if not path.is_file():
+            raise WeightsError(f"weights file for {family_name} not found: {path}")
+    configs = {family.name: _config_of(family, config, family.name in weight_paths) for family in chosen}
+    if build_tensorrt and (reason := tensorrt.unavailable_reason()) is not None:
+        raise ExportError(f"cannot build TensorRT engines: {reason}")
+    repository.check_writable(out)
+
+    results: list[ModelResult] = []
+    with tqdm(chosen, desc="export", unit="family", dynamic_ncols=True) as bar:
+        for family in bar:
+            bar.set_postfix(family=family.name)
+            results += export_family(
+                family,
+                configs[family.name],
+                out,
+                seed=seed,
+                weights=weight_paths.get(family.name),
+                build_tensorrt=build_tensorrt,
+            )
+    return tuple(results)
