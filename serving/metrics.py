@@ -110,8 +110,8 @@ def _histograms(snapshots: list[ModelStatsSnapshot]) -> Iterator[Metric]:
 
 
 def _buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:
-    cumulative = 0
-    buckets = []
+    cumulative = 0.0
+    buckets: list[tuple[str, float]] = []
     for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
         cumulative += count
         buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))

@@ -57,6 +57,11 @@ class HealthReporter:
         self._servicer = servicer
         self._models = models
         self._tasks = sorted(set(TASKS))
+        self._pending: asyncio.Task[None] | None = None
+
+    def schedule_update(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Listener form of `update` (model state changes call it on the loop)."""
+        self._pending = loop.create_task(self.update())
 
     async def update(self) -> None:
         models = self._models
@@ -103,7 +108,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     log.info("listening on %s (metrics on :%s); loading %s", address, config.metrics_port, config.model_repository)
 
     started = time.perf_counter()
-    models.add_listener(lambda: loop.create_task(reporter.update()))
+    models.add_listener(lambda: reporter.schedule_update(loop))
     loading = asyncio.ensure_future(models.load_all())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -55,7 +55,8 @@ class TensorRTBackend:
             raise ValueError(f"TensorRT could not deserialise {path.name} (built for another GPU or TensorRT?)")
         self._context = self._engine.create_execution_context()
         self._stream = _check(self._cudart.cudaStreamCreate())
-        inputs, outputs = [], []
+        inputs: list[tuple[TensorSpec, np.dtype, tuple[int, ...] | None]] = []
+        outputs: list[tuple[TensorSpec, np.dtype, tuple[int, ...] | None]] = []
         self._buffers: dict[str, int] = {}
         for index in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(index)
