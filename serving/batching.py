@@ -172,12 +172,21 @@ class DynamicBatcher:
         self, inputs: Tensors, items: int, deadline: float | None
     ) -> dict[str, np.ndarray]:
         limit = self.policy.max_batch_size
-        chunks = [
-            self._enqueue({name: array[start : start + limit] for name, array in inputs.items()},
-                          min(limit, items - start), deadline)
-            for start in range(0, items, limit)
-        ]
-        parts = await asyncio.gather(*chunks)
+        chunks: list[asyncio.Future] = []
+        try:
+            for start in range(0, items, limit):
+                chunk = {name: array[start : start + limit] for name, array in inputs.items()}
+                chunks.append(self._enqueue(chunk, min(limit, items - start), deadline))
+        except ServingError:
+            for future in chunks:  # all or nothing: the queued chunks leave without being computed
+                future.cancel()
+            raise
+        outcomes = await asyncio.gather(*chunks, return_exceptions=True)
+        parts: list[dict[str, np.ndarray]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            parts.append(outcome)
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def _enqueue(self, inputs: Tensors, items: int, deadline: float | None) -> asyncio.Future:

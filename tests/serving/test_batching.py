@@ -238,3 +238,19 @@ async def test_a_cancelled_request_is_not_computed(doubler: Path) -> None:
     assert stats.snapshot().pending == 0
     await batcher.close()
 
+
+
+@on_event_loop
+async def test_a_chunked_request_that_does_not_fit_the_queue_is_refused_whole(doubler: Path) -> None:
+    runner = GatedRunner(doubler)
+    batcher, stats = batcher_for(BatchPolicy(max_batch_size=2, max_queue_size=2), runner)
+    busy = asyncio.ensure_future(batcher.submit({"x": rows(1)}, 1))
+    await runner.wait_started()
+    with pytest.raises(ResourceExhausted):
+        await batcher.submit({"x": rows(6)}, 6)  # three chunks, room for two
+    runner.gate.set()
+    await busy
+    assert (await batcher.submit({"x": rows(1)}, 1))["y"].shape == (1, 4)
+    assert runner.batch_sizes == [1, 1]  # the refused request's queued chunks were never computed
+    assert stats.snapshot().pending == 0
+    await batcher.close()
