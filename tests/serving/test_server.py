@@ -207,3 +207,14 @@ def test_a_taken_port_is_a_clear_error(server: RunningServer, repository: Path) 
     port = server.address.rsplit(":", 1)[1]
     with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1:" + port):
         start_server(repository, "--port", port)
+
+
+def test_model_statistics_and_metrics_agree(server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub) -> None:
+    for _ in range(2):
+        stub.ModelInfer(infer_request("doubler", np.ones((3, 4), np.float32)), timeout=10)
+    text = server.metrics()
+    stats = stub.ModelStatistics(v2.ModelStatisticsRequest(name="doubler"), timeout=10).model_stats[0]
+    assert stats.inference_stats.success.count == metric(text, "nv_inference_request_success", model="doubler")
+    assert stats.inference_count == metric(text, "nv_inference_count", model="doubler")
+    assert stats.execution_count == metric(text, "nv_inference_exec_count", model="doubler")
+    assert stats.inference_stats.queue.ns // 1000 == metric(text, "nv_inference_queue_duration_us", model="doubler")
