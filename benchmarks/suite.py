@@ -50,6 +50,7 @@ class Settings:
     plan: LoadPlan
     models: tuple[str, ...]
     peer: bool
+    repository: Path | None
 
 
 def scene_jpeg(size: int) -> bytes:
@@ -138,6 +139,31 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     return raw, points
 
 
+def resident_mib(pid: int) -> float:
+    """The process's resident set size (VmRSS) in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def measure_startup(repository: Path, logs: Path) -> dict[str, float | int]:
+    """Seconds from process start to health SERVING (every model loaded and warmed up), and memory.
+
+    The repository is the nine small families (`make export`'s), exported first when stale.
+    """
+    from clients.demo_repository import ensure_repository
+
+    ensure_repository(repository)
+    began = time.monotonic()
+    with ServerProcess.start(repository, log=logs / "ninefold-startup.log") as server:
+        ready_s = time.monotonic() - began
+        rss = resident_mib(server.process.pid)
+    models = sum(1 for config in repository.glob("*/config.pbtxt"))
+    print(f"bench: {models} models ready in {ready_s:.2f} s, resident {rss:.0f} MiB", file=sys.stderr, flush=True)
+    return {"models": models, "ready_seconds": round(ready_s, 2), "resident_mib": round(rss, 1)}
+
+
 def _at(points: list[Point], system: str, concurrency: int) -> Point | None:
     return next((p for p in points if p.system == system and p.mode == "closed" and p.load == concurrency), None)
 
@@ -181,12 +207,16 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip the KServe peer (no venv to build)")
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository",
+                        help="the small families, for the start-up time and memory figure (exported when stale)")
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up time and memory figure")
     args = parser.parse_args(argv)
     plan = LoadPlan(
         concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
         duration_s=args.duration, warmup_s=args.warmup, repeats=args.repeats,
     )
-    return Settings(args.out, args.cache, plan, tuple(args.models.split(",")), not args.no_peer)
+    repository = None if args.no_startup else args.repository
+    return Settings(args.out, args.cache, plan, tuple(args.models.split(",")), not args.no_peer, repository)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     summary: dict[str, object] = {**environment(), "plan": settings.plan.__dict__, "models": {}}
+    if settings.repository is not None:
+        summary["startup"] = measure_startup(settings.repository, settings.out / "logs")
     models_dir = build_models(settings.cache)
     peer = peer_python(settings.cache) if settings.peer else None
     all_points: list[Point] = []
