@@ -196,5 +196,6 @@ class Captioner:
         ]
 
     def text(self, tokens: Sequence[int]) -> str:
-        """Words of `tokens` joined by spaces (ids outside the vocabulary are skipped)."""
-        return " ".join(self.vocabulary[token] for token in tokens if 0 <= token < len(self.vocabulary))
+        """Words of `tokens` joined by spaces; the start token and ids outside the vocabulary are skipped."""
+        words = self.vocabulary
+        return " ".join(words[token] for token in tokens if 0 <= token < len(words) and token != self.start_token)
