@@ -70,6 +70,18 @@ SMALL = StnConfig(
 )
 
 
+def base_grid(side: int) -> torch.Tensor:
+    """FP32 [side, side, 3]: (x, y, 1) of every output pixel centre in normalised coordinates.
+
+    The grid generator is written out as `base_grid @ theta^T` (Jaderberg's sampling grid; the same
+    numbers as `F.affine_grid(..., align_corners=False)`) because ONNX has AffineGrid only from opset
+    20 and the exporter targets 17; the sampler is ONNX GridSample (opset 16).
+    """
+    coordinates = (2 * torch.arange(side, dtype=torch.float32) + 1) / side - 1
+    y, x = torch.meshgrid(coordinates, coordinates, indexing="ij")
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
+
+
 def _conv_stages(widths: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = 3
@@ -101,6 +113,7 @@ class SpatialTransformerNet(nn.Module):
         nn.init.zeros_(self.to_theta.weight)
         with torch.no_grad():
             self.to_theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+        self.register_buffer("base_grid", base_grid(config.image_size), persistent=False)
         self.classifier = nn.Sequential(
             _conv_stages(config.head_widths),
             nn.AdaptiveAvgPool2d(1),
@@ -110,7 +123,8 @@ class SpatialTransformerNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         theta = self.to_theta(self.localisation(images)).view(-1, 2, 3)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        side = self.base_grid.shape[0]
+        grid = (self.base_grid.view(1, side * side, 3) @ theta.transpose(1, 2)).view(-1, side, side, 2)
         warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return warped, theta, self.classifier(warped)
 

@@ -58,3 +58,10 @@ def test_full_checkpoint_round_trips_and_mismatch_is_refused(tmp_path: Path) -> 
     torch.save(family.build(SMALL).state_dict(), path)
     with pytest.raises(WeightsError, match="weights do not fit stn_full: .*shape mismatches"):
         family.load(family.build(FULL), FULL, torch.load(path, weights_only=True))
+
+
+def test_written_out_grid_generator_equals_affine_grid() -> None:
+    model = SpatialTransformerNet(TINY).eval()
+    theta = torch.tensor([[[0.9, -0.3, 0.1], [0.25, 1.1, -0.2]]])
+    expected = torch.nn.functional.affine_grid(theta, [1, 3, 16, 16], align_corners=False)
+    assert torch.allclose((model.base_grid.view(1, -1, 3) @ theta.transpose(1, 2)).view(1, 16, 16, 2), expected)
