@@ -93,7 +93,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         if model.task != task:
             serves = f"task '{model.task}'" if model.task else "no task (a plain tensor model for the v2 protocol)"
             hint = "; name its captioner instead" if model.task == DECODER_TASK else ""
-            raise FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
+            error = FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
+            model.record_failure(error.reason)
+            raise error
         return model
 
     async def _run(self, model: ServedModel, kind: type[T], work: Callable[[T], Awaitable[R]]) -> R:
@@ -129,14 +131,14 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
         model = self._model_for(request.model, "detect")
         deadline = deadline_of(context)
-        if not 0.0 <= request.score_threshold <= 1.0:
-            raise InvalidArgument(f"score_threshold {request.score_threshold} is outside [0, 1]")
-        options = DetectionOptions(
-            score_threshold=request.score_threshold or DEFAULT_SCORE_THRESHOLD,
-            max_detections=request.max_detections,
-        )
 
         async def work(detector: Detector) -> list[Detections]:
+            if not 0.0 <= request.score_threshold <= 1.0:
+                raise InvalidArgument(f"score_threshold {request.score_threshold} is outside [0, 1]")
+            options = DetectionOptions(
+                score_threshold=request.score_threshold or DEFAULT_SCORE_THRESHOLD,
+                max_detections=request.max_detections,
+            )
             images = images_from_grpc(request.images, self._max_images)
             return await detector.detect(images, options, deadline)
 

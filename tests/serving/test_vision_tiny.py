@@ -248,6 +248,10 @@ def test_failures_and_successes_are_counted_per_model(server: ServerProcess, vis
     rpc_error(vision.Warp, pb.WarpRequest(images=[pb.Image(encoded=b"junk")]))
     assert metric(server, "nv_inference_request_success", **labels) == before_ok + 1
     assert metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels) == before_bad + 1
+    wrong_task = {"model": "tiny_detect", "version": "1", "reason": "failed_precondition"}
+    before = metric(server, "nv_inference_request_failure", **wrong_task)
+    rpc_error(vision.Warp, pb.WarpRequest(model=pb.ModelRef(name="tiny_detect"), images=[png(uniform((1, 2, 3)))]))
+    assert metric(server, "nv_inference_request_failure", **wrong_task) == before + 1
 
 
 def test_concurrent_caption_steps_are_batched(server: ServerProcess) -> None:
