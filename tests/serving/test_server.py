@@ -218,3 +218,15 @@ def test_model_statistics_and_metrics_agree(server: RunningServer, stub: v2_grpc
     assert stats.inference_count == metric(text, "nv_inference_count", model="doubler")
     assert stats.execution_count == metric(text, "nv_inference_exec_count", model="doubler")
     assert stats.inference_stats.queue.ns // 1000 == metric(text, "nv_inference_queue_duration_us", model="doubler")
+
+
+def test_sigterm_while_models_load_exits_zero(tmp_path: Path) -> None:
+    write_model(tmp_path, "slow_warm_up", slow_graph(SLOW_WIDTH, iterations=10000), tensor_config(SLOW_WIDTH))
+    server = start_server(tmp_path, wait_serving=False)
+    try:
+        assert server.health() == NOT_SERVING  # listening, the warm-up still running
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0
+        assert "shutting down" in server.log() and "ready in" not in server.log()
+    finally:
+        server.stop(signal.SIGKILL)
