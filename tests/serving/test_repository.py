@@ -12,6 +12,7 @@ import pytest
 from serving import repository
 from serving.errors import InvalidArgument, NotFound, NotReady
 from serving.models import ModelManager, ModelState
+from serving.placement import Gpu
 from serving.repository import ConfigError
 from tests.serving.core_models import doubler_graph, tensor_config, write_model
 
@@ -236,6 +237,21 @@ def test_a_model_without_a_batch_axis_runs_each_request_alone(tmp_path: Path) ->
         with pytest.raises(InvalidArgument, match=r"must have shape \[2, 4\]"):
             await model.infer({"x": np.ones((1, 2, 4), np.float32)})
         assert model.stats().execution_count == 3
+        await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_on_a_gpu_host_without_gpu_runtimes_auto_falls_back_and_kind_gpu_explains(tmp_path: Path) -> None:
+    write_model(tmp_path, "auto", doubler_graph(), tensor_config(4, extra="instance_group [ { kind: KIND_AUTO } ]"))
+    write_model(tmp_path, "gpu_only", doubler_graph(), tensor_config(4, extra="instance_group [ { kind: KIND_GPU } ]"))
+
+    async def scenario() -> None:
+        manager = ModelManager(tmp_path, gpus=[Gpu(0, "GPU-0", "H100", (9, 0))])
+        await manager.load_all()
+        assert [p.device.label for p in manager.get("auto").placements] == ["cpu"]
+        with pytest.raises(NotReady, match="KIND_GPU but this runtime has no GPU support"):
+            manager.get("gpu_only")
         await manager.close()
 
     asyncio.run(scenario())
