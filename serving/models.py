@@ -312,7 +312,8 @@ class ModelManager:
 
     def models(self) -> list[ServedModel]:
         """Every model version that was loaded or tried, by name then version."""
-        return [model for name in sorted(self._models) for _, model in sorted(self._models[name].items())]
+        # One snapshot of the dict: /metrics calls this from its own thread while the loop loads/unloads.
+        return [model for _, versions in sorted(self._models.items()) for _, model in sorted(versions.items())]
 
     def tasks(self) -> list[str]:
         """The tasks some model of the repository serves (caption_decoder excluded), sorted."""
