@@ -45,7 +45,7 @@ lint: install
 	$(BIN)/mypy export serving clients
 
 bench: install
-	$(BIN)/python -m benchmarks.suite --out bench_results
+	$(BIN)/python -m benchmarks.suite --out bench_results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(REPO) demo_output bench_results .pytest_cache

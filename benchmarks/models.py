@@ -40,8 +40,11 @@ MODELS = {
 }
 
 
-def config_text(name: str, size: int, classes: int, batching: bool) -> str:
-    """A Triton config.pbtxt for a task-level classifier, with or without a dynamic batcher."""
+def config_text(name: str, size: int, classes: int, batching: bool, kind: str = "KIND_CPU") -> str:
+    """A Triton config.pbtxt for a task-level classifier, with or without a dynamic batcher.
+
+    `kind` is the instance_group kind: KIND_CPU here, KIND_GPU for `make bench BENCH_ARGS=--device=cuda`.
+    """
     preprocessing = json.dumps({"size": [size, size], "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
     lines = [
         f'name: "{name}"',
@@ -49,7 +52,7 @@ def config_text(name: str, size: int, classes: int, batching: bool) -> str:
         f"max_batch_size: {MAX_BATCH_SIZE}",
         f'input [ {{ name: "images" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]',
         f'output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }} ]',
-        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        f"instance_group [ {{ kind: {kind} count: 1 }} ]",
         'parameters { key: "task" value { string_value: "classify" } }',
         f'parameters {{ key: "preprocessing" value {{ string_value: {json.dumps(preprocessing)} }} }}',
     ]
@@ -73,7 +76,7 @@ def export(name: str, out: Path) -> Path:
     return path
 
 
-def write_repositories(out: Path) -> None:
+def write_repositories(out: Path, kind: str = "KIND_CPU") -> None:
     """out/batching/<model>/... and out/unbatched/<model>/..., sharing each ONNX file by hard link."""
     for name, (_, size, classes) in MODELS.items():
         onnx_path = export(name, out)
@@ -81,11 +84,11 @@ def write_repositories(out: Path) -> None:
             folder = out / variant / name
             shutil.rmtree(folder, ignore_errors=True)
             (folder / "1").mkdir(parents=True)
-            (folder / "config.pbtxt").write_text(config_text(name, size, classes, batching))
+            (folder / "config.pbtxt").write_text(config_text(name, size, classes, batching, kind))
             (folder / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(classes)))
             (folder / "1" / "model.onnx").hardlink_to(onnx_path)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    write_repositories(Path(sys.argv[1]))
+    write_repositories(Path(sys.argv[1]), *sys.argv[2:3])

@@ -20,7 +20,7 @@ from protos.inference import model_config_pb2 as mc
 from serving.backends import BackendSettings
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.images import EncodedImage, ImageLimits, Preprocessing, decode_resized, normalise, open_image
-from serving.placement import CPU
+from serving.placement import CPU, Device
 from serving.tasks.classify import softmax_top_k
 
 _LIMITS = ImageLimits()
@@ -38,11 +38,11 @@ class TopLabels:
 class ClassifyPipeline:
     """decode -> resize -> normalise (batch) -> ONNX Runtime -> softmax top-k, for one model folder."""
 
-    def __init__(self, model_dir: Path, threads: int = 0, spin_wait: bool = False) -> None:
+    def __init__(self, model_dir: Path, threads: int = 0, spin_wait: bool = False, device: Device = CPU) -> None:
         config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
         settings = BackendSettings(intra_op_threads=threads, spin_wait=spin_wait)
         cores = threads or len(os.sched_getaffinity(0))
-        self._backend = OnnxRuntimeBackend(model_dir / "1" / "model.onnx", CPU, settings, cores)
+        self._backend = OnnxRuntimeBackend(model_dir / "1" / "model.onnx", device, settings, cores)
         pre = json.loads(config.parameters["preprocessing"].string_value)
         self._pre = Preprocessing(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
         self._input = config.input[0].name

@@ -37,6 +37,7 @@ from clients.bench.targets import classify_target, v2_image_target
 from clients.server_process import ServerProcess, free_ports
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
+from serving.placement import CPU, Device, discover_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"tiny": 64, "resnet18": 224}
@@ -51,6 +52,7 @@ class Settings:
     models: tuple[str, ...]
     peer: bool
     repository: Path | None
+    device: str
 
 
 def scene_jpeg(size: int) -> bytes:
@@ -62,12 +64,23 @@ def scene_jpeg(size: int) -> bytes:
     return buffer.getvalue()
 
 
-def build_models(cache: Path) -> Path:
+def build_models(cache: Path, device: str) -> Path:
     """Export the benchmark models (torch runs in a child process; this one stays torch-free)."""
-    work = cache / "models"
+    work = cache / f"models-{device}"
     if not (work / "unbatched" / "resnet18" / "1" / "model.onnx").exists():
-        subprocess.run([sys.executable, "-m", "benchmarks.models", str(work)], check=True, cwd=ROOT)
+        kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
+        subprocess.run([sys.executable, "-m", "benchmarks.models", str(work), kind], check=True, cwd=ROOT)
     return work
+
+
+def pipeline_device(device: str) -> Device:
+    """The raw baseline's device: the first GPU for `cuda` (fails clearly without one), else the CPU."""
+    if device == "cpu":
+        return CPU
+    gpus = discover_gpus()
+    if not gpus:
+        raise SystemExit("bench: --device cuda but no GPU is visible (NVML found none)")
+    return Device(gpus[0])
 
 
 class PeerProcess:
@@ -112,7 +125,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     size = MODELS[model]
     jpeg = scene_jpeg(size)
     print(f"bench: {model} raw ONNX Runtime", file=sys.stderr, flush=True)
-    pipeline = ClassifyPipeline(models_dir / "batching" / model)
+    pipeline = ClassifyPipeline(models_dir / "batching" / model, device=pipeline_device(settings.device))
     seconds = max(1.0, settings.plan.duration_s / 2)
     raw = measure_raw(pipeline, jpeg, RAW_BATCH_SIZES, seconds)
     del pipeline
@@ -209,6 +222,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--no-peer", action="store_true", help="skip the KServe peer (no venv to build)")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository",
                         help="the small families, for the start-up time and memory figure (exported when stale)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: instances on the first GPU (TensorRT EP, then CUDA EP) for every system")
     parser.add_argument("--no-startup", action="store_true", help="skip the start-up time and memory figure")
     args = parser.parse_args(argv)
     plan = LoadPlan(
@@ -216,7 +231,8 @@ def parse_args(argv: list[str] | None) -> Settings:
         duration_s=args.duration, warmup_s=args.warmup, repeats=args.repeats,
     )
     repository = None if args.no_startup else args.repository
-    return Settings(args.out, args.cache, plan, tuple(args.models.split(",")), not args.no_peer, repository)
+    models = tuple(args.models.split(","))
+    return Settings(args.out, args.cache, plan, models, not args.no_peer, repository, args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, object] = {**environment(), "plan": settings.plan.__dict__, "models": {}}
     if settings.repository is not None:
         summary["startup"] = measure_startup(settings.repository, settings.out / "logs")
-    models_dir = build_models(settings.cache)
+    models_dir = build_models(settings.cache, settings.device)
     peer = peer_python(settings.cache) if settings.peer else None
     all_points: list[Point] = []
     for model in settings.models:
