@@ -82,9 +82,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: Context
     ) -> pb.ServerReadyResponse:
-        models = self._models  # the same rule as grpc.health's overall status (serving.server)
-        ready = models.loaded and not models.draining and any(m.ready for m in models.models())
-        return pb.ServerReadyResponse(ready=ready)
+        return pb.ServerReadyResponse(ready=self._models.serving)  # = grpc.health's overall status
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         try:
