@@ -63,6 +63,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     slow = slow_graph(SLOW_WIDTH)
     queue_of_one = "dynamic_batching { default_queue_policy { max_queue_size: 1 } }\n"
     write_model(repo, "slow_one", slow, tensor_config(SLOW_WIDTH, 8, queue_of_one))
+    write_model(repo, "slow_queue", slow, tensor_config(SLOW_WIDTH, 8, "dynamic_batching { }\n"))
     two_instances = "dynamic_batching { }\ninstance_group [ { kind: KIND_CPU count: 2 } ]\n"
     write_model(repo, "slow_two", slow, tensor_config(SLOW_WIDTH, 8, two_instances))
     return repo
@@ -167,18 +168,24 @@ def test_a_full_queue_answers_resource_exhausted_at_once(
 def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
     server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub
 ) -> None:
-    executions = metric(server.metrics(), "nv_inference_exec_count", model="slow_one") or 0.0
-    busy = stub.ModelInfer.future(infer_request("slow_one", slow_rows(1)), timeout=120)
-    time.sleep(0.05)  # let the first request reach its instance
+    before = server.metrics()
+    executions = metric(before, "nv_inference_exec_count", model="slow_queue") or 0.0
+    dropped_before = sum(metric(before, "nv_inference_request_failure", model="slow_queue", reason=reason) or 0.0
+                         for reason in ("deadline_exceeded", "cancelled"))
+    busy = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(8)), timeout=120)
+    waiting = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(8)), timeout=120)
+    while metric(server.metrics(), "nv_inference_pending_request_count", model="slow_queue") != 1:
+        time.sleep(0.01)  # until one full batch computes and another waits: a late request joins neither
     with pytest.raises(grpc.RpcError) as raised:
-        stub.ModelInfer(infer_request("slow_one", slow_rows(1)), timeout=0.02)
+        stub.ModelInfer(infer_request("slow_queue", slow_rows(1)), timeout=0.1)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     busy.result()
+    waiting.result()
     text = server.metrics()
-    assert metric(text, "nv_inference_exec_count", model="slow_one") == executions + 1
-    failures = metric(text, "nv_inference_request_failure", model="slow_one", reason="deadline_exceeded")
-    cancelled = metric(text, "nv_inference_request_failure", model="slow_one", reason="cancelled")
-    assert (failures or 0) + (cancelled or 0) >= 1
+    assert metric(text, "nv_inference_exec_count", model="slow_queue") == executions + 2
+    dropped = sum(metric(text, "nv_inference_request_failure", model="slow_queue", reason=reason) or 0.0
+                  for reason in ("deadline_exceeded", "cancelled"))
+    assert dropped == dropped_before + 1
 
 
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits_zero(repository: Path) -> None:
