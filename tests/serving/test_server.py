@@ -49,6 +49,14 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def wait_for_one_queued(server: RunningServer, model: str) -> None:
+    """Poll /metrics until `model` has exactly one request waiting (fails after a minute, never hangs)."""
+    give_up = time.monotonic() + 60
+    while metric(server.metrics(), "nv_inference_pending_request_count", model=model) != 1:
+        assert time.monotonic() < give_up, f"no request of {model} ever waited in its queue"
+        time.sleep(0.01)
+
+
 def slow_rows(count: int) -> np.ndarray:
     return np.ones((count, SLOW_WIDTH), np.float32)
 
@@ -174,8 +182,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
                          for reason in ("deadline_exceeded", "cancelled"))
     busy = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(8)), timeout=120)
     waiting = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(8)), timeout=120)
-    while metric(server.metrics(), "nv_inference_pending_request_count", model="slow_queue") != 1:
-        time.sleep(0.01)  # until one full batch computes and another waits: a late request joins neither
+    wait_for_one_queued(server, "slow_queue")  # one full batch computes, another waits: a late request joins neither
     with pytest.raises(grpc.RpcError) as raised:
         stub.ModelInfer(infer_request("slow_queue", slow_rows(1)), timeout=0.1)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -195,8 +202,7 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits_zero(reposit
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             running = stub.ModelInfer.future(infer_request("slow_one", slow_rows(4)), timeout=120)
             queued = stub.ModelInfer.future(infer_request("slow_one", slow_rows(1)), timeout=120)
-            while metric(server.metrics(), "nv_inference_pending_request_count", model="slow_one") != 1:
-                time.sleep(0.01)  # until one request computes and the other waits in the queue
+            wait_for_one_queued(server, "slow_one")  # one request computes, the other waits
             server.process.send_signal(signal.SIGTERM)
             assert output(running.result()).shape == (4, SLOW_WIDTH)
             assert output(queued.result()).shape == (1, SLOW_WIDTH)
