@@ -3,7 +3,8 @@
 Two phases so that limits are enforced before any pixel is decoded (decompression bombs):
 `open_image` reads only the header (Pillow reads the size without decoding) and checks the
 byte and pixel limits; `decode_resized` then decodes and resizes to the model's input size.
-`normalise` turns a batch of decoded images into one contiguous float32 NCHW array.
+`normalise` (or `normalise_into`, image by image) writes decoded images into one contiguous float32
+NCHW array.
 
 Every error names the image by its index in the request and says what to change.
 """
@@ -184,18 +185,21 @@ def _resize_raw(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def normalise(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> np.ndarray:
-    """Stack uint8 RGB images (H, W, 3) into one C-contiguous float32 array (N, 3, H, W).
-
-    Computes `(x / 255 - mean) / std` as one multiply per image written straight into the output
-    and one in-place add for the whole batch: no intermediate float copies.
-    """
+    """Stack uint8 RGB images (H, W, 3) into one C-contiguous float32 array (N, 3, H, W)."""
     height, width = preprocessing.size
-    scale = preprocessing.scale
     batch = np.empty((len(images), 3, height, width), dtype=np.float32)
     for slot, image in zip(batch, images, strict=True):
-        np.multiply(image.transpose(2, 0, 1), scale, out=slot, casting="unsafe")
-    batch += preprocessing.offset
+        normalise_into(slot, image, preprocessing)
     return batch
+
+
+def normalise_into(slot: np.ndarray, image: np.ndarray, preprocessing: Preprocessing) -> None:
+    """Write `(image / 255 - mean) / std` of a uint8 (H, W, 3) image into a float32 (3, H, W) `slot`.
+
+    One multiply straight into the output and one in-place add: no intermediate float copies.
+    """
+    np.multiply(image.transpose(2, 0, 1), preprocessing.scale, out=slot, casting="unsafe")
+    slot += preprocessing.offset
 
 
 def denormalise(batch: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:

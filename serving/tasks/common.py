@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,10 +16,10 @@ from serving.images import (
     OpenedImage,
     Preprocessing,
     decode_resized,
-    normalise,
+    normalise_into,
     open_image,
 )
-from serving.tasks.offload import run_image_work
+from serving.tasks.offload import IMAGE_WORKERS, INLINE_PIXEL_BUDGET, run_image_jobs
 
 
 class TensorModel(Protocol):
@@ -57,14 +57,22 @@ async def prepare_images(
     images: Sequence[ImageInput], preprocessing: Preprocessing, limits: ImageLimits
 ) -> ImageBatch:
     """Check every image's header against `limits`, then decode, resize and normalise the request's
-    images as one job (off the event loop when it is heavy). Errors name the image's index."""
+    images into one batch: inline when small, else in at most IMAGE_WORKERS parallel pieces.
+    Errors name the image's index."""
     opened = [open_image(image, index, limits) for index, image in enumerate(images)]
-    pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, preprocessing.size))
+    size = preprocessing.size
+    pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, size))
+    tensor = np.empty((len(opened), 3, *size), dtype=np.float32)
 
-    def work() -> np.ndarray:
-        return normalise([decode_resized(image, preprocessing.size) for image in opened], preprocessing)
+    def piece(part: Sequence[OpenedImage]) -> Callable[[], None]:
+        def run() -> None:
+            for image in part:
+                normalise_into(tensor[image.index], decode_resized(image, size), preprocessing)
 
-    tensor = await run_image_work(work, pixels)
+        return run
+
+    pieces = 1 if pixels <= INLINE_PIXEL_BUDGET else min(IMAGE_WORKERS, len(opened))
+    await run_image_jobs([piece(opened[start::pieces]) for start in range(pieces)], pixels)
     sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
     return ImageBatch(tensor=tensor, original_sizes=sizes)
 

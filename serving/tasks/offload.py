@@ -1,9 +1,9 @@
 """Run CPU-heavy image work off the event loop, but only when it is heavy enough to pay.
 
 A hop to a worker thread costs about 40 us on the target machine, as much as decoding a 64x64
-JPEG. So a request's whole image work runs as ONE job (never one job per image), in the
-pool when its pixel count is large, and inline on the event loop when it is small. Pillow and
-NumPy release the GIL while they decode, resize and compute, so the pool's threads run in parallel.
+JPEG. So a request's image work runs inline on the event loop when its pixel count is small, and
+otherwise in the pool as at most IMAGE_WORKERS jobs (never one job per image). Pillow and NumPy
+release the GIL while they decode, resize and compute, so the pool's threads run in parallel.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -21,9 +21,13 @@ T = TypeVar("T")
 #: a thread hop plus the scheduling delay it adds under load.
 INLINE_PIXEL_BUDGET = 128 * 128
 
+#: Threads of the image pool, and the most pieces one request's work is split into.
+IMAGE_WORKERS = os.cpu_count() or 2
+
+
 @functools.cache
 def _image_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="images")
+    return ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="images")
 
 
 async def run_image_work(work: Callable[[], T], pixels: int) -> T:
@@ -31,3 +35,14 @@ async def run_image_work(work: Callable[[], T], pixels: int) -> T:
     if pixels <= INLINE_PIXEL_BUDGET:
         return work()
     return await asyncio.get_running_loop().run_in_executor(_image_pool(), work)
+
+
+async def run_image_jobs(jobs: Sequence[Callable[[], None]], pixels: int) -> None:
+    """Run independent parts of one request's image work: one after another inline when `pixels` is
+    small, else side by side in the image pool. The first failure propagates."""
+    if pixels <= INLINE_PIXEL_BUDGET:
+        for job in jobs:
+            job()
+        return
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(_image_pool(), job) for job in jobs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
@@ -13,6 +14,7 @@ from PIL import Image
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import (
     EncodedImage,
+    ImageInput,
     ImageLimits,
     Preprocessing,
     RawImage,
@@ -23,6 +25,7 @@ from serving.images import (
     normalise,
     open_image,
 )
+from serving.tasks.common import prepare_images
 
 LIMITS = ImageLimits(max_pixels=1_000_000, max_encoded_bytes=1_000_000)
 PREPROCESSING = Preprocessing(size=(8, 12), mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
@@ -157,3 +160,19 @@ def test_png_round_trip() -> None:
     picture = gradient(8, 12)
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(picture))))
     np.testing.assert_array_equal(decoded, picture)
+
+
+def test_prepare_images_in_parallel_pieces_matches_serial_decoding() -> None:
+    rng = np.random.default_rng(2)
+    pictures = [rng.integers(0, 256, (150 + 10 * i, 140, 3), dtype=np.uint8) for i in range(5)]  # over the budget
+    inputs: list[ImageInput] = [
+        EncodedImage(encoded(p, "PNG")) if i % 2 else RawImage(p.tobytes(), *p.shape) for i, p in enumerate(pictures)
+    ]
+    batch = asyncio.run(prepare_images(inputs, PREPROCESSING, LIMITS))
+    serial = [decode_resized(open_image(x, i, LIMITS), PREPROCESSING.size) for i, x in enumerate(inputs)]
+    np.testing.assert_array_equal(batch.tensor, normalise(serial, PREPROCESSING))
+    assert [(s.height, s.width) for s in batch.original_sizes] == [p.shape[:2] for p in pictures]
+    truncated = encoded(pictures[3], "JPEG")
+    inputs[3] = EncodedImage(truncated[: len(truncated) * 3 // 4])  # passes the header check, fails to decode
+    with pytest.raises(InvalidArgument, match="image 3: corrupt or truncated JPEG"):
+        asyncio.run(prepare_images(inputs, PREPROCESSING, LIMITS))
