@@ -32,6 +32,13 @@ MAX_IMAGES = 8
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("tiny")
     repository = tiny.write_tiny_repository(folder / "repository")
+    broken = repository / "tiny_broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    (broken.parent / "config.pbtxt").write_text(
+        'name: "tiny_broken"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        'parameters { key: "task" value { string_value: "classify" } }\n'
+    )
     flags = ("--max-image-pixels", str(MAX_PIXELS), "--max-images-per-request", str(MAX_IMAGES))
     with ServerProcess.start(repository, log=folder / "server.log", extra_args=flags) as running:
         yield running
@@ -169,7 +176,8 @@ def test_warp_returns_the_warped_image_theta_and_label(vision: vision_pb2_grpc.V
 def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:
     models = {m.name: m for m in vision.ListModels(pb.ListModelsRequest(), timeout=10).models}
     assert set(models) == {"tiny_classify", "tiny_detect", "tiny_caption", "tiny_caption_decoder",
-                           "tiny_generate", "tiny_warp"}
+                           "tiny_generate", "tiny_warp", "tiny_broken"}
+    assert not models["tiny_broken"].ready and models["tiny_broken"].state_reason
     assert models["tiny_classify"].is_default and models["tiny_classify"].ready
     assert list(models["tiny_classify"].labels) == list(CLASSIFIER_LABELS)
     assert not models["tiny_caption_decoder"].is_default
@@ -188,6 +196,13 @@ def test_unknown_model_and_version(vision: vision_pb2_grpc.VisionStub) -> None:
     error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_classify", version=7),
                                                           images=image))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "version 7" in error.details()
+
+
+def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(vision) -> None:
+    image = [png(uniform((1, 2, 3)))]
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_broken"), images=image))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "tiny_broken" in error.details()
+    assert vision.Classify(pb.ClassifyRequest(images=image), timeout=10).model.name == "tiny_classify"
 
 
 def test_model_of_another_task(vision: vision_pb2_grpc.VisionStub) -> None:
