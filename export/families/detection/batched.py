@@ -11,6 +11,7 @@ so torchvision's transform would neither resize nor pad them.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,8 @@ class BatchedFasterRCNN(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """images: FP32 [B, 3, H, W] normalised -> (boxes, scores, labels, num_detections), see Detections."""
         features = self.model.backbone(images)
+        if isinstance(features, Tensor):  # a single-map backbone, named "0" as GeneralizedRCNN does
+            features = OrderedDict([("0", features)])
         proposals, proposal_valid = self._propose(images, list(features.values()))
         detections = self._detect(features, proposals, proposal_valid)
         return detections.boxes, detections.scores, detections.labels, detections.num_detections
