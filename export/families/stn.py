@@ -51,10 +51,10 @@ class StnConfig(FamilyConfig):
     loc_hidden: int = 128
     head_widths: tuple[int, ...] = (64, 128, 256, 512)
     train_steps: int = 0
-    batch_size: int = 64
+    batch_size: int = 32
     train_scenes: int = 4000
-    lr: float = 2e-3
-    theta_weight: float = 5.0
+    lr: float = 3e-3
+    theta_weight: float = 20.0
 
 
 FULL = StnConfig(name="full", trainable=False, max_batch_size=32)
@@ -64,9 +64,9 @@ SMALL = StnConfig(
     max_batch_size=64,
     image_size=48,
     loc_widths=(8, 16, 32),
-    loc_hidden=48,
-    head_widths=(16, 32, 64),
-    train_steps=500,
+    loc_hidden=64,
+    head_widths=(24, 48, 64),
+    train_steps=1200,
 )
 
 
