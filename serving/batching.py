@@ -71,6 +71,8 @@ class BatchPolicy:
 
     max_batch_size: most items per execution; 0 = the model has no batch axis, so every request
       runs alone and unchanged (Triton's meaning).
+    combines: requests may share an execution (config.pbtxt has a `dynamic_batching` block). False
+      = Triton's default scheduler: each request runs alone, whatever its batch size.
     preferred_batch_sizes: sizes worth waiting for (ascending); empty = never wait.
     max_queue_delay_s: the longest a request waits for a preferred size to fill up.
     max_queue_size: requests allowed to wait; 0 = unbounded.
@@ -78,6 +80,7 @@ class BatchPolicy:
     """
 
     max_batch_size: int
+    combines: bool = True
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_s: float = 0.0
     max_queue_size: int = 0
@@ -205,7 +208,7 @@ class DynamicBatcher:
         if effective <= now:
             raise DeadlineExceeded(f"the deadline passed before the request reached model '{self.name}'")
         future = self._loop.create_future()
-        key = tuple((name, array.shape[1:], array.dtype) for name, array in inputs.items()) if policy.batches else ()
+        key = tuple((name, array.shape[1:], array.dtype) for name, array in inputs.items()) if policy.combines else ()
         self._queue.append(_Request(inputs, items, key, effective, future))
         self._queued_items += items
         self._observer.on_enqueued()
@@ -245,12 +248,12 @@ class DynamicBatcher:
     def _take_batch(self) -> tuple[list[_Request], int]:
         """Pop the head and every later compatible request that fits; expire dead ones on the way."""
         now = time.monotonic()
-        limit = self.policy.max_batch_size or 1
+        limit = self.policy.max_batch_size if self.policy.combines else 0  # the head always leaves
         batch: list[_Request] = []
         total = 0
         key = None
         kept: list[_Request] = []
-        while self._queue and total < limit:
+        while self._queue and (not batch or total < limit):
             request = self._queue.popleft()
             if not self._is_live(request, now):
                 continue

@@ -159,9 +159,13 @@ def model_spec(source: ModelSource, config: mc.ModelConfig) -> ModelSpec:
 
 
 def batch_policy(where: str, config: mc.ModelConfig) -> BatchPolicy:
-    """The batcher's policy from max_batch_size and dynamic_batching (absent = no waiting, unbounded)."""
+    """The batcher's policy from max_batch_size and dynamic_batching.
+
+    Without a `dynamic_batching` block every request runs alone (Triton's default scheduler):
+    a request may still carry up to max_batch_size items, but requests are never combined.
+    """
     if not config.HasField("dynamic_batching"):
-        return BatchPolicy(max_batch_size=config.max_batch_size)
+        return BatchPolicy(max_batch_size=config.max_batch_size, combines=False)
     batching = config.dynamic_batching
     if config.max_batch_size == 0:
         raise ConfigError(f"{where}: dynamic_batching needs max_batch_size > 0")

@@ -254,3 +254,20 @@ async def test_a_chunked_request_that_does_not_fit_the_queue_is_refused_whole(do
     assert runner.batch_sizes == [1, 1]  # the refused request's queued chunks were never computed
     assert stats.snapshot().pending == 0
     await batcher.close()
+
+
+@on_event_loop
+async def test_without_dynamic_batching_queued_requests_run_one_at_a_time(doubler: Path) -> None:
+    runner = GatedRunner(doubler)
+    batcher, stats = batcher_for(BatchPolicy(max_batch_size=8, combines=False), runner)
+    first = asyncio.ensure_future(batcher.submit({"x": rows(1)}, 1))
+    await runner.wait_started()
+    waiting = [asyncio.ensure_future(batcher.submit({"x": rows(count, float(count))}, count)) for count in (1, 3, 1)]
+    await asyncio.sleep(0)
+    runner.gate.set()
+    results = await asyncio.gather(first, *waiting)
+    assert runner.batch_sizes == [1, 1, 3, 1]  # a request keeps its own batch size, never shares a run
+    assert [r["y"].shape[0] for r in results] == [1, 1, 3, 1]
+    assert float(results[2]["y"][2, 0]) == 6.0
+    assert stats.snapshot().execution_count == 4
+    await batcher.close()

@@ -51,6 +51,14 @@ def test_a_full_triton_config_loads_with_unknown_fields_skipped_and_logged(
     assert [(t.name, t.shape, t.datatype) for t in spec.inputs] == [("x", (4,), "FP32")]
 
 
+def test_a_model_without_dynamic_batching_never_combines_requests(tmp_path: Path) -> None:
+    write_model(tmp_path, "alone", doubler_graph(), tensor_config(4))
+    write_model(tmp_path, "together", doubler_graph(), tensor_config(4, extra="dynamic_batching { }\n"))
+    alone, together = spec_of(tmp_path, "alone").policy, spec_of(tmp_path, "together").policy
+    assert (alone.max_batch_size, alone.combines) == (8, False)  # Triton's default scheduler
+    assert (together.max_batch_size, together.combines) == (8, True)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
