@@ -28,9 +28,12 @@ def control_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def control_server(control_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Explicit mode; the token comes from the environment, as docs/PROTOCOLS.md recommends."""
     log = tmp_path_factory.mktemp("control_server") / "server.log"
-    flags = ["--model-control-mode", "explicit", "--model-control-token", CONTROL_TOKEN]
-    with ServerProcess.start(control_repository, log=log, extra_args=flags) as server:
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("NINEFOLD_MODEL_CONTROL_TOKEN", CONTROL_TOKEN)
+        server = ServerProcess.start(control_repository, log=log, extra_args=["--model-control-mode", "explicit"])
+    with server:
         yield server
 
 
