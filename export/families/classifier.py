@@ -176,7 +176,7 @@ class ClassifierFamily:
 
         def batches(epoch: int):
             for index in shuffled_batches(len(data.labels), recipe.sgd.batch_size, generator):
-                yield recipe.augment(data.images[index], generator), data.labels[index]
+                yield recipe.augment(data.images(index), generator), data.labels[index]
 
         def loss(net: nn.Module, batch) -> torch.Tensor:
             images, labels = batch
@@ -196,7 +196,7 @@ class ClassifierFamily:
         if config.num_classes != len(SHAPES):
             return None  # user weights for other classes (ImageNet): the synthetic shapes say nothing
         data = classification_set(HELD_OUT_SCENES, config.image_size, seed + HELD_OUT_SEED_OFFSET)
-        correct = predict(model, data.images) == data.labels
+        correct = predict(model, data.images()) == data.labels
         per_class = {
             shape: round(float(correct[data.labels == index].float().mean()), 4) for index, shape in enumerate(SHAPES)
         }

@@ -128,8 +128,8 @@ SMALL = ResNetConfig(
         # The paper's CIFAR recipe (SGD 0.1, momentum 0.9, weight decay 1e-4, translations + flips),
         # shortened: the shapes are learnt in a few epochs.
         recipe=ClassifierRecipe(
-            sgd=SGDRecipe(epochs=6, batch_size=64, lr=0.1, weight_decay=1e-4),
-            train_scenes=6000,
+            sgd=SGDRecipe(epochs=2, batch_size=64, lr=0.1, weight_decay=1e-4),
+            train_scenes=8000,
             augment=functools.partial(flip_and_crop, pad=2),
         ),
     ),

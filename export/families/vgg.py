@@ -109,8 +109,8 @@ SMALL = VGGConfig(
     **small_config_fields(
         image_size=32,
         recipe=ClassifierRecipe(
-            sgd=SGDRecipe(epochs=5, batch_size=64, lr=0.02, weight_decay=5e-4),
-            train_scenes=4000,
+            sgd=SGDRecipe(epochs=3, batch_size=64, lr=0.02, weight_decay=5e-4),
+            train_scenes=8000,
             augment=functools.partial(scale_jitter, max_scale=1.4),  # S in [32, 45], crop 32 (paper: [256, 512])
         ),
     ),

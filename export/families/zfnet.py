@@ -121,14 +121,14 @@ SMALL = ZFNetConfig(
     **small_config_fields(
         image_size=64,
         recipe=ClassifierRecipe(
-            sgd=SGDRecipe(epochs=6, batch_size=64, lr=0.02, weight_decay=5e-4),
-            train_scenes=4000,
+            sgd=SGDRecipe(epochs=7, batch_size=64, lr=0.02, weight_decay=5e-4),
+            train_scenes=8000,  # more scenes beat more epochs: 0.946 (4000 x 10) vs 0.974 (8000 x 5)
             augment=functools.partial(flip_and_crop, pad=4),  # ZF Net kept AlexNet's augmentation
         ),
     ),
     conv_widths=(24, 48, 64, 64, 48),
     fc_width=256,
-    dropout=0.2,
+    dropout=0.2,  # as the small AlexNet: the paper's 0.5 starves 256-unit layers
 )
 FULL = ZFNetConfig(**full_config_fields())
 

@@ -1,0 +1,55 @@
+"""Session-wide fixtures shared by every test area.
+
+``small_repository``: a model repository with every registered family's small config trained and exported
+once per test run. On a developer machine it is cached under .cache/small_repository/<key>, the key being a
+hash of the export/ sources, so an unchanged export stage is not retrained; with CI set it is built fresh
+in a temporary folder. A file lock makes concurrent pytest runs share one build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "small_repository"
+COMPLETE_MARKER = ".complete"
+
+
+def export_sources_key() -> str:
+    """Hash of every file under export/ (names and contents): any change retrains."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "export").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _build(out: Path) -> None:
+    # Imported here so that test areas which never use the fixture never import torch.
+    from export.pipeline import build_repository
+
+    build_repository(out, families=None, config="small", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a repository with all registered small families (see the module docstring)."""
+    if os.environ.get("CI"):
+        out = tmp_path_factory.mktemp("small_repository")
+        _build(out)
+        return out
+    out = CACHE / export_sources_key()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds; this one waits and reuses
+        if not (out / COMPLETE_MARKER).exists():
+            shutil.rmtree(out, ignore_errors=True)
+            _build(out)
+            (out / COMPLETE_MARKER).touch()
+    return out

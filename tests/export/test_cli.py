@@ -1,0 +1,78 @@
+"""``ninefold export`` bad input: one clear line on stderr, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.__main__ import EXIT_BAD_INPUT, main
+from export.families import get_family
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _small_weights(family: str, path: Path) -> Path:
+    model = get_family(family)
+    torch.save(model.build(model.configs["small"]).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--families", "nope"], "unknown family 'nope'; known families: alexnet"),
+        (["--families", "resnet", "--config", "huge"], "resnet has no 'huge' config"),
+        (["--families", "resnet", "--config", "full"], "pass --weights resnet=PATH"),
+        (["--families", "resnet", "--config", "full", "--weights", "resnet=/no/such.pt"], "not found: /no/such.pt"),
+        (["--families", "resnet", "--weights", "resnet"], "--weights expects FAMILY=PATH"),
+        (["--families", "resnet", "--weights", "vgg=/x.pt"], "vgg, which is not among the families exported"),
+        (["--families", "resnet", "--tensorrt"], "cannot build TensorRT engines"),
+        (["--families", ","], "no families given"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "repo"
+    if "--tensorrt" in arguments and __import__("export.tensorrt").tensorrt.unavailable_reason() is None:
+        pytest.skip("this machine can build TensorRT engines")
+    assert main([*arguments, "--out", str(out)]) == EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ninefold export: ") and message in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_output_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    assert main(["--families", "resnet", "--out", str(tmp_path / "file" / "repo")]) == EXIT_BAD_INPUT
+    assert "cannot create output directory" in capsys.readouterr().err
+
+
+def test_weights_of_another_family_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = _small_weights("vgg", tmp_path / "vgg.pt")
+    out = tmp_path / "repo"
+    assert main(["--families", "resnet", "--weights", f"resnet={weights}", "--out", str(out)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights do not fit resnet (small)" in err[0]
+    assert list(out.iterdir()) == []
+
+
+def test_the_real_process_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "export", "--families", "nope", "--out", str(tmp_path / "repo")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == EXIT_BAD_INPUT
+    assert (
+        completed.stderr.strip().splitlines() == [completed.stderr.strip().splitlines()[0]]
+        and "unknown family 'nope'" in completed.stderr
+    )

@@ -1,0 +1,105 @@
+"""Full configs load torchvision state_dicts as they are (random-weight torchvision models, no downloads);
+mismatched or unsafe checkpoints are refused with a message naming the problem."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from export.families import get_family
+from export.families.base import WeightsError
+from export.pipeline import read_state_dict
+
+CASES = [
+    pytest.param("alexnet", torchvision.models.alexnet, id="alexnet"),
+    pytest.param("googlenet", torchvision.models.googlenet, id="googlenet"),
+    pytest.param("resnet", torchvision.models.resnet18, id="resnet18"),
+    pytest.param("resnet", torchvision.models.resnet50, id="resnet50"),
+    pytest.param("resnet", torchvision.models.resnet152, id="resnet152", marks=pytest.mark.slow),
+    pytest.param("vgg", torchvision.models.vgg16, id="vgg16", marks=pytest.mark.slow),
+    pytest.param("vgg", torchvision.models.vgg19_bn, id="vgg19_bn", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("family_name", "constructor"), CASES)
+def test_torchvision_state_dict_loads_into_the_full_config(
+    family_name: str, constructor: Callable[..., nn.Module]
+) -> None:
+    torch.manual_seed(0)
+    reference = constructor(weights=None).eval()
+    family = get_family(family_name)
+    config = family.configs["full"]
+    model = family.load(family.build(config), config, reference.state_dict()).eval()
+    # Same outputs on a small image (the adaptive pooling of all five accepts 64 x 64): cheaper than 224.
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), reference(images), rtol=0, atol=0)
+
+
+def test_a_saved_torchvision_checkpoint_reads_back_with_weights_only(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pt")
+    loaded = read_state_dict(tmp_path / "resnet18.pt", "resnet")
+    assert loaded.keys() == reference.state_dict().keys()
+    assert all(torch.equal(loaded[key], value) for key, value in reference.state_dict().items())
+
+
+def test_zfnet_full_round_trips_its_own_layout(tmp_path: Path) -> None:
+    family = get_family("zfnet")
+    config = family.configs["full"]
+    original = family.build(config).eval()
+    path = tmp_path / "zfnet.pt"
+    torch.save(original.state_dict(), path)
+    loaded = family.load(family.build(config), config, read_state_dict(path, "zfnet")).eval()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), original(images))
+
+
+def test_mismatched_weights_name_the_difference(tmp_path: Path) -> None:
+    resnet, vgg = get_family("resnet"), get_family("vgg")
+    with pytest.raises(WeightsError, match=r"weights do not fit vgg \(small\): .*missing keys"):
+        vgg.load(
+            vgg.build(vgg.configs["small"]), vgg.configs["small"], resnet.build(resnet.configs["small"]).state_dict()
+        )
+
+
+def test_a_state_dict_wrapped_in_a_checkpoint_dict_is_accepted(tmp_path: Path) -> None:
+    state = {"fc.weight": torch.zeros(2, 2)}
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "c.pt")
+    assert read_state_dict(tmp_path / "c.pt", "resnet").keys() == state.keys()
+
+
+class Payload:
+    """Unpickling this would run code: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not found"),
+        (b"not a checkpoint", "cannot read weights"),
+        (pickle.dumps({"w": Payload()}), "cannot read weights"),
+    ],
+)
+def test_bad_weight_files_are_refused(content: bytes | None, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(WeightsError, match=message):
+        read_state_dict(path, "resnet")
+
+
+def test_a_checkpoint_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match="not a state_dict"):
+        read_state_dict(tmp_path / "list.pt", "resnet")
