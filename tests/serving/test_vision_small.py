@@ -1,0 +1,208 @@
+"""Every task end to end on the real exported small families (the `small_repository` fixture).
+
+The server runs as a subprocess over loopback; the images are synthetic scenes with ground truth
+(export/data/scenes.py, NumPy only), sent as PNG, JPEG and raw tensors, at sizes other than the
+models' so that resizing and box rescaling are exercised. Quality checks are loose on purpose:
+they prove the pipeline (preprocessing, label order, box scaling, decoding) is right, not how well
+a few minutes of training did; each model's measured quality is in its export_report.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from clients.server_process import ServerProcess
+from export.data.scenes import SHAPES, Scene, affine_sample, make_scenes
+from protos.inference import model_config_pb2 as mc
+from protos.ninefold.v1 import vision_pb2 as pb
+from protos.ninefold.v1 import vision_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+TASKS = ("classify", "detect", "caption", "generate", "warp")
+SEED = 20261125
+
+
+@pytest.fixture(scope="module")
+def server(small_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("vision_small") / "server.log"
+    with ServerProcess.start(small_repository, log=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with grpc.insecure_channel(server.target) as channel:
+        yield vision_pb2_grpc.VisionStub(channel)
+
+
+@pytest.fixture(scope="module")
+def models(vision: vision_pb2_grpc.VisionStub) -> list[pb.ModelInfo]:
+    return list(vision.ListModels(pb.ListModelsRequest(), timeout=30).models)
+
+
+def default_model(models: list[pb.ModelInfo], task: str) -> pb.ModelInfo:
+    return next(m for m in models if m.task == task and m.is_default)
+
+
+def input_size(repository: Path, model: str) -> int:
+    """The square side of a model's input, from its preprocessing parameter."""
+    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    return int(json.loads(config.parameters["preprocessing"].string_value)["size"][0])
+
+
+def encode(pixels: np.ndarray, fmt: str) -> pb.Image:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return pb.Image(encoded=buffer.getvalue())
+
+
+def raw(pixels: np.ndarray) -> pb.Image:
+    height, width, channels = pixels.shape
+    return pb.Image(raw=pb.RawImage(pixels=pixels.tobytes(), height=height, width=width, channels=channels))
+
+
+def mixed(scenes: list[Scene]) -> list[pb.Image]:
+    """The scenes' images as PNG, JPEG and raw tensors in turn."""
+    kinds = (lambda p: encode(p, "PNG"), lambda p: encode(p, "JPEG"), raw)
+    return [kinds[i % 3](scene.image) for i, scene in enumerate(scenes)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    overlap = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
+    return overlap / union if union > 0 else 0.0
+
+
+def decoder_batch_counts(server: ServerProcess, model: str) -> tuple[float, float]:
+    """(rows, executions) the decoder model has computed so far."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    totals = {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")
+            if name in totals and sample.labels.get("model") == model:
+                totals[name] += sample.value
+    return totals["nv_inference_count"], totals["nv_inference_exec_count"]
+
+
+def test_every_task_has_a_ready_default_model(models: list[pb.ModelInfo]) -> None:
+    for task in TASKS:
+        model = default_model(models, task)
+        assert model.ready, f"{model.name}: {model.state_reason}"
+    assert all(m.ready for m in models), [(m.name, m.state_reason) for m in models if not m.ready]
+    assert sum(m.task == "classify" for m in models) >= 5  # AlexNet, ZF Net, VGG, GoogLeNet, ResNet
+
+
+def test_every_classifier_answers_with_the_synthetic_labels(vision, models, small_repository: Path) -> None:
+    for model in (m for m in models if m.task == "classify"):
+        size = input_size(small_repository, model.name)
+        scenes = make_scenes(12, size * 2, SEED)  # twice the model's size: the server resizes
+        response = vision.Classify(
+            pb.ClassifyRequest(model=pb.ModelRef(name=model.name), images=mixed(scenes), top_k=3), timeout=60
+        )
+        assert response.model.name == model.name and len(response.results) == len(scenes)
+        hits = 0
+        for scene, result in zip(scenes, response.results, strict=True):
+            scores = [p.score for p in result.predictions]
+            assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+            assert all(p.label == SHAPES[p.index] for p in result.predictions)
+            hits += SHAPES[scene.label] in [p.label for p in result.predictions]
+        assert hits >= len(scenes) // 2, f"{model.name}: truth in the top 3 for only {hits} of {len(scenes)}"
+
+
+def test_detect_boxes_land_on_the_objects_in_original_pixels(vision, models, small_repository: Path) -> None:
+    """Scenes drawn at the model's size and stretched (2x wide, or 1.5x tall): the server resizes them
+    back, so the boxes it returns must be stretched the same way, per axis."""
+    model = default_model(models, "detect")
+    size = input_size(small_repository, model.name)
+    scenes = make_scenes(6, size, SEED + 1, objects=2)
+    stretches = [(2.0, 1.0) if i % 2 else (1.0, 1.5) for i in range(len(scenes))]  # (x, y)
+    pictures = [
+        np.asarray(Image.fromarray(s.image).resize((int(size * sx), int(size * sy)), Image.Resampling.BILINEAR))
+        for s, (sx, sy) in zip(scenes, stretches, strict=True)
+    ]
+    images = [encode(p, "PNG") if i % 3 else raw(p) for i, p in enumerate(pictures)]
+    response = vision.Detect(pb.DetectRequest(images=images, score_threshold=0.3), timeout=60)
+    best_overlaps = []
+    for scene, (sx, sy), result in zip(scenes, stretches, response.results, strict=True):
+        boxes = [np.array([d.box.x1, d.box.y1, d.box.x2, d.box.y2]) for d in result.detections]
+        for truth in scene.boxes * np.array([sx, sy, sx, sy], np.float32):
+            best_overlaps.append(max((iou(truth, box) for box in boxes), default=0.0))
+    assert np.mean(best_overlaps) > 0.6, best_overlaps  # 0.9+ when right; under 0.6 with either axis unscaled
+
+
+def test_captions_describe_the_scene(vision, models, small_repository: Path) -> None:
+    model = default_model(models, "caption")
+    scenes = make_scenes(8, input_size(small_repository, model.name), SEED + 2)
+    greedy = vision.Caption(pb.CaptionRequest(images=mixed(scenes)), timeout=120)
+    beam = vision.Caption(pb.CaptionRequest(images=mixed(scenes), beam_size=3), timeout=120)
+    for response in (greedy, beam):
+        shapes_named = sum(SHAPES[s.label] in c.text.split() for s, c in zip(scenes, response.results, strict=True))
+        assert shapes_named >= len(scenes) // 2, [c.text for c in response.results]
+        assert all(c.log_probability <= 0 for c in response.results)
+    short = vision.Caption(pb.CaptionRequest(images=mixed(scenes[:2]), max_length=2), timeout=60)
+    assert all(len(c.text.split()) <= 2 for c in short.results)
+
+
+def test_generate_same_seed_same_images(vision, models) -> None:
+    first = vision.Generate(pb.GenerateRequest(count=4, seed=7), timeout=60)
+    again = vision.Generate(pb.GenerateRequest(count=4, seed=7), timeout=60)
+    other = vision.Generate(pb.GenerateRequest(count=4, seed=8), timeout=60)
+    assert first.model.name == default_model(models, "generate").name
+    assert [i.png for i in first.images] == [i.png for i in again.images]
+    assert [i.png for i in first.images] != [i.png for i in other.images]
+    for image in first.images:
+        picture = np.asarray(Image.open(io.BytesIO(image.png)))
+        assert picture.shape == (image.height, image.width, 3) and picture.std() > 1  # not a flat image
+
+
+def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, small_repository: Path) -> None:
+    """Independent of how well the localisation net trained: the PNG must be the input resampled with
+    the returned theta (row-major 2x3, affine_grid convention), de-normalised by the server. The
+    model's sampler pads with zeros in normalised space, i.e. with the mean colour in pixels."""
+    model = default_model(models, "warp")
+    size = input_size(small_repository, model.name)
+    config = text_format.Parse((small_repository / model.name / "config.pbtxt").read_text(), mc.ModelConfig())
+    mean = 255 * np.array(json.loads(config.parameters["preprocessing"].string_value)["mean"], np.float32)
+    scenes = make_scenes(6, size, SEED + 3, distort=True)
+    response = vision.Warp(pb.WarpRequest(images=[raw(s.image) for s in scenes]), timeout=60)
+    for scene, result in zip(scenes, response.results, strict=True):
+        warped = np.asarray(Image.open(io.BytesIO(result.png))).astype(np.float32)
+        assert warped.shape == (size, size, 3) and result.label in SHAPES and 0 < result.score <= 1
+        theta = np.array(result.theta, np.float32).reshape(2, 3)
+        expected = np.clip(affine_sample(scene.image - mean, theta) + mean, 0, 255)
+        assert np.abs(warped - expected).mean() < 1.0, theta
+
+
+def test_concurrent_captions_share_decoder_batches(server: ServerProcess, models, small_repository: Path) -> None:
+    captioner = default_model(models, "caption")
+    decoder = f"{captioner.name}_decoder"
+    scenes = make_scenes(16, input_size(small_repository, captioner.name), SEED + 4)
+    rows_before, executions_before = decoder_batch_counts(server, decoder)
+
+    async def caption_all() -> list[pb.CaptionResponse]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = vision_pb2_grpc.VisionStub(channel)
+            requests = [pb.CaptionRequest(images=[raw(scene.image)]) for scene in scenes]  # one row per step
+            return await asyncio.gather(*(stub.Caption(request, timeout=120) for request in requests))
+
+    responses = asyncio.run(caption_all())
+    assert all(r.results[0].text for r in responses)
+    rows, executions = decoder_batch_counts(server, decoder)
+    assert executions - executions_before < rows - rows_before  # some steps of different requests ran together
