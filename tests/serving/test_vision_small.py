@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,11 +22,11 @@ from google.protobuf import text_format
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.server_process import ServerProcess
 from export.data.scenes import SHAPES, Scene, affine_sample, make_scenes
 from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
+from tests.serving.conftest import RunningServer, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +35,15 @@ SEED = 20261125
 
 
 @pytest.fixture(scope="module")
-def server(small_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("vision_small") / "server.log"
-    with ServerProcess.start(small_repository, log=log) as running:
-        yield running
+def server(small_repository: Path) -> Iterator[RunningServer]:
+    running = start_server(small_repository)
+    yield running
+    assert running.stop() == 0, running.log()
 
 
 @pytest.fixture(scope="module")
-def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
-    with grpc.insecure_channel(server.target) as channel:
+def vision(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with grpc.insecure_channel(server.address) as channel:
         yield vision_pb2_grpc.VisionStub(channel)
 
 
@@ -88,10 +87,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return overlap / union if union > 0 else 0.0
 
 
-def decoder_batch_counts(server: ServerProcess, model: str) -> tuple[float, float]:
+def decoder_batch_counts(server: RunningServer, model: str) -> tuple[float, float]:
     """(rows, executions) the decoder model has computed so far."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
+    text = server.metrics()
     totals = {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -190,14 +188,14 @@ def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, 
         assert np.abs(warped - expected).mean() < 1.0, theta
 
 
-def test_concurrent_captions_share_decoder_batches(server: ServerProcess, models, small_repository: Path) -> None:
+def test_concurrent_captions_share_decoder_batches(server: RunningServer, models, small_repository: Path) -> None:
     captioner = default_model(models, "caption")
     decoder = f"{captioner.name}_decoder"
     scenes = make_scenes(16, input_size(small_repository, captioner.name), SEED + 4)
     rows_before, executions_before = decoder_batch_counts(server, decoder)
 
     async def caption_all() -> list[pb.CaptionResponse]:
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             stub = vision_pb2_grpc.VisionStub(channel)
             requests = [pb.CaptionRequest(images=[raw(scene.image)]) for scene in scenes]  # one row per step
             return await asyncio.gather(*(stub.Caption(request, timeout=120) for request in requests))

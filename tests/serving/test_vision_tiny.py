@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -17,19 +16,19 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.server_process import ServerProcess
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.tasks.generate import latents_from_seed
 from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
 from tests.serving import tiny_repository as tiny
+from tests.serving.conftest import RunningServer, start_server
 
 MAX_PIXELS = 100 * 100
 MAX_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("tiny")
     repository = tiny.write_tiny_repository(folder / "repository")
     broken = repository / "tiny_broken" / "1"
@@ -39,14 +38,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         'name: "tiny_broken"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
         'parameters { key: "task" value { string_value: "classify" } }\n'
     )
-    flags = ("--max-image-pixels", str(MAX_PIXELS), "--max-images-per-request", str(MAX_IMAGES))
-    with ServerProcess.start(repository, log=folder / "server.log", extra_args=flags) as running:
-        yield running
+    limits = ("--max-image-pixels", str(MAX_PIXELS), "--max-images-per-request", str(MAX_IMAGES))
+    running = start_server(repository, *limits)
+    yield running
+    assert running.stop() == 0, running.log()
 
 
 @pytest.fixture(scope="module")
-def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
-    with grpc.insecure_channel(server.target) as channel:
+def vision(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with grpc.insecure_channel(server.address) as channel:
         yield vision_pb2_grpc.VisionStub(channel)
 
 
@@ -81,13 +81,11 @@ def rpc_error(call, request) -> grpc.RpcError:
     return caught.value
 
 
-def metric_samples(server: ServerProcess) -> list:
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+def metric_samples(server: RunningServer) -> list:
+    return [sample for family in text_string_to_metric_families(server.metrics()) for sample in family.samples]
 
 
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
+def metric(server: RunningServer, name: str, **labels: str) -> float:
     return sum(
         sample.value
         for sample in metric_samples(server)
@@ -255,7 +253,7 @@ def test_out_of_range_options(vision: vision_pb2_grpc.VisionStub) -> None:
     assert error.details() == f"latent 0 has 2 values; this model takes exactly {tiny.LATENT_SIZE}"
 
 
-def test_failures_and_successes_are_counted_per_model(server: ServerProcess, vision) -> None:
+def test_failures_and_successes_are_counted_per_model(server: RunningServer, vision) -> None:
     labels = {"model": "tiny_warp", "version": "1"}
     before_ok = metric(server, "nv_inference_request_success", **labels)
     before_bad = metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels)
@@ -269,7 +267,7 @@ def test_failures_and_successes_are_counted_per_model(server: ServerProcess, vis
     assert metric(server, "nv_inference_request_failure", **wrong_task) == before + 1
 
 
-def test_concurrent_caption_steps_are_batched(server: ServerProcess) -> None:
+def test_concurrent_caption_steps_are_batched(server: RunningServer) -> None:
     """Greedy captions of one image submit one row per step, so any decoder batch larger than one
     row holds the steps of different requests."""
     labels = {"model": "tiny_caption_decoder", "version": "1"}
@@ -277,7 +275,7 @@ def test_concurrent_caption_steps_are_batched(server: ServerProcess) -> None:
     executions_before = metric(server, "nv_inference_exec_count", **labels)
 
     async def caption_many() -> list[pb.CaptionResponse]:
-        async with grpc.aio.insecure_channel(server.target) as channel:
+        async with grpc.aio.insecure_channel(server.address) as channel:
             stub = vision_pb2_grpc.VisionStub(channel)
             request = pb.CaptionRequest(images=[raw(uniform((128, 128, 128), 8, 8))])
             return await asyncio.gather(*(stub.Caption(request, timeout=30) for _ in range(32)))
