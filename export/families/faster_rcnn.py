@@ -27,6 +27,7 @@ from torchvision.models.detection import (
     fasterrcnn_resnet50_fpn,
     fasterrcnn_resnet50_fpn_v2,
 )
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from export.data.scenes import SHAPES, make_scenes, stack_images
 from export.data.tensors import HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET
@@ -105,12 +106,33 @@ FULL_VARIANTS: Mapping[str, FasterRCNNConfig] = {
 FULL = FULL_VARIANTS["resnet50_fpn"]
 
 
-def build(config: FasterRCNNConfig, num_classes: int = COCO_CLASSES) -> FasterRCNN:
-    """Random weights; full configs come from torchvision's builders without downloading anything."""
+def build(config: FasterRCNNConfig, num_classes: int = COCO_CLASSES, frozen_norm: bool = False) -> FasterRCNN:
+    """Random weights; full configs come from torchvision's builders without downloading anything.
+
+    frozen_norm: the backbone's BatchNorm layers become FrozenBatchNorm2d, as torchvision builds the
+    ResNet-50 / MobileNetV3 Faster R-CNN when it starts from pretrained weights (its released
+    checkpoints have no ``num_batches_tracked`` keys).
+    """
     if config.small is not None:
         return build_small(config.small)
     builder = TORCHVISION_BUILDERS[config.architecture]
-    return builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    detector = builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    if frozen_norm:
+        _freeze_batch_norms(detector.backbone.body)
+    return detector
+
+
+def _freeze_batch_norms(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
+        else:
+            _freeze_batch_norms(child)
+
+
+def has_frozen_norms(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for checkpoints of a backbone with frozen BatchNorm (no backbone num_batches_tracked keys)."""
+    return not any(k.startswith("backbone.body.") and k.endswith(".num_batches_tracked") for k in state_dict)
 
 
 def architecture_of(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -177,7 +199,8 @@ class FasterRCNNFamily:
         variant = FULL_VARIANTS[architecture_of(state_dict)]
         if variant.architecture == "mobilenet_v3_large_fpn" and own.architecture == "mobilenet_v3_large_320_fpn":
             variant = own
-        return load_state_dict_strict(build(variant, class_count(state_dict)), state_dict, "faster_rcnn_full")
+        detector = build(variant, class_count(state_dict), frozen_norm=has_frozen_norms(state_dict))
+        return load_state_dict_strict(detector, state_dict, "faster_rcnn_full")
 
     def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
         """VOC mAP@0.5 on held-out multi-object scenes (small only)."""

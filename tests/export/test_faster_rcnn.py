@@ -18,6 +18,7 @@ import pytest
 import torch
 import torchvision
 from torchvision.models.detection import FasterRCNN
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from export import onnx as onnx_export
 from export.families import get_family
@@ -169,6 +170,25 @@ def test_torchvision_state_dict_loads_as_is(architecture: str, tmp_path: Path) -
         assert torch.equal(loaded.state_dict()[key], value), key
     graph = FAMILY.graphs(loaded, FULL_VARIANTS["resnet50_fpn"], seed=0)[0]
     assert graph.labels == ("class_1", "class_2", "class_3", "class_4")
+
+
+def test_checkpoint_of_a_frozen_batchnorm_backbone_loads(tmp_path: Path) -> None:
+    # torchvision's released checkpoints come from a FrozenBatchNorm2d backbone: no num_batches_tracked.
+    config = FULL_VARIANTS["mobilenet_v3_large_320_fpn"]
+    source = liven(FAMILY.build(config))
+    released = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(released, tmp_path / "released.pth")
+    loaded = FAMILY.load(FAMILY.build(config), config, read_state_dict(tmp_path / "released.pth", "faster_rcnn"))
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in loaded.backbone.body.modules())
+    # FrozenBatchNorm2d folds the statistics into a scale and shift: equal up to float rounding.
+    pixels = scene_pixels(1, 320, seed=2)
+    agreement = compare_detections(
+        torchvision_detections(source, pixels),
+        torchvision_detections(loaded, pixels),
+        max_detections=source.roi_heads.detections_per_img,
+        score_threshold=source.roi_heads.score_thresh,
+    )
+    assert agreement.passed and agreement.paired > 10, agreement.describe()
 
 
 def test_coco_checkpoint_gets_coco_labels() -> None:
