@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
+from clients.bench.scrape import read_batch_counters
 from export.data.scenes import SHAPES, Scene, affine_sample, make_scenes
 from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
-from tests.serving.conftest import RunningServer, start_server
+from tests.serving.conftest import RunningServer
+from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +37,14 @@ SEED = 20261125
 
 @pytest.fixture(scope="module")
 def server(small_repository: Path) -> Iterator[RunningServer]:
-    running = start_server(small_repository)
-    yield running
-    assert running.stop() == 0, running.log()
+    with vision_server(small_repository) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def vision(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        yield vision_pb2_grpc.VisionStub(channel)
+    with vision_stub(server) as stub:
+        yield stub
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +62,9 @@ def input_size(repository: Path, model: str) -> int:
     return int(json.loads(config.parameters["preprocessing"].string_value)["size"][0])
 
 
-def encode(pixels: np.ndarray, fmt: str) -> pb.Image:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return pb.Image(encoded=buffer.getvalue())
-
-
-def raw(pixels: np.ndarray) -> pb.Image:
-    height, width, channels = pixels.shape
-    return pb.Image(raw=pb.RawImage(pixels=pixels.tobytes(), height=height, width=width, channels=channels))
-
-
 def mixed(scenes: list[Scene]) -> list[pb.Image]:
     """The scenes' images as PNG, JPEG and raw tensors in turn."""
-    kinds = (lambda p: encode(p, "PNG"), lambda p: encode(p, "JPEG"), raw)
+    kinds = (encoded_image, lambda p: encoded_image(p, "JPEG"), raw_image)
     return [kinds[i % 3](scene.image) for i, scene in enumerate(scenes)]
 
 
@@ -85,18 +74,6 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     overlap = width * height
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
     return overlap / union if union > 0 else 0.0
-
-
-def decoder_batch_counts(server: RunningServer, model: str) -> tuple[float, float]:
-    """(rows, executions) the decoder model has computed so far."""
-    text = server.metrics()
-    totals = {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name = sample.name.removesuffix("_total")
-            if name in totals and sample.labels.get("model") == model:
-                totals[name] += sample.value
-    return totals["nv_inference_count"], totals["nv_inference_exec_count"]
 
 
 def test_every_task_has_a_ready_default_model(models: list[pb.ModelInfo]) -> None:
@@ -135,7 +112,7 @@ def test_detect_boxes_land_on_the_objects_in_original_pixels(vision, models, sma
         np.asarray(Image.fromarray(s.image).resize((int(size * sx), int(size * sy)), Image.Resampling.BILINEAR))
         for s, (sx, sy) in zip(scenes, stretches, strict=True)
     ]
-    images = [encode(p, "PNG") if i % 3 else raw(p) for i, p in enumerate(pictures)]
+    images = [encoded_image(p) if i % 3 else raw_image(p) for i, p in enumerate(pictures)]
     response = vision.Detect(pb.DetectRequest(images=images, score_threshold=0.3), timeout=60)
     best_overlaps = []
     for scene, (sx, sy), result in zip(scenes, stretches, response.results, strict=True):
@@ -179,7 +156,7 @@ def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, 
     config = text_format.Parse((small_repository / model.name / "config.pbtxt").read_text(), mc.ModelConfig())
     mean = 255 * np.array(json.loads(config.parameters["preprocessing"].string_value)["mean"], np.float32)
     scenes = make_scenes(6, size, SEED + 3, distort=True)
-    response = vision.Warp(pb.WarpRequest(images=[raw(s.image) for s in scenes]), timeout=60)
+    response = vision.Warp(pb.WarpRequest(images=[raw_image(s.image) for s in scenes]), timeout=60)
     for scene, result in zip(scenes, response.results, strict=True):
         warped = np.asarray(Image.open(io.BytesIO(result.png))).astype(np.float32)
         assert warped.shape == (size, size, 3) and result.label in SHAPES and 0 < result.score <= 1
@@ -192,15 +169,15 @@ def test_concurrent_captions_share_decoder_batches(server: RunningServer, models
     captioner = default_model(models, "caption")
     decoder = f"{captioner.name}_decoder"
     scenes = make_scenes(16, input_size(small_repository, captioner.name), SEED + 4)
-    rows_before, executions_before = decoder_batch_counts(server, decoder)
+    before = read_batch_counters(server.metrics_url, decoder)
 
     async def caption_all() -> list[pb.CaptionResponse]:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = vision_pb2_grpc.VisionStub(channel)
-            requests = [pb.CaptionRequest(images=[raw(scene.image)]) for scene in scenes]  # one row per step
+            requests = [pb.CaptionRequest(images=[raw_image(scene.image)]) for scene in scenes]  # one row per step
             return await asyncio.gather(*(stub.Caption(request, timeout=120) for request in requests))
 
     responses = asyncio.run(caption_all())
     assert all(r.results[0].text for r in responses)
-    rows, executions = decoder_batch_counts(server, decoder)
-    assert executions - executions_before < rows - rows_before  # some steps of different requests ran together
+    after = read_batch_counters(server.metrics_url, decoder)
+    assert after.executions - before.executions < after.inferences - before.inferences  # steps of several requests

@@ -21,7 +21,8 @@ from protos.ninefold.v1 import vision_pb2_grpc
 from serving.tasks.generate import latents_from_seed
 from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
 from tests.serving import tiny_repository as tiny
-from tests.serving.conftest import RunningServer, start_server
+from tests.serving.conftest import RunningServer
+from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 MAX_PIXELS = 100 * 100
 MAX_IMAGES = 8
@@ -39,26 +40,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         'parameters { key: "task" value { string_value: "classify" } }\n'
     )
     limits = ("--max-image-pixels", str(MAX_PIXELS), "--max-images-per-request", str(MAX_IMAGES))
-    running = start_server(repository, *limits)
-    yield running
-    assert running.stop() == 0, running.log()
+    with vision_server(repository, *limits) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def vision(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        yield vision_pb2_grpc.VisionStub(channel)
-
-
-def png(pixels: np.ndarray) -> pb.Image:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return pb.Image(encoded=buffer.getvalue())
-
-
-def raw(pixels: np.ndarray) -> pb.Image:
-    height, width, channels = pixels.shape
-    return pb.Image(raw=pb.RawImage(pixels=pixels.tobytes(), height=height, width=width, channels=channels))
+    with vision_stub(server) as stub:
+        yield stub
 
 
 def uniform(colour: tuple[int, int, int], height: int = 20, width: int = 30) -> np.ndarray:
@@ -98,7 +87,9 @@ def metric(server: RunningServer, name: str, **labels: str) -> float:
 
 def test_classify_several_images_encoded_and_raw(vision: vision_pb2_grpc.VisionStub) -> None:
     colours = [(200, 30, 60), (10, 240, 100), (90, 90, 250)]
-    images = [png(uniform(colours[0])), raw(uniform(colours[1], 8, 8)), raw(uniform(colours[2], 50, 40))]
+    images = [
+        encoded_image(uniform(colours[0])), raw_image(uniform(colours[1], 8, 8)), raw_image(uniform(colours[2], 50, 40))
+    ]
     response = vision.Classify(pb.ClassifyRequest(images=images, top_k=2), timeout=10)
     assert (response.model.name, response.model.version) == ("tiny_classify", 1)  # the default model
     assert len(response.results) == 3
@@ -113,27 +104,28 @@ def test_classify_several_images_encoded_and_raw(vision: vision_pb2_grpc.VisionS
 
 def test_classify_top_k_defaults_to_five_capped_at_the_classes(vision: vision_pb2_grpc.VisionStub) -> None:
     named = pb.ModelRef(name="tiny_classify", version=1)
-    response = vision.Classify(pb.ClassifyRequest(model=named, images=[png(uniform((1, 2, 3)))]), timeout=10)
+    response = vision.Classify(pb.ClassifyRequest(model=named, images=[encoded_image(uniform((1, 2, 3)))]), timeout=10)
     assert len(response.results[0].predictions) == len(CLASSIFIER_LABELS)
 
 
 def test_detect_boxes_in_each_original_image(vision: vision_pb2_grpc.VisionStub) -> None:
     wide, tall = uniform((9, 9, 9), height=16, width=64), uniform((9, 9, 9), height=96, width=32)
-    response = vision.Detect(pb.DetectRequest(images=[png(wide), raw(tall)]), timeout=10)
+    response = vision.Detect(pb.DetectRequest(images=[encoded_image(wide), raw_image(tall)]), timeout=10)
     first, second = response.results
     assert [(d.label, round(d.score, 3)) for d in first.detections] == [("square", 0.9)]  # 0.4 under 0.5
     box = first.detections[0].box
     assert (box.x1, box.y1, box.x2, box.y2) == (8.0, 4.0, 24.0, 8.0)  # x * 64/32, y * 16/32
     box = second.detections[0].box
     assert (box.x1, box.y1, box.x2, box.y2) == (4.0, 24.0, 12.0, 48.0)  # x * 1, y * 96/32
-    low = vision.Detect(pb.DetectRequest(images=[png(wide)], score_threshold=0.3), timeout=10)
+    low = vision.Detect(pb.DetectRequest(images=[encoded_image(wide)], score_threshold=0.3), timeout=10)
     assert [d.label for d in low.results[0].detections] == ["square", "triangle"]  # padding row never
-    capped = vision.Detect(pb.DetectRequest(images=[png(wide)], score_threshold=0.3, max_detections=1), timeout=10)
+    capped_request = pb.DetectRequest(images=[encoded_image(wide)], score_threshold=0.3, max_detections=1)
+    capped = vision.Detect(capped_request, timeout=10)
     assert [d.score for d in capped.results[0].detections] == [pytest.approx(0.9)]
 
 
 def test_caption_greedy_and_beam(vision: vision_pb2_grpc.VisionStub) -> None:
-    grey = [png(uniform((128, 128, 128))), raw(uniform((128, 128, 128), 8, 8))]
+    grey = [encoded_image(uniform((128, 128, 128))), raw_image(uniform((128, 128, 128), 8, 8))]
     greedy = vision.Caption(pb.CaptionRequest(images=grey), timeout=10)
     assert [c.text for c in greedy.results] == ["red square", "red square"]
     assert greedy.results[0].log_probability == pytest.approx(np.log(0.6 * 0.7 * 0.8), abs=0.05)
@@ -162,7 +154,8 @@ def test_generate_is_deterministic_and_matches_explicit_latents(vision: vision_p
 
 def test_warp_returns_the_warped_image_theta_and_label(vision: vision_pb2_grpc.VisionStub) -> None:
     picture = np.random.default_rng(5).integers(0, 256, (tiny.SIZE, tiny.SIZE, 3), dtype=np.uint8)
-    response = vision.Warp(pb.WarpRequest(images=[raw(picture), png(uniform((200, 30, 60)))]), timeout=10)
+    images = [raw_image(picture), encoded_image(uniform((200, 30, 60)))]
+    response = vision.Warp(pb.WarpRequest(images=images), timeout=10)
     first, second = response.results
     np.testing.assert_array_equal(decoded(first.png), picture)  # the tiny warp is the identity
     assert list(first.theta) == pytest.approx(tiny.WARP_THETA)
@@ -188,7 +181,7 @@ def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:
 
 
 def test_unknown_model_and_version(vision: vision_pb2_grpc.VisionStub) -> None:
-    image = [png(uniform((1, 2, 3)))]
+    image = [encoded_image(uniform((1, 2, 3)))]
     error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="nope"), images=image))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "'nope'" in error.details()
     error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_classify", version=7),
@@ -197,7 +190,7 @@ def test_unknown_model_and_version(vision: vision_pb2_grpc.VisionStub) -> None:
 
 
 def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(vision) -> None:
-    image = [png(uniform((1, 2, 3)))]
+    image = [encoded_image(uniform((1, 2, 3)))]
     error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_broken"), images=image))
     assert error.code() == grpc.StatusCode.UNAVAILABLE and "tiny_broken" in error.details()
     assert vision.Classify(pb.ClassifyRequest(images=image), timeout=10).model.name == "tiny_classify"
@@ -205,13 +198,13 @@ def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(visio
 
 def test_model_of_another_task(vision: vision_pb2_grpc.VisionStub) -> None:
     error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_detect"),
-                                                          images=[png(uniform((1, 2, 3)))]))
+                                                          images=[encoded_image(uniform((1, 2, 3)))]))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == "model 'tiny_detect' serves task 'detect', not 'classify'"
 
 
 def test_bad_image_bytes_name_the_image(vision: vision_pb2_grpc.VisionStub) -> None:
-    images = [png(uniform((1, 2, 3))), pb.Image(encoded=b"definitely not a picture")]
+    images = [encoded_image(uniform((1, 2, 3))), pb.Image(encoded=b"definitely not a picture")]
     error = rpc_error(vision.Detect, pb.DetectRequest(images=images))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith("image 1: not a readable JPEG, PNG or WebP image")
@@ -222,17 +215,18 @@ def test_raw_shape_mismatch_and_empty_image(vision: vision_pb2_grpc.VisionStub) 
     error = rpc_error(vision.Warp, pb.WarpRequest(images=[short]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "image 0: raw image of 4x4x3 needs 48 bytes, got 10"
-    error = rpc_error(vision.Caption, pb.CaptionRequest(images=[png(uniform((1, 2, 3))), pb.Image()]))
+    error = rpc_error(vision.Caption, pb.CaptionRequest(images=[encoded_image(uniform((1, 2, 3))), pb.Image()]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("image 1: empty")
     error = rpc_error(vision.Classify, pb.ClassifyRequest())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no images" in error.details()
 
 
 def test_limits(vision: vision_pb2_grpc.VisionStub) -> None:
-    error = rpc_error(vision.Classify, pb.ClassifyRequest(images=[raw(uniform((1, 2, 3), 8, 8))] * (MAX_IMAGES + 1)))
+    too_many = [raw_image(uniform((1, 2, 3), 8, 8))] * (MAX_IMAGES + 1)
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(images=too_many))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details() == f"{MAX_IMAGES + 1} images in one request; the limit is {MAX_IMAGES}, split the request"
-    error = rpc_error(vision.Classify, pb.ClassifyRequest(images=[png(uniform((1, 2, 3), 101, 100))]))
+    error = rpc_error(vision.Classify, pb.ClassifyRequest(images=[encoded_image(uniform((1, 2, 3), 101, 100))]))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.details().startswith(f"image 0: 100x101 = 10100 pixels exceeds the limit of {MAX_PIXELS}")
     error = rpc_error(vision.Generate, pb.GenerateRequest(count=MAX_IMAGES + 1))
@@ -240,7 +234,7 @@ def test_limits(vision: vision_pb2_grpc.VisionStub) -> None:
 
 
 def test_out_of_range_options(vision: vision_pb2_grpc.VisionStub) -> None:
-    image = [png(uniform((1, 2, 3)))]
+    image = [encoded_image(uniform((1, 2, 3)))]
     error = rpc_error(vision.Caption, pb.CaptionRequest(images=image, beam_size=1000))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "beam_size 1000" in error.details()
     error = rpc_error(vision.Caption, pb.CaptionRequest(images=image, max_length=99))
@@ -257,13 +251,14 @@ def test_failures_and_successes_are_counted_per_model(server: RunningServer, vis
     labels = {"model": "tiny_warp", "version": "1"}
     before_ok = metric(server, "nv_inference_request_success", **labels)
     before_bad = metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels)
-    vision.Warp(pb.WarpRequest(images=[png(uniform((1, 2, 3)))]), timeout=10)
+    vision.Warp(pb.WarpRequest(images=[encoded_image(uniform((1, 2, 3)))]), timeout=10)
     rpc_error(vision.Warp, pb.WarpRequest(images=[pb.Image(encoded=b"junk")]))
     assert metric(server, "nv_inference_request_success", **labels) == before_ok + 1
     assert metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels) == before_bad + 1
     wrong_task = {"model": "tiny_detect", "version": "1", "reason": "failed_precondition"}
     before = metric(server, "nv_inference_request_failure", **wrong_task)
-    rpc_error(vision.Warp, pb.WarpRequest(model=pb.ModelRef(name="tiny_detect"), images=[png(uniform((1, 2, 3)))]))
+    image = [encoded_image(uniform((1, 2, 3)))]
+    rpc_error(vision.Warp, pb.WarpRequest(model=pb.ModelRef(name="tiny_detect"), images=image))
     assert metric(server, "nv_inference_request_failure", **wrong_task) == before + 1
 
 
@@ -277,7 +272,7 @@ def test_concurrent_caption_steps_are_batched(server: RunningServer) -> None:
     async def caption_many() -> list[pb.CaptionResponse]:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = vision_pb2_grpc.VisionStub(channel)
-            request = pb.CaptionRequest(images=[raw(uniform((128, 128, 128), 8, 8))])
+            request = pb.CaptionRequest(images=[raw_image(uniform((128, 128, 128), 8, 8))])
             return await asyncio.gather(*(stub.Caption(request, timeout=30) for _ in range(32)))
 
     responses = asyncio.run(caption_many())
@@ -289,4 +284,4 @@ def test_concurrent_caption_steps_are_batched(server: RunningServer) -> None:
 
 
 def test_server_still_serves_after_errors(vision: vision_pb2_grpc.VisionStub) -> None:
-    assert vision.Classify(pb.ClassifyRequest(images=[png(uniform((1, 2, 3)))]), timeout=10).results
+    assert vision.Classify(pb.ClassifyRequest(images=[encoded_image(uniform((1, 2, 3)))]), timeout=10).results
