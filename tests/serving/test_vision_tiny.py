@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 from collections.abc import Iterator
 
 import grpc
@@ -39,6 +40,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         'name: "tiny_broken"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
         'parameters { key: "task" value { string_value: "classify" } }\n'
     )
+    unusable = repository / "tiny_caption_without_vocabulary"
+    shutil.copytree(repository / "tiny_caption", unusable)
+    (unusable / "vocabulary.txt").unlink()
+    config = (unusable / "config.pbtxt").read_text()
+    (unusable / "config.pbtxt").write_text(config.replace('"tiny_caption"', f'"{unusable.name}"'))
     limits = ("--max-image-pixels", str(MAX_PIXELS), "--max-images-per-request", str(MAX_IMAGES))
     with vision_server(repository, *limits) as running:
         yield running
@@ -167,7 +173,7 @@ def test_warp_returns_the_warped_image_theta_and_label(vision: vision_pb2_grpc.V
 def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:
     models = {m.name: m for m in vision.ListModels(pb.ListModelsRequest(), timeout=10).models}
     assert set(models) == {"tiny_classify", "tiny_detect", "tiny_caption", "tiny_caption_decoder",
-                           "tiny_generate", "tiny_warp", "tiny_broken"}
+                           "tiny_generate", "tiny_warp", "tiny_broken", "tiny_caption_without_vocabulary"}
     assert not models["tiny_broken"].ready and models["tiny_broken"].state_reason
     assert models["tiny_classify"].is_default and models["tiny_classify"].ready
     assert list(models["tiny_classify"].labels) == list(CLASSIFIER_LABELS)
@@ -194,6 +200,16 @@ def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(visio
     error = rpc_error(vision.Classify, pb.ClassifyRequest(model=pb.ModelRef(name="tiny_broken"), images=image))
     assert error.code() == grpc.StatusCode.UNAVAILABLE and "tiny_broken" in error.details()
     assert vision.Classify(pb.ClassifyRequest(images=image), timeout=10).model.name == "tiny_classify"
+
+
+def test_a_model_with_unusable_task_parameters_says_why(vision) -> None:
+    request = pb.CaptionRequest(model=pb.ModelRef(name="tiny_caption_without_vocabulary"),
+                                images=[encoded_image(uniform((1, 2, 3)))])
+    error = rpc_error(vision.Caption, request)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == (
+        "model 'tiny_caption_without_vocabulary': vocabulary 'vocabulary.txt' is not a file in its folder"
+    )
 
 
 def test_model_of_another_task(vision: vision_pb2_grpc.VisionStub) -> None:
