@@ -11,8 +11,12 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from export.families.base import ExportError, ParityError
+
+if TYPE_CHECKING:
+    from export.pipeline import ModelResult
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -39,21 +43,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def format_table(results) -> str:
+def table_row(result: ModelResult) -> tuple[str, ...]:
+    """model, task, quality, parity, tensorrt, seconds (train + evaluate + export) of one written model."""
+    quality = "-"
+    if result.quality is not None:
+        verdict = "ok" if result.quality.passed else f"BELOW {result.quality.threshold:g}"
+        quality = f"{result.quality.metric} {result.quality.value:.3f} {verdict}"
+    parity = f"{result.worst_parity:.2e} {'ok' if result.parity_passed else 'FAIL'}"
+    engine = "-"
+    if result.tensorrt:
+        engine = "ok" if all(c.passed for c in result.tensorrt) else "DIFFERS"
+    seconds = f"{result.train_seconds + result.export_seconds:.1f}"
+    return (result.name, result.task or "-", quality, parity, engine, seconds)
+
+
+def format_table(results: Sequence[ModelResult]) -> str:
     """The closing table: one row per written model."""
     header = ("model", "task", "quality", "parity max|diff|", "tensorrt", "time s")
-    rows = []
-    for result in results:
-        quality = "-"
-        if result.quality is not None:
-            verdict = "ok" if result.quality.passed else f"BELOW {result.quality.threshold:g}"
-            quality = f"{result.quality.metric} {result.quality.value:.3f} {verdict}"
-        parity = f"{result.worst_parity:.2e} {'ok' if result.parity_passed else 'FAIL'}"
-        engine = "-"
-        if result.tensorrt:
-            engine = "ok" if all(c.passed for c in result.tensorrt) else "DIFFERS"
-        seconds = f"{result.train_seconds + result.export_seconds:.1f}"
-        rows.append((result.name, result.task or "-", quality, parity, engine, seconds))
+    rows = [table_row(result) for result in results]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -76,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             weights=parse_weights(args.weights),
             build_tensorrt=args.tensorrt,
+            on_model=lambda result: print("wrote " + "  ".join(table_row(result)), file=sys.stderr, flush=True),
         )
     except ParityError as error:
         print(f"ninefold export: {error}", file=sys.stderr)

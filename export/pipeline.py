@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -233,8 +233,11 @@ def build_repository(
     seed: int = 0,
     weights: Mapping[str, Path | str] | None = None,
     build_tensorrt: bool = False,
+    on_model: Callable[[ModelResult], None] | None = None,
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
+
+    on_model: called with each written model as soon as its folder is in place (progress in logs).
 
     weights: {family: checkpoint path}; required for configs that do not train (full). With
     build_tensorrt, engines are built too, and a machine without TensorRT or a GPU raises ExportError.
@@ -255,10 +258,10 @@ def build_repository(
     repository.check_writable(out)
 
     results: list[ModelResult] = []
-    with tqdm(chosen, desc="export", unit="family", dynamic_ncols=True) as bar:
+    with tqdm(chosen, desc="export", unit="family", dynamic_ncols=True, disable=None) as bar:
         for family in bar:
             bar.set_postfix(family=family.name)
-            results += export_family(
+            written = export_family(
                 family,
                 configs[family.name],
                 out,
@@ -266,4 +269,8 @@ def build_repository(
                 weights=weight_paths.get(family.name),
                 build_tensorrt=build_tensorrt,
             )
+            for result in written:
+                if on_model is not None:
+                    on_model(result)
+            results += written
     return tuple(results)

@@ -84,7 +84,8 @@ def fit(
     model.train()
     step = 0
     running = None
-    with tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True) as bar:
+    # disable=None: bars on a terminal, silent in logs and CI (no carriage-return spam).
+    with tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
         for epoch in range(recipe.epochs):
             for batch in batches(epoch):
                 for group in optimizer.param_groups:

@@ -166,7 +166,7 @@ SMALL = GoogLeNetConfig(
     **small_config_fields(
         image_size=32,
         recipe=ClassifierRecipe(
-            sgd=SGDRecipe(epochs=2, batch_size=64, lr=0.05, weight_decay=2e-4),
+            sgd=SGDRecipe(epochs=3, batch_size=32, lr=0.025, weight_decay=2e-4),
             train_scenes=8000,
             augment=functools.partial(flip_and_crop, pad=2),
             aux_weight=0.3,  # the paper's weight for each auxiliary loss

