@@ -1,11 +1,18 @@
 """Captioner family: vocabulary, encoder/decoder-step contracts, decoding, checkpoint loading."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 
+from export.bleu import corpus_bleu
+from export.data.scenes import make_scenes, stack_images
+from export.data.tensors import normalise
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.captioner import (
@@ -19,6 +26,7 @@ from export.families.captioner import (
     synthetic_vocabulary,
     train_captioner,
 )
+from serving.repository import ModelSource, read_config
 
 TINY = replace(
     SMALL, image_size=16, widths=(4, 8), embed_dim=8, hidden_size=16, train_steps=2, batch_size=4, train_scenes=8
@@ -104,3 +112,53 @@ def test_full_checkpoint_round_trips_and_mismatch_is_refused(tmp_path: Path) -> 
     torch.save(family.build(SMALL).state_dict(), path)
     with pytest.raises(WeightsError, match="weights do not fit captioner_full: .*shape mismatches"):
         family.load(family.build(FULL), FULL, torch.load(path, weights_only=True))
+
+
+def _parameters(folder: Path) -> dict[str, str]:
+    config = read_config(ModelSource(folder.name, folder, (1,)))
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def _session(folder: Path) -> onnxruntime.InferenceSession:
+    path = str(folder / "1" / "model.onnx")
+    onnx.checker.check_model(path)
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def test_exported_pair_reports_quality_and_identical_greedy_captions(small_repository: Path) -> None:
+    encoder_report = json.loads((small_repository / "captioner_small" / "1" / "export_report.json").read_text())
+    decoder_report = json.loads((small_repository / "captioner_small_decoder" / "1" / "export_report.json").read_text())
+    assert (encoder_report["task"], decoder_report["task"]) == ("caption", "caption_decoder")
+    assert encoder_report["parity"]["passed"] and decoder_report["parity"]["passed"]
+    checks = {check["name"]: check for check in encoder_report["parity"]["checks"]}
+    greedy = checks["greedy_captions_onnx_vs_torch"]
+    assert greedy["passed"] and greedy["detail"].startswith("16/16 greedy captions identical")
+    assert all(c["max_abs_diff"] <= 1e-4 for r in (encoder_report, decoder_report) for c in r["parity"]["checks"])
+    quality = encoder_report["quality"]
+    assert quality["metric"] == "bleu4_greedy" and quality["passed"] and quality["value"] >= 0.60
+
+
+def test_a_numpy_loop_over_the_two_graphs_captions_held_out_scenes(small_repository: Path) -> None:
+    """What the server does, from the files alone: vocabulary, tokens and length from config.pbtxt."""
+    folder = small_repository / "captioner_small"
+    parameters = _parameters(folder)
+    assert parameters["task"] == "caption" and parameters["decoder_model"] == "captioner_small_decoder"
+    assert _parameters(small_repository / "captioner_small_decoder")["task"] == "caption_decoder"
+    tokens = (folder / parameters["vocabulary"]).read_text().splitlines()
+    preprocessing = json.loads(parameters["preprocessing"])
+    start, end, max_length = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
+    scenes = make_scenes(12, preprocessing["size"][0], seed=4242)
+    images = normalise(stack_images(scenes), preprocessing["mean"], preprocessing["std"]).numpy()
+    encoder, decoder = _session(folder), _session(small_repository / "captioner_small_decoder")
+    h, c = encoder.run(["h", "c"], {"images": images})
+    token = np.full((len(scenes), 1), start, dtype=np.int64)
+    words: list[list[str]] = [[] for _ in scenes]
+    done = np.zeros(len(scenes), dtype=bool)
+    for _ in range(max_length):
+        logprobs, h, c = decoder.run(["logprobs", "h_out", "c_out"], {"token": token, "h": h, "c": c})
+        token = logprobs.argmax(axis=1)[:, None].astype(np.int64)
+        for row, token_id in enumerate(token[:, 0]):
+            done[row] |= token_id == end
+            if not done[row]:
+                words[row].append(tokens[token_id])
+    assert corpus_bleu(words, [[scene.caption.split()] for scene in scenes]) >= 0.60

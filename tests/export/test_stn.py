@@ -1,16 +1,19 @@
 """Spatial transformer family: identity start, warp contract, inverse thetas, checkpoint loading."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 
 from export.data.scenes import affine_sample
 from export.families import get_family
 from export.families.base import WeightsError
-from export.families.stn import FULL, SMALL, SpatialTransformerNet, distorted_set, train_stn
+from export.families.stn import FULL, SMALL, SpatialTransformerNet, distorted_set, to_pixels, train_stn
 
 TINY = replace(SMALL, image_size=16, loc_widths=(4,), loc_hidden=8, head_widths=(4,), train_steps=2, batch_size=4)
 
@@ -65,3 +68,30 @@ def test_written_out_grid_generator_equals_affine_grid() -> None:
     theta = torch.tensor([[[0.9, -0.3, 0.1], [0.25, 1.1, -0.2]]])
     expected = torch.nn.functional.affine_grid(theta, [1, 3, 16, 16], align_corners=False)
     assert torch.allclose((model.base_grid.view(1, -1, 3) @ theta.transpose(1, 2)).view(1, 16, 16, 2), expected)
+
+
+def test_exported_stn_report_meets_both_quality_bars_and_parity(small_repository: Path) -> None:
+    report = json.loads((small_repository / "stn_small" / "1" / "export_report.json").read_text())
+    assert report["task"] == "warp" and report["opset"] >= 17
+    assert report["parity"]["passed"]
+    assert max(check["max_abs_diff"] for check in report["parity"]["checks"]) <= 1e-4
+    quality = report["quality"]
+    assert quality["passed"] and quality["details"]["accuracy_distorted"] >= 0.95
+    assert quality["details"]["pixel_error_reduction"] >= 0.30
+
+
+def test_exported_stn_warps_held_out_scenes_towards_their_canonical_pose(small_repository: Path) -> None:
+    path = str(small_repository / "stn_small" / "1" / "model.onnx")
+    onnx.checker.check_model(path)
+    assert "GridSample" in {node.op_type for node in onnx.load(path).graph.node}
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    data = distorted_set(24, SMALL.image_size, seed=777)
+    outputs = [session.run(["warped", "theta", "logits"], {"images": data.images[i : i + 1].numpy()}) for i in range(4)]
+    warped, theta, logits = session.run(["warped", "theta", "logits"], {"images": data.images.numpy()})
+    assert np.allclose(np.concatenate([o[0] for o in outputs]), warped[:4], atol=1e-5)  # batch 1 == batch 24
+    assert theta.shape == (24, 2, 3)
+    assert (logits.argmax(axis=1) == data.labels.numpy()).mean() >= 0.9
+    canonical = data.canonical.astype(np.float32)
+    before = np.abs(to_pixels(data.images) - canonical).mean()
+    after = np.abs(to_pixels(torch.from_numpy(warped)) - canonical).mean()
+    assert after <= 0.8 * before
