@@ -40,6 +40,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
     parser.add_argument("--tensorrt", action="store_true", help="also build fp16 TensorRT engines (GPU only)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="families exported at once in worker processes (default: NINEFOLD_EXPORT_JOBS or up to 2 cores)",
+    )
     return parser.parse_args(argv)
 
 
@@ -83,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             weights=parse_weights(args.weights),
             build_tensorrt=args.tensorrt,
+            jobs=args.jobs,
             on_model=lambda result: print("wrote " + "  ".join(table_row(result)), file=sys.stderr, flush=True),
         )
     except ParityError as error:

@@ -9,8 +9,11 @@ raise ExportError with a message that says what to change.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -225,6 +228,28 @@ def export_family(
     return tuple(results)
 
 
+JOBS_ENV = "NINEFOLD_EXPORT_JOBS"
+
+
+def default_jobs() -> int:
+    """Families exported at once: NINEFOLD_EXPORT_JOBS, else one per core up to two.
+
+    Each family trains single-threaded (see export.train), so two families on two cores use both
+    without the thread contention that made two-thread training slower.
+    """
+    return max(1, int(os.environ.get(JOBS_ENV, min(2, os.cpu_count() or 1))))
+
+
+def _export_named(
+    name: str, config_name: str, out: Path, seed: int, weights: Path | None, build_tensorrt: bool
+) -> tuple[ModelResult, ...]:
+    """Export one family given by name (a worker process looks the family up in its own registry)."""
+    family = get_family(name)
+    return export_family(
+        family, family.configs[config_name], out, seed=seed, weights=weights, build_tensorrt=build_tensorrt
+    )
+
+
 def build_repository(
     out: Path | str,
     *,
@@ -233,15 +258,17 @@ def build_repository(
     seed: int = 0,
     weights: Mapping[str, Path | str] | None = None,
     build_tensorrt: bool = False,
+    jobs: int | None = None,
     on_model: Callable[[ModelResult], None] | None = None,
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
 
-    on_model: called with each written model as soon as its folder is in place (progress in logs).
-
     weights: {family: checkpoint path}; required for configs that do not train (full). With
     build_tensorrt, engines are built too, and a machine without TensorRT or a GPU raises ExportError.
+    jobs: families exported at once in worker processes (default ``default_jobs()``); one family, or
+    jobs=1, runs in this process. on_model: called with each written model as soon as it is in place.
     Input is checked before any work; each family's folders appear atomically when it is done.
+    Returns the written models in family order.
     """
     out = Path(out)
     chosen = resolve_families(families)
@@ -257,20 +284,30 @@ def build_repository(
         raise ExportError(f"cannot build TensorRT engines: {reason}")
     repository.check_writable(out)
 
-    results: list[ModelResult] = []
-    with tqdm(chosen, desc="export", unit="family", dynamic_ncols=True, disable=None) as bar:
-        for family in bar:
-            bar.set_postfix(family=family.name)
-            written = export_family(
-                family,
-                configs[family.name],
-                out,
-                seed=seed,
-                weights=weight_paths.get(family.name),
-                build_tensorrt=build_tensorrt,
-            )
-            for result in written:
+    names = [family.name for family in chosen]
+    arguments = {name: (name, configs[name].name, out, seed, weight_paths.get(name), build_tensorrt) for name in names}
+    written: dict[str, tuple[ModelResult, ...]] = {}
+    with tqdm(total=len(names), desc="export", unit="family", dynamic_ncols=True, disable=None) as bar:
+
+        def finished(name: str, results: tuple[ModelResult, ...]) -> None:
+            written[name] = results
+            bar.update(1)
+            bar.set_postfix(done=name)
+            for result in results:
                 if on_model is not None:
                     on_model(result)
-            results += written
-    return tuple(results)
+
+        workers = min(jobs or default_jobs(), len(names))
+        if workers <= 1:
+            for name in names:
+                finished(name, _export_named(*arguments[name]))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_export_named, *arguments[name]): name for name in names}
+                try:
+                    for future in as_completed(futures):
+                        finished(futures[future], future.result())
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # families already running still finish
+                    raise
+    return tuple(result for name in names for result in written[name])

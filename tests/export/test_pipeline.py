@@ -53,13 +53,19 @@ def test_cli_exits_1_when_parity_fails(
     assert list((tmp_path / "repo").iterdir()) == []
 
 
-def test_loaded_small_weights_export_with_a_dynamic_batch(tmp_path: Path) -> None:
-    weights = _small_weights("googlenet", tmp_path / "googlenet.pt")
-    (result,) = build_repository(tmp_path / "repo", families=["googlenet"], weights={"googlenet": weights}, seed=3)
-    assert result.parity_passed and result.quality is not None  # quality measured, if poor: untrained
-    report = json.loads((result.path / "1" / "export_report.json").read_text())
-    assert report["weights"] == str(weights) and report["seed"] == 3 and report["opset"] >= 17
-    session = onnx_export.open_session(result.path / "1" / "model.onnx")
+def test_loaded_small_weights_export_in_worker_processes_with_a_dynamic_batch(tmp_path: Path) -> None:
+    weights = {name: _small_weights(name, tmp_path / f"{name}.pt") for name in ("googlenet", "alexnet")}
+    announced: list[str] = []
+    results = build_repository(
+        tmp_path / "repo", families=["googlenet", "alexnet"], weights=weights, seed=3, jobs=2, on_model=announced.append
+    )
+    assert [r.name for r in results] == ["googlenet_small", "alexnet_small"]  # family order, whatever finished first
+    assert sorted(r.name for r in announced) == ["alexnet_small", "googlenet_small"]
+    googlenet = results[0]
+    assert googlenet.parity_passed and googlenet.quality is not None  # measured even for loaded weights
+    report = json.loads((googlenet.path / "1" / "export_report.json").read_text())
+    assert report["weights"] == str(weights["googlenet"]) and report["seed"] == 3 and report["opset"] >= 17
+    session = onnx_export.open_session(googlenet.path / "1" / "model.onnx")
     for batch in (1, 5):
         (logits,) = session.run(None, {"images": np.zeros((batch, 3, 32, 32), np.float32)})
         assert logits.shape == (batch, 8)
