@@ -37,11 +37,14 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.deferred import DeferredRows
 from serving.errors import DeadlineExceeded, Internal, ResourceExhausted, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 
-Tensors = Mapping[str, np.ndarray]
+Arrays = Mapping[str, np.ndarray]
+#: A request's inputs: arrays, or rows written on the instance thread (serving.deferred).
+Tensors = Mapping[str, np.ndarray | DeferredRows]
 
 #: How many incompatible requests a batch may look past before it stops searching the queue.
 _MAX_SKIPPED = 64
@@ -50,7 +53,7 @@ _MAX_SKIPPED = 64
 class Runner(Protocol):
     """What an instance executes: a backend session pinned to one device."""
 
-    def infer(self, inputs: Tensors) -> dict[str, np.ndarray]: ...
+    def infer(self, inputs: Arrays) -> dict[str, np.ndarray]: ...
 
 
 class BatchObserver(Protocol):
@@ -291,24 +294,16 @@ class DynamicBatcher:
         self._queued_items -= request.items
         self._observer.on_dequeued(time.perf_counter_ns() - request.enqueued_ns)
 
-    def _complete(
-        self,
-        instance: _Instance,
-        batch: list[_Request],
-        total: int,
-        results: list[dict[str, np.ndarray]] | None,
-        error: ServingError | None,
-        timings: tuple[int, int, int],
-    ) -> None:
-        if results is not None:
-            for request, result in zip(batch, results, strict=True):
-                if not request.future.done():
-                    request.future.set_result(result)
-            self._observer.on_batch(len(batch), total, *timings)
-        else:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error or Internal("inference failed"))
+    def _complete(self, instance: _Instance, batch: list[_Request], outcome: _Outcome) -> None:
+        for request, result in zip(batch, outcome.results, strict=True):
+            if request.future.done():
+                continue
+            if isinstance(result, ServingError):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
+        if outcome.computed_requests:
+            self._observer.on_batch(outcome.computed_requests, outcome.computed_items, *outcome.timings_ns)
         if not self._closed:
             self._idle.append(instance)
             self._dispatch()
@@ -319,33 +314,38 @@ class DynamicBatcher:
         assert loop is not None
         while (job := instance.jobs.get()) is not None:
             batch, total = job
-            results, error, timings = self._execute(instance, batch, total)
+            outcome = self._execute(instance, batch, total)
             try:
-                loop.call_soon_threadsafe(self._complete, instance, batch, total, results, error, timings)
+                loop.call_soon_threadsafe(self._complete, instance, batch, outcome)
             except RuntimeError:  # the loop closed under us: nobody is waiting any more
                 return
 
-    def _execute(
-        self, instance: _Instance, batch: list[_Request], total: int
-    ) -> tuple[list[dict[str, np.ndarray]] | None, ServingError | None, tuple[int, int, int]]:
+    def _execute(self, instance: _Instance, batch: list[_Request], total: int) -> _Outcome:
+        """Gather the batch's inputs (writing deferred rows), run it, split the outputs per request."""
         started = time.perf_counter_ns()
         try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
-            else:
-                inputs = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
+            inputs, failures = _gather(batch, total)
+            running = [request for request in batch if request not in failures] if failures else batch
+            items = sum(request.items for request in running)
+            if not running:
+                return _Outcome([failures[request] for request in batch])
             gathered = time.perf_counter_ns()
             outputs = instance.runner.infer(inputs)
             inferred = time.perf_counter_ns()
-            results = self._split(outputs, batch, total)
+            split = iter(self._split(outputs, running, items))
         except ServingError as error:
-            return None, error, (0, 0, 0)
+            return _Outcome([error] * len(batch))
         except Exception:
             log.exception("instance %s failed on a batch of %d", instance.name, total)
-            return None, Internal(f"model '{self.name}' failed to run this batch; see the server log"), (0, 0, 0)
-        return results, None, (gathered - started, inferred - gathered, time.perf_counter_ns() - inferred)
+            failed = Internal(f"model '{self.name}' failed to run this batch; see the server log")
+            return _Outcome([failed] * len(batch))
+        results = [failures[request] if request in failures else next(split) for request in batch]
+        timings = (gathered - started, inferred - gathered, time.perf_counter_ns() - inferred)
+        return _Outcome(results, len(running), items, timings)
 
-    def _split(self, outputs: dict[str, np.ndarray], batch: list[_Request], total: int) -> list[dict[str, np.ndarray]]:
+    def _split(
+        self, outputs: dict[str, np.ndarray], batch: list[_Request], total: int
+    ) -> list[dict[str, np.ndarray]]:
         if not self.policy.batches:
             return [outputs]
         for name, array in outputs.items():
@@ -383,3 +383,45 @@ class DynamicBatcher:
 def _join_all(threads: list[threading.Thread]) -> None:
     for thread in threads:
         thread.join()
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one execution produced for each request of its batch (same order): outputs or an error."""
+
+    results: list[dict[str, np.ndarray] | ServingError]
+    computed_requests: int = 0
+    computed_items: int = 0
+    timings_ns: tuple[int, int, int] = (0, 0, 0)
+
+
+def _gather(batch: list[_Request], total: int) -> tuple[dict[str, np.ndarray], dict[_Request, ServingError]]:
+    """The batch's input arrays, deferred rows written in place; requests whose rows failed are left out.
+
+    A lone array request passes through untouched; arrays of several requests are concatenated.
+    """
+    failures: dict[_Request, ServingError] = {}
+    inputs: dict[str, np.ndarray] = {}
+    for name in batch[0].inputs:
+        parts = [request.inputs[name] for request in batch]
+        arrays = [part for part in parts if isinstance(part, np.ndarray)]
+        if len(arrays) == len(parts):
+            inputs[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            continue
+        out = np.empty((total, *parts[0].shape[1:]), dtype=parts[0].dtype)
+        start = 0
+        for request, part in zip(batch, parts, strict=True):
+            rows = out[start : start + request.items]
+            start += request.items
+            if isinstance(part, DeferredRows):
+                try:
+                    part.write_into(rows)
+                except ServingError as error:
+                    failures.setdefault(request, error)
+            else:
+                rows[...] = part
+        inputs[name] = out
+    if failures:
+        keep = np.concatenate([np.full(r.items, r not in failures) for r in batch])
+        inputs = {name: array[keep] for name, array in inputs.items()}
+    return inputs, failures

@@ -28,7 +28,8 @@ import numpy as np
 from protos.inference import model_config_pb2 as mc
 from serving import repository
 from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
-from serving.batching import DynamicBatcher
+from serving.batching import DynamicBatcher, Tensors
+from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
 from serving.placement import Gpu, Placement, PlacementError, place
 from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
@@ -125,12 +126,14 @@ class ServedModel:
         return self.statistics.snapshot()
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: Tensors, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Run one request through the model's dynamic batcher.
 
         inputs: every declared input by name; with max_batch_size > 0 each array is (B, *dims)
           with the same B >= 1 (B > max_batch_size is split and batched in chunks), exactly the
           declared dtype (no silent casts). With max_batch_size 0 the arrays have exactly `dims`.
+          An input may be DeferredRows (serving.deferred): its rows are written on the instance
+          thread straight into the batch, and a writer's ServingError fails this request only.
         deadline: absolute `time.monotonic()` seconds, None = none; a request still queued at its
           deadline fails with DeadlineExceeded and is never computed.
         Returns every declared output by name, (B, *dims) arrays (read-only views of the batch).
@@ -159,7 +162,7 @@ class ServedModel:
         """Count a request the transport refused before `infer` (e.g. undecodable image bytes)."""
         self.statistics.on_request(0, reason)
 
-    def _check(self, inputs: Mapping[str, np.ndarray]) -> int:
+    def _check(self, inputs: Tensors) -> int:
         """Validate names, dtypes and shapes; return the batch size (1 without a batch axis)."""
         specs = self.spec.inputs
         if len(inputs) != len(specs) or any(spec.name not in inputs for spec in specs):
@@ -194,12 +197,19 @@ class ServedModel:
             raise InvalidArgument(f"a request to model '{self.name}' needs at least one item")
         return items
 
-    def _reshaped(self, inputs: Mapping[str, np.ndarray], items: int) -> dict[str, np.ndarray]:
-        lead = (items,) if self.spec.policy.batches else ()
-        return {
-            name: array.reshape(lead + self._reshape_in[name]) if name in self._reshape_in else array
-            for name, array in inputs.items()
-        }
+    def _reshaped(self, inputs: Tensors, items: int) -> Tensors:
+        batches = self.spec.policy.batches
+        lead = (items,) if batches else ()
+        reshaped: dict[str, np.ndarray | DeferredRows] = {}
+        for name, value in inputs.items():
+            shape = self._reshape_in.get(name)
+            if shape is None:
+                reshaped[name] = value
+            elif isinstance(value, DeferredRows):
+                reshaped[name] = value.reshaped(shape) if batches else value.materialise().reshape(shape)
+            else:
+                reshaped[name] = value.reshape(lead + shape)
+        return reshaped
 
     # ------------------------------------------------------------------ lifecycle (manager only)
     def _attach(self, placements: Sequence[Placement], backends: list[Backend], batcher: DynamicBatcher) -> None:

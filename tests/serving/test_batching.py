@@ -19,7 +19,8 @@ import pytest
 from serving.backends import BackendSettings
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.batching import BatchPolicy, DynamicBatcher
-from serving.errors import DeadlineExceeded, Internal, ResourceExhausted
+from serving.deferred import DeferredRows
+from serving.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted
 from serving.placement import CPU
 from serving.stats import ModelStatistics
 from tests.serving.core_models import batch_dropping_graph, doubler_graph, save
@@ -270,4 +271,78 @@ async def test_without_dynamic_batching_queued_requests_run_one_at_a_time(double
     assert [r["y"].shape[0] for r in results] == [1, 1, 3, 1]
     assert float(results[2]["y"][2, 0]) == 6.0
     assert stats.snapshot().execution_count == 4
+    await batcher.close()
+
+
+class RowsWrittenOnTheInstance:
+    """Writers for DeferredRows that fill a row with a value and remember which thread wrote it."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def rows(self, *values: float, width: int = 4) -> DeferredRows:
+        return DeferredRows((width,), np.dtype(np.float32), tuple(self._writer(v) for v in values))
+
+    def _writer(self, value: float):  # type: ignore[no-untyped-def]
+        def write(row: np.ndarray) -> None:
+            if value < 0:
+                raise InvalidArgument(f"value {value} is negative")
+            self.threads.add(threading.current_thread().name)
+            row[...] = value
+
+        return write
+
+
+@on_event_loop
+async def test_deferred_rows_are_written_into_one_batch_on_the_instance_thread(doubler: Path) -> None:
+    runner = GatedRunner(doubler)
+    batcher, stats = batcher_for(BatchPolicy(max_batch_size=8), runner)
+    writers = RowsWrittenOnTheInstance()
+    first = asyncio.ensure_future(batcher.submit({"x": writers.rows(0.5)}, 1))
+    await runner.wait_started()
+    waiting = [
+        asyncio.ensure_future(batcher.submit({"x": writers.rows(1.0, 2.0)}, 2)),
+        asyncio.ensure_future(batcher.submit({"x": rows(1, 3.0)}, 1)),  # an array request joins the batch
+        asyncio.ensure_future(batcher.submit({"x": writers.rows(4.0)}, 1)),
+    ]
+    await asyncio.sleep(0)
+    runner.gate.set()
+    results = await asyncio.gather(first, *waiting)
+    assert runner.batch_sizes == [1, 4]
+    assert [r["y"][:, 0].tolist() for r in results] == [[1.0], [2.0, 4.0], [6.0], [8.0]]
+    assert writers.threads == {"instance doubler#0"}
+    assert stats.snapshot().execution_count == 2
+    await batcher.close()
+
+
+@on_event_loop
+async def test_a_failing_row_writer_fails_only_its_request(doubler: Path) -> None:
+    runner = GatedRunner(doubler)
+    batcher, stats = batcher_for(BatchPolicy(max_batch_size=8), runner)
+    writers = RowsWrittenOnTheInstance()
+    first = asyncio.ensure_future(batcher.submit({"x": rows(1)}, 1))
+    await runner.wait_started()
+    good = asyncio.ensure_future(batcher.submit({"x": writers.rows(1.0)}, 1))
+    bad = asyncio.ensure_future(batcher.submit({"x": writers.rows(2.0, -1.0)}, 2))
+    also_good = asyncio.ensure_future(batcher.submit({"x": writers.rows(3.0)}, 1))
+    await asyncio.sleep(0)
+    runner.gate.set()
+    await first
+    assert (await good)["y"][:, 0].tolist() == [2.0]
+    assert (await also_good)["y"][:, 0].tolist() == [6.0]
+    with pytest.raises(InvalidArgument, match="value -1.0 is negative"):
+        await bad
+    assert runner.batch_sizes == [1, 2]  # the failed request's rows never reached the model
+    snapshot = stats.snapshot()
+    assert (snapshot.execution_count, snapshot.inference_count) == (2, 3)
+    await batcher.close()
+
+
+@on_event_loop
+async def test_deferred_rows_larger_than_max_batch_size_run_in_chunks(doubler: Path) -> None:
+    runner = GatedRunner(doubler, gated=False)
+    batcher, _ = batcher_for(BatchPolicy(max_batch_size=2), runner)
+    result = await batcher.submit({"x": RowsWrittenOnTheInstance().rows(1.0, 2.0, 3.0, 4.0, 5.0)}, 5)
+    assert result["y"][:, 0].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0]
+    assert sorted(runner.batch_sizes) == [1, 2, 2]
     await batcher.close()
