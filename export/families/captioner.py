@@ -121,7 +121,8 @@ SMALL = CaptionerConfig(
     widths=(16, 32, 48, 64),
     embed_dim=48,
     hidden_size=128,
-    train_steps=600,
+    train_steps=800,
+    lr=3e-3,
 )
 
 
