@@ -97,8 +97,9 @@ def test_every_classifier_answers_with_the_synthetic_labels(vision, models, smal
             scores = [p.score for p in result.predictions]
             assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
             assert all(p.label == SHAPES[p.index] for p in result.predictions)
-            hits += SHAPES[scene.label] in [p.label for p in result.predictions]
-        assert hits >= len(scenes) // 2, f"{model.name}: truth in the top 3 for only {hits} of {len(scenes)}"
+            hits += result.predictions[0].label == SHAPES[scene.label]
+        # 12 of 12 when exported (train/serve preprocessing agree); a colour or scale mix-up loses most.
+        assert hits >= len(scenes) * 2 // 3, f"{model.name}: top-1 right for only {hits} of {len(scenes)}"
 
 
 def test_detect_boxes_land_on_the_objects_in_original_pixels(vision, models, small_repository: Path) -> None:
