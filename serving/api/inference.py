@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 SERVER_VERSION = package_version("ninefold")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 Context: TypeAlias = grpc.aio.ServicerContext
+#: Requests of one ModelStreamInfer stream in flight (read, not yet answered on the wire); no more are read meanwhile.
+STREAM_IN_FLIGHT = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -118,6 +120,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         answers with `error_message` and the stream goes on."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
         running: set[asyncio.Task] = set()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         deadline = _deadline(context)
 
         async def answer(request: pb.ModelInferRequest) -> None:
@@ -134,6 +137,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def read() -> None:
             async for request in requests:
+                await slots.acquire()  # back-pressure: stop reading while STREAM_IN_FLIGHT are not yet sent
                 task = asyncio.create_task(answer(request))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -146,6 +150,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()
+                    slots.release()
                 else:
                     getter.cancel()
             await reader  # re-raise a broken request stream

@@ -12,6 +12,7 @@ import pytest
 from clients.server_process import ServerProcess
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from serving.api.inference import STREAM_IN_FLIGHT
 from serving.api.v2_codec import encode_raw
 from tests.protocols.repositories import tiny_classifier_logits
 from tests.serving.tiny_repository import SIZE
@@ -79,3 +80,23 @@ def test_rpcs_ninefold_does_not_serve_are_unimplemented(stub: pb_grpc.GRPCInfere
         stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=TIMEOUT_S)
     assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "send tensors in the request" in failure.value.details()
+
+
+def test_a_stream_longer_than_the_in_flight_window_is_answered_whole(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """Reading pauses at STREAM_IN_FLIGHT unsent answers and resumes as they are sent: no deadlock, none lost."""
+    images = np.random.default_rng(2).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    count = 2 * STREAM_IN_FLIGHT + 5
+    requests = []
+    for index in range(count):
+        request = _images_request(images)
+        request.id = f"r{index}"
+        request.raw_input_contents.append(encode_raw(images, "FP32"))
+        requests.append(request)
+    answers = list(stub.ModelStreamInfer(iter(requests), timeout=120))
+    assert sorted(a.infer_response.id for a in answers) == sorted(r.id for r in requests)
+    assert not any(a.error_message for a in answers)
+    expected = tiny_classifier_logits(images)
+    for answer in answers[:3]:
+        np.testing.assert_allclose(_array(answer.infer_response), expected, atol=1e-5)
