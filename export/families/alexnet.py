@@ -22,8 +22,10 @@ from export.families.classifier import (
     ClassifierConfig,
     ClassifierFamily,
     ClassifierRecipe,
+    dropout_fc_head,
     flip_and_crop,
     full_config_fields,
+    init_relu_layers,
     small_config_fields,
 )
 from export.train import SGDRecipe
@@ -60,20 +62,9 @@ class SmallAlexNet(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         side = _pooled_side(config.image_size)
-        self.classifier = nn.Sequential(
-            nn.Dropout(config.dropout),
-            nn.Linear(c5 * side * side, config.fc_width),
-            nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.fc_width, config.fc_width),
-            nn.ReLU(inplace=True),
-            nn.Linear(config.fc_width, config.num_classes),
-        )
+        self.classifier = dropout_fc_head(c5 * side * side, config.fc_width, config.num_classes, config.dropout)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        init_relu_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

@@ -77,6 +77,35 @@ def scale_jitter(images: torch.Tensor, generator: torch.Generator, max_scale: fl
     return _crop_and_mirror(scaled, generator, size)
 
 
+def init_relu_layers(model: nn.Module) -> None:
+    """He (Kaiming) normal weights and zero biases for every conv / linear layer feeding a ReLU.
+
+    For the small networks without batch norm (AlexNet, ZF Net, VGG): PyTorch's default init left the
+    small AlexNet at chance after 250 steps.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def dropout_fc_head(in_features: int, width: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """AlexNet's (and ZF Net's) classifier: dropout -> FC -> ReLU -> dropout -> FC -> ReLU -> FC.
+
+    The layer order (and so the state_dict indices) of torchvision's ``AlexNet.classifier``.
+    """
+    return nn.Sequential(
+        nn.Dropout(dropout),
+        nn.Linear(in_features, width),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(width, width),
+        nn.ReLU(inplace=True),
+        nn.Linear(width, num_classes),
+    )
+
+
 @dataclass(frozen=True)
 class ClassifierRecipe:
     """How a small classifier trains: optimiser schedule, data amount, augmentation, auxiliary losses.

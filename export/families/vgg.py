@@ -24,6 +24,7 @@ from export.families.classifier import (
     ClassifierFamily,
     ClassifierRecipe,
     full_config_fields,
+    init_relu_layers,
     scale_jitter,
     small_config_fields,
 )
@@ -79,10 +80,7 @@ class SmallVGG(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.fc_width, config.num_classes),
         )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        init_relu_layers(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

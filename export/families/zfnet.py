@@ -22,8 +22,10 @@ from export.families.classifier import (
     ClassifierConfig,
     ClassifierFamily,
     ClassifierRecipe,
+    dropout_fc_head,
     flip_and_crop,
     full_config_fields,
+    init_relu_layers,
     small_config_fields,
 )
 from export.train import SGDRecipe
@@ -78,19 +80,8 @@ class ZFNet(nn.Module):
         self.pools = nn.ModuleList(nn.MaxPool2d(k, s, p, return_indices=True) for k, s, p in _POOLS)
         self.relu = nn.ReLU(inplace=True)
         side = _pooled_side(config.image_size)
-        self.classifier = nn.Sequential(
-            nn.Dropout(config.dropout),
-            nn.Linear(c5 * side * side, config.fc_width),
-            nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.fc_width, config.fc_width),
-            nn.ReLU(inplace=True),
-            nn.Linear(config.fc_width, config.num_classes),
-        )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        self.classifier = dropout_fc_head(c5 * side * side, config.fc_width, config.num_classes, config.dropout)
+        init_relu_layers(self)
 
     def _features(self, x: torch.Tensor, keep_switches: bool) -> SwitchedFeatures:
         switches = []
