@@ -43,7 +43,7 @@ class RawResult:
 
 def _timed_runs(pipeline: ClassifyPipeline, jpegs: list[bytes], seconds: float) -> list[float]:
     pipeline(jpegs)  # warm-up: first runs allocate
-    durations = []
+    durations: list[float] = []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop or len(durations) < 3:
         began = time.perf_counter()

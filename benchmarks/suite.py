@@ -181,22 +181,27 @@ def _at(points: list[Point], system: str, concurrency: int) -> Point | None:
     return next((p for p in points if p.system == system and p.mode == "closed" and p.load == concurrency), None)
 
 
+def _median(point: Point | None, figure: str) -> float | None:
+    return None if point is None else float(getattr(point.result.median, figure))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
     """The figures the performance issue asks for (None where a system was not measured)."""
     ours = [p for p in points if p.system == "ninefold"]
     best = max((p.result.median.throughput for p in ours), default=float("nan"))
     c1, c16 = _at(points, "ninefold", 1), _at(points, "ninefold", 16)
     off16, peer16 = _at(points, "ninefold-no-batching", 16), _at(points, "kserve", 16)
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
+    p50_c1 = _median(c1, "p50_ms")
     return {
         "saturation_vs_raw": best / raw.best_images_per_s,
-        "overhead_ms_c1": c1.result.median.p50_ms - raw.p50_ms_batch1 if c1 else None,
-        "batching_gain_c16": ratio(c16 and c16.result.median.throughput, off16 and off16.result.median.throughput),
-        "vs_peer_c16": ratio(c16 and c16.result.median.throughput, peer16 and peer16.result.median.throughput),
-        "p99_vs_peer_c16": ratio(c16 and c16.result.median.p99_ms, peer16 and peer16.result.median.p99_ms),
+        "overhead_ms_c1": None if p50_c1 is None else p50_c1 - raw.p50_ms_batch1,
+        "batching_gain_c16": _ratio(_median(c16, "throughput"), _median(off16, "throughput")),
+        "vs_peer_c16": _ratio(_median(c16, "throughput"), _median(peer16, "throughput")),
+        "p99_vs_peer_c16": _ratio(_median(c16, "p99_ms"), _median(peer16, "p99_ms")),
     }
 
 
@@ -239,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    summary: dict[str, object] = {**environment(), "plan": settings.plan.__dict__, "models": {}}
+    per_model: dict[str, dict[str, object]] = {}
+    summary: dict[str, object] = {**environment(), "plan": settings.plan.__dict__, "models": per_model}
     if settings.repository is not None:
         summary["startup"] = measure_startup(settings.repository, settings.out / "logs")
     models_dir = build_models(settings.cache, settings.device)
@@ -248,15 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     for model in settings.models:
         raw, points = run_model(model, models_dir, settings, peer)
         all_points += points
-        summary["models"][model] = {  # type: ignore[index]
-            "ratios": ratios(raw, points), "raw": raw.as_dict(), "points": [p.as_dict() for p in points],
-        }
+        figures = ratios(raw, points)
+        per_model[model] = {"ratios": figures, "raw": raw.as_dict(), "points": [p.as_dict() for p in points]}
+        shown = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in figures.items())
+        print(f"bench: {model}: {shown}", file=sys.stderr)
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     (settings.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=_plain))
     write_results(all_points, settings.out, {"date": summary["date"]}, stem="results")
-    for model, figures in summary["models"].items():  # type: ignore[union-attr]
-        shown = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in figures["ratios"].items())
-        print(f"bench: {model}: {shown}", file=sys.stderr)
     print(f"bench: {settings.out}/summary.json, results.md, results.png ({summary['wall_seconds']} s)", file=sys.stderr)
     return 0
 
