@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def parse_weights(specs: Sequence[str]) -> dict[str, Path]:
     return weights
 
 
-def resolve_families(requested: Sequence[str] | None) -> tuple[Family, ...]:
+def resolve_families(requested: Sequence[str] | None) -> tuple[Family[Any], ...]:
     """Families by name (None or ["all"] = every registered one, in registry order)."""
     if requested is None or list(requested) == ["all"]:
         return tuple(get_family(name) for name in family_names())
@@ -103,7 +104,7 @@ def read_state_dict(path: Path, family: str) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def _config_of(family: Family, config_name: str, has_weights: bool) -> FamilyConfig:
+def _config_of(family: Family[Any], config_name: str, has_weights: bool) -> FamilyConfig:
     if config_name not in family.configs:
         raise ExportError(f"{family.name} has no {config_name!r} config; choose one of {sorted(family.configs)}")
     config = family.configs[config_name]
@@ -116,7 +117,7 @@ def _config_of(family: Family, config_name: str, has_weights: bool) -> FamilyCon
 
 def _report(
     name: str,
-    family: Family,
+    family: Family[Any],
     config: FamilyConfig,
     graph: GraphSpec,
     quality: Quality | None,
@@ -159,7 +160,7 @@ def _tensorrt_checks(graph: GraphSpec, folder: Path, session) -> tuple[ParityChe
 
 
 def export_family(
-    family: Family,
+    family: Family[Any],
     config: FamilyConfig,
     out: Path,
     *,

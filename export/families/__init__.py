@@ -7,6 +7,7 @@ module that does not exist yet is skipped, so the pipeline works while families 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from export.families.base import ExportError, Family
 
@@ -23,10 +24,10 @@ FAMILY_MODULES = (
     "stn",
 )
 
-_REGISTRY: dict[str, Family] = {}
+_REGISTRY: dict[str, Family[Any]] = {}
 
 
-def register_family(family: Family) -> Family:
+def register_family(family: Family[Any]) -> Family[Any]:
     """Add a family under its name; a second family with the same name is a programming error."""
     if family.name in _REGISTRY and _REGISTRY[family.name] is not family:
         raise ValueError(f"family {family.name!r} is registered twice")
@@ -51,7 +52,7 @@ def family_names() -> tuple[str, ...]:
     return tuple(known + sorted(set(_REGISTRY) - set(known)))
 
 
-def get_family(name: str) -> Family:
+def get_family(name: str) -> Family[Any]:
     """The family registered under ``name``; an unknown name raises ExportError listing the known ones."""
     load_families()
     try:

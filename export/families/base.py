@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -161,22 +161,36 @@ OnnxRunner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 """Runs the exported graph of the given suffix ("" = main graph) on named inputs -> named outputs."""
 
 
-class Family(Protocol):
+ConfigT = TypeVar("ConfigT", bound=FamilyConfig)
+
+
+class Family(Protocol[ConfigT]):
     """What the pipeline needs from a model family (see the module docstring for the life cycle).
 
-    name: registry name (lower-case, e.g. "resnet"); task: the task of the main graph.
-    configs: "small" and "full" configurations, frozen dataclasses derived from FamilyConfig.
+    Generic in the family's own config type, so that its methods take that type; the registry and the
+    pipeline hold ``Family[Any]``.
     """
 
-    name: str
-    task: str
-    configs: Mapping[str, FamilyConfig]
+    @property
+    def name(self) -> str:
+        """Registry name (lower-case, e.g. "resnet")."""
+        ...
 
-    def build(self, config: FamilyConfig) -> nn.Module:
+    @property
+    def task(self) -> str:
+        """The task of the main graph (one of TASKS)."""
+        ...
+
+    @property
+    def configs(self) -> Mapping[str, ConfigT]:
+        """"small" and "full" configurations, frozen dataclasses derived from FamilyConfig."""
+        ...
+
+    def build(self, config: ConfigT) -> nn.Module:
         """The model with random weights (full configs: torchvision's layout where torchvision has it)."""
         ...
 
-    def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
+    def train(self, model: nn.Module, config: ConfigT, seed: int) -> nn.Module:
         """Train on synthetic data (deterministic from seed; show a tqdm bar); returns the eval-mode model."""
         ...
 
@@ -184,16 +198,16 @@ class Family(Protocol):
         """Load user weights (already read with weights_only=True). Raise WeightsError on a mismatch."""
         ...
 
-    def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
+    def evaluate(self, model: nn.Module, config: ConfigT, seed: int) -> Quality | None:
         """Quality on held-out synthetic data, or None where it means nothing (user weights, full model)."""
         ...
 
-    def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
+    def graphs(self, model: nn.Module, config: ConfigT, seed: int) -> Sequence[GraphSpec]:
         """The graphs to export; the first one is the main model (task = family.task)."""
         ...
 
     def system_parity(
-        self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
+        self, model: nn.Module, config: ConfigT, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
         """Checks across graphs beyond per-output tolerances (captioner: identical greedy captions).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -131,7 +132,20 @@ class ClassifierConfig(FamilyConfig):
     recipe: ClassifierRecipe | None
 
 
-def small_config_fields(image_size: int, recipe: ClassifierRecipe) -> dict[str, object]:
+class ClassifierFields(TypedDict):
+    """The ClassifierConfig fields shared by all five families' small (or full) configs."""
+
+    name: str
+    trainable: bool
+    max_batch_size: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    recipe: ClassifierRecipe | None
+
+
+def small_config_fields(image_size: int, recipe: ClassifierRecipe) -> ClassifierFields:
     """The ClassifierConfig fields every small classifier shares (synthetic shapes, trained)."""
     return {
         "name": "small",
@@ -145,7 +159,7 @@ def small_config_fields(image_size: int, recipe: ClassifierRecipe) -> dict[str, 
     }
 
 
-def full_config_fields() -> dict[str, object]:
+def full_config_fields() -> ClassifierFields:
     """The ClassifierConfig fields every full classifier shares (ImageNet-sized, loads user weights)."""
     return {
         "name": "full",
@@ -180,21 +194,24 @@ def held_out_inputs(count: int, size: int, seed: int, mean: Sequence[float], std
     return normalise(stack_images(scenes), mean, std).numpy()
 
 
+C = TypeVar("C", bound=ClassifierConfig)
+
+
 @dataclass(frozen=True)
-class ClassifierFamily:
+class ClassifierFamily(Generic[C]):
     """A classifier family: networks per config from ``builder``, everything else shared (see module doc)."""
 
     name: str
-    configs: Mapping[str, ClassifierConfig]
-    builder: Callable[[ClassifierConfig], nn.Module]
+    configs: Mapping[str, C]
+    builder: Callable[[C], nn.Module]
     task: str = "classify"
-    weights_variant: Callable[[ClassifierConfig, Mapping[str, torch.Tensor]], ClassifierConfig] | None = None
+    weights_variant: Callable[[C, Mapping[str, torch.Tensor]], C] | None = None
     """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
 
-    def build(self, config: ClassifierConfig) -> nn.Module:
+    def build(self, config: C) -> nn.Module:
         return self.builder(config)
 
-    def train(self, model: nn.Module, config: ClassifierConfig, seed: int) -> nn.Module:
+    def train(self, model: nn.Module, config: C, seed: int) -> nn.Module:
         if config.recipe is None:
             raise ValueError(f"{self.name} {config.name} has no training recipe; it loads weights")
         recipe = config.recipe
@@ -214,14 +231,14 @@ class ClassifierFamily:
         steps = len(data.labels) // recipe.sgd.batch_size
         return fit(model, batches, steps, loss, recipe.sgd, description=f"train {self.name}")
 
-    def load(self, model: nn.Module, config: ClassifierConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    def load(self, model: nn.Module, config: C, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         """Load strictly; a family with variants first rebuilds the model as the variant the keys describe."""
         if self.weights_variant is not None:
             config = self.weights_variant(config, state_dict)
             model = self.builder(config)
         return load_state_dict_strict(model, state_dict, f"{self.name} ({config.name})")
 
-    def evaluate(self, model: nn.Module, config: ClassifierConfig, seed: int) -> Quality | None:
+    def evaluate(self, model: nn.Module, config: C, seed: int) -> Quality | None:
         if config.num_classes != len(SHAPES):
             return None  # user weights for other classes (ImageNet): the synthetic shapes say nothing
         data = classification_set(HELD_OUT_SCENES, config.image_size, seed + HELD_OUT_SEED_OFFSET)
@@ -236,7 +253,7 @@ class ClassifierFamily:
             details={"held_out_scenes": HELD_OUT_SCENES, "per_class_top1": per_class},
         )
 
-    def graphs(self, model: nn.Module, config: ClassifierConfig, seed: int) -> Sequence[GraphSpec]:
+    def graphs(self, model: nn.Module, config: C, seed: int) -> Sequence[GraphSpec]:
         size = config.image_size
         labels = SHAPES if config.num_classes == len(SHAPES) else tuple(f"class_{i}" for i in range(config.num_classes))
         random = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -257,6 +274,6 @@ class ClassifierFamily:
         )
 
     def system_parity(
-        self, model: nn.Module, config: ClassifierConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
+        self, model: nn.Module, config: C, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
         return ()

@@ -96,7 +96,7 @@ _TORCHVISION = {
 
 
 # (bottleneck blocks?, blocks per stage) -> torchvision depth
-_LAYOUTS = {
+_LAYOUTS: dict[tuple[bool, tuple[int, ...]], int] = {
     (False, (2, 2, 2, 2)): 18,
     (False, (3, 4, 6, 3)): 34,
     (True, (3, 4, 6, 3)): 50,

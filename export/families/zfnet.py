@@ -88,8 +88,7 @@ class ZFNet(nn.Module):
 
         def pool(index: int, tensor: torch.Tensor) -> torch.Tensor:
             if not keep_switches:
-                layer = self.pools[index]
-                return nn.functional.max_pool2d(tensor, layer.kernel_size, layer.stride, layer.padding)
+                return nn.functional.max_pool2d(tensor, *_POOLS[index])
             pooled, indices = self.pools[index](tensor)
             switches.append(indices)
             return pooled
