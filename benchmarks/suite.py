@@ -98,6 +98,10 @@ class PeerProcess:
             )
         self._wait_ready(model_dir.name, log)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def _wait_ready(self, model: str, log: Path, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(self.target) as channel:
@@ -138,14 +142,14 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
         with ServerProcess.start(models_dir / repository, log=logs / f"{system}-{model}.log") as server:
             points += asyncio.run(measure_system(
                 server.target, classify_target(model, jpeg), settings.plan,
-                system=system, model=model, metrics_url=server.metrics_url,
+                system=system, model=model, metrics_url=server.metrics_url, server_pid=server.process.pid,
             ))
     if peer is not None:
         process = PeerProcess(peer, models_dir / "batching" / model, logs / f"kserve-{model}.log")
         try:
             points += asyncio.run(measure_system(
                 process.target, v2_image_target(model, "images", jpeg, "logits"), settings.plan,
-                system="kserve", model=model,
+                system="kserve", model=model, server_pid=process.pid,
             ))
         finally:
             process.stop()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import grpc
 
-from clients.bench.loadgen import run_closed_loop, run_open_loop
+from clients.bench.loadgen import Call, Samples, run_closed_loop, run_open_loop
 from clients.bench.report import Point, write_results
-from clients.bench.scrape import average_batch_size, read_batch_counters
+from clients.bench.scrape import average_batch_size, process_cpu_seconds, read_batch_counters
 from clients.bench.stats import combine, summarise
 from clients.bench.targets import Target, classify_target, make_call, v2_image_target
 
@@ -48,21 +48,30 @@ async def measure_system(
     system: str,
     model: str,
     metrics_url: str | None = None,
+    server_pid: int | None = None,
     progress: bool = True,
 ) -> list[Point]:
-    """Every load point of `plan` against one running server, in order."""
+    """Every load point of `plan` against one running server, in order.
+
+    With `server_pid` (a server on this machine) each point also reports the server's CPU time
+    per request; the warm-up then runs as its own short load before the measured window.
+    """
     points: list[Point] = []
     loads = [("closed", float(c)) for c in plan.concurrencies] + [("open", r) for r in plan.rates]
     async with grpc.aio.insecure_channel(server, options=_CHANNEL_OPTIONS) as channel:
         call = make_call(channel, target, plan.timeout_s)
         for mode, load in loads:
-            runs, batch_sizes = [], []
+            runs, batch_sizes, cpu_us = [], [], []
             for _ in range(plan.repeats):
+                warmup_s = plan.warmup_s
+                if server_pid is not None and warmup_s > 0:
+                    await _load(call, mode, load, warmup_s, 0.0)
+                    warmup_s = 0.0
+                cpu_before = process_cpu_seconds(server_pid) if server_pid is not None else None
                 before = read_batch_counters(metrics_url, model) if metrics_url else None
-                if mode == "closed":
-                    samples = await run_closed_loop(call, int(load), plan.duration_s, plan.warmup_s)
-                else:
-                    samples = await run_open_loop(call, load, plan.duration_s, plan.warmup_s)
+                samples = await _load(call, mode, load, plan.duration_s, warmup_s)
+                if cpu_before is not None and server_pid is not None and samples.latencies_s:
+                    cpu_us.append((process_cpu_seconds(server_pid) - cpu_before) / len(samples.latencies_s) * 1e6)
                 if before is not None and metrics_url:
                     batch = average_batch_size(before, read_batch_counters(metrics_url, model))
                     if batch is not None:
@@ -70,21 +79,29 @@ async def measure_system(
                 runs.append(summarise(samples))
             result = combine(runs)
             batch = sum(batch_sizes) / len(batch_sizes) if batch_sizes else None
-            point = Point(system, model, mode, load, result, batch)
+            cpu = sorted(cpu_us)[len(cpu_us) // 2] if cpu_us else None
+            point = Point(system, model, mode, load, result, batch, cpu)
             points.append(point)
             if progress:
                 _print_progress(point)
     return points
 
 
+async def _load(call: Call, mode: str, load: float, duration_s: float, warmup_s: float) -> Samples:
+    if mode == "closed":
+        return await run_closed_loop(call, int(load), duration_s, warmup_s)
+    return await run_open_loop(call, load, duration_s, warmup_s)
+
+
 def _print_progress(point: Point) -> None:
     m = point.result.median
     load = f"c={point.load:g}" if point.mode == "closed" else f"{point.load:g}/s"
     batch = f" batch {point.avg_batch_size:.2f}" if point.avg_batch_size is not None else ""
+    cpu = f" server {point.server_cpu_us:.0f} us/req" if point.server_cpu_us is not None else ""
     errors = f" errors {m.errors}" if m.errors else ""
     print(
         f"  {point.model:>10} {point.system:<20} {load:>7}: {m.throughput:8.1f}/s  "
-        f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms{batch}{errors}",
+        f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms{batch}{cpu}{errors}",
         file=sys.stderr,
         flush=True,
     )
@@ -125,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each repeat")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point; medians and spread are reported")
     parser.add_argument("--metrics-url", help="the server's /metrics URL, to read its average batch size")
+    parser.add_argument("--server-pid", type=int,
+                        help="process id of a server on this machine, to report its CPU time per request")
     parser.add_argument("--system", default="ninefold", help="name of the system in the results")
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="directory for JSON/MD/PNG")
     return parser
@@ -150,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"ninefold bench: {target.description} at {args.server}", file=sys.stderr)
     points = asyncio.run(
-        measure_system(args.server, target, plan, system=args.system, model=args.model, metrics_url=args.metrics_url)
+        measure_system(
+            args.server, target, plan, system=args.system, model=args.model,
+            metrics_url=args.metrics_url, server_pid=args.server_pid,
+        )
     )
     failed = sum(sum(p.result.median.errors.values()) for p in points)
     extra = {"target": target.description, "server": args.server, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -20,6 +20,7 @@ class Point:
     load: float               # concurrency, or requests per second for open loop
     result: Repeated
     avg_batch_size: float | None
+    server_cpu_us: float | None = None  # server CPU time per request (median of repeats), when measured
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -28,6 +29,7 @@ class Point:
             "mode": self.mode,
             "load": self.load,
             "avg_batch_size": self.avg_batch_size,
+            "server_cpu_us_per_request": self.server_cpu_us,
             **self.result.as_dict(),
         }
 
@@ -35,17 +37,19 @@ class Point:
 def markdown_table(points: Sequence[Point]) -> str:
     """A table a person can read: one row per point, medians with the spread of throughput."""
     rows = [
-        "| model | system | load | throughput (/s) | p50 ms | p90 ms | p99 ms | max ms | avg batch | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | system | load | throughput (/s) | p50 ms | p90 ms | p99 ms | max ms | avg batch "
+        "| server CPU us/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for p in points:
         m = p.result.median
         load = f"c={p.load:g}" if p.mode == "closed" else f"{p.load:g}/s"
         batch = f"{p.avg_batch_size:.2f}" if p.avg_batch_size is not None else "-"
+        cpu = f"{p.server_cpu_us:.0f}" if p.server_cpu_us is not None else "-"
         errors = ", ".join(f"{code}: {n}" for code, n in sorted(m.errors.items())) or "-"
         rows.append(
             f"| {p.model} | {p.system} | {load} | {m.throughput:.0f} ± {p.result.spread['throughput'] / 2:.0f} "
-            f"| {m.p50_ms:.2f} | {m.p90_ms:.2f} | {m.p99_ms:.2f} | {m.max_ms:.1f} | {batch} | {errors} |"
+            f"| {m.p50_ms:.2f} | {m.p90_ms:.2f} | {m.p99_ms:.2f} | {m.max_ms:.1f} | {batch} | {cpu} | {errors} |"
         )
     return "\n".join(rows) + "\n"
 

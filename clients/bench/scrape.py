@@ -1,9 +1,11 @@
-"""Read the server's own batching figures from its Prometheus `/metrics` endpoint."""
+"""Read the server's own figures: batching from its Prometheus `/metrics`, CPU time from /proc."""
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,3 +37,13 @@ def average_batch_size(before: BatchCounters, after: BatchCounters) -> float | N
     if executions <= 0:
         return None
     return (after.inferences - before.inferences) / executions
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a local process so far (Linux /proc), all of its threads.
+
+    CPU per request is the figure that survives a shared machine: throughput moves with what
+    else runs, the work a request costs the server much less.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -33,7 +33,7 @@ def _bench(server: ServerProcess, out: Path, *args: str) -> subprocess.Completed
     command = [
         sys.executable, "-m", "clients.cli", "bench", "--server", server.target, "--model", "tiny_classify",
         "--concurrency", "1,4", "--duration", "1", "--warmup", "0.2", "--repeats", "1",
-        "--metrics-url", server.metrics_url, "--out", str(out), *args,
+        "--metrics-url", server.metrics_url, "--server-pid", str(server.process.pid), "--out", str(out), *args,
     ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
@@ -50,6 +50,7 @@ def test_bench_writes_results_with_every_field(server: ServerProcess, tmp_path: 
         assert median["throughput"] > 0
         assert 0 < median["p50_ms"] <= median["p90_ms"] <= median["p99_ms"] <= median["max_ms"]
         assert point["avg_batch_size"] >= 1.0  # read from the server's /metrics
+        assert point["server_cpu_us_per_request"] > 0  # read from /proc for the server's pid
     assert "| tiny_classify | ninefold |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "c=4" in finished.stderr  # progress on the terminal
