@@ -242,6 +242,13 @@ class _Loaded:
 
 Listener = Callable[[], None]
 
+#: With automatic ONNX Runtime threads (--ort-threads 0), a CPU-only model whose warm batch-1 run
+#: takes less than this gets one thread per instance: waking pool threads for every operator then
+#: costs more than the parallelism saves. Measured on the benchmark's tiny 64x64 classifier
+#: (docs/PERFORMANCE.md): server CPU per request 631 vs 758 us at concurrency 1, 499 vs 588 us at
+#: 16; ResNet-18 at 224 (about 11 ms) keeps cores / instances threads.
+LIGHT_MODEL_RUN_S = 0.002
+
 
 class ModelManager:
     """Every model version the server knows, keyed by name and version.
@@ -479,16 +486,29 @@ class ModelManager:
         threads = intra_op_threads(self.settings, cpu_instances)
         trt = tensorrt_installed()
         loaded = _Loaded(placements)
-        try:
+
+        def open_all(threads: int) -> None:
             for placement in placements:
                 choice = select_backend(
                     spec.platform, spec.config.default_model_filename, files, placement.device, trt
                 )
                 backend = open_backend(choice, version_dir / choice.filename, placement.device, self.settings, threads)
                 loaded.backends.append(backend)
+
+        try:
+            open_all(threads)
             resolved = reconcile(spec, loaded.backends[0])
             for backend in loaded.backends:
                 warm_up(resolved, backend)
+            automatic = threads > 1 and self.settings.intra_op_threads == 0 and cpu_instances == len(placements)
+            if automatic and (run_s := _batch_one_seconds(resolved, loaded.backends[0])) < LIGHT_MODEL_RUN_S:
+                log.info("model %s: %.2f ms a batch-1 run: one ONNX Runtime thread", model.name, 1e3 * run_s)
+                for backend in loaded.backends:
+                    backend.close()
+                loaded.backends.clear()
+                open_all(1)
+                for backend in loaded.backends:
+                    warm_up(resolved, backend)
         except BaseException:
             for backend in loaded.backends:
                 backend.close()
@@ -550,6 +570,16 @@ def _compatible(configured: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     return len(configured) == len(declared) and all(
         a == b or -1 in (a, b) for a, b in zip(configured, declared, strict=True)
     )
+
+
+def _batch_one_seconds(spec: ModelSpec, backend: Backend) -> float:
+    """The best of three warm batch-1 runs of `backend`, in seconds."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        warm_up(spec, backend)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def warm_up(spec: ModelSpec, backend: Backend) -> None:

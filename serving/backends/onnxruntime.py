@@ -107,6 +107,7 @@ class OnnxRuntimeBackend:
         self.inputs = tuple(_spec(arg) for arg in self._session.get_inputs())
         self.outputs = tuple(_spec(arg) for arg in self._session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
+        self.threads = options.intra_op_num_threads
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session; ONNX Runtime releases the GIL while it computes."""

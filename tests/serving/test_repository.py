@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import repository
+from serving import models, repository
+from serving.backends import BackendSettings
+from serving.backends.onnxruntime import OnnxRuntimeBackend, intra_op_threads
 from serving.errors import InvalidArgument, NotFound, NotReady
 from serving.models import ModelManager, ModelState
 from serving.placement import Gpu
@@ -99,6 +101,20 @@ def load(repo: Path) -> ModelManager:
     manager = ModelManager(repo)
     asyncio.run(manager.load_all())
     return manager
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_automatic_threads_give_a_light_model_one_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, light: bool
+) -> None:
+    monkeypatch.setattr(models, "LIGHT_MODEL_RUN_S", float("inf") if light else 0.0)
+    write_model(tmp_path, "doubler", doubler_graph(), tensor_config(4))
+    manager = load(tmp_path)
+    backend = manager.get("doubler")._backends[0]
+    assert isinstance(backend, OnnxRuntimeBackend)
+    assert backend.threads == (1 if light else intra_op_threads(BackendSettings(), cpu_instances=1))
+    assert manager.get("doubler").ready
+    asyncio.run(manager.close())
 
 
 def test_a_model_that_fails_to_load_is_not_ready_while_the_others_serve(tmp_path: Path) -> None:
