@@ -14,21 +14,23 @@ import venv
 from pathlib import Path
 
 KSERVE = "kserve==0.21.0"
-EXTRA = ("onnxruntime==1.32.0", "protobuf==7.36.2", "pillow>=11", "numpy>=1.26")
+EXTRA = ("onnxruntime==1.32.0", "protobuf==7.36.2", "pillow>=11", "numpy>=1.26", "simplejpeg==1.9.0")
 
 
 def peer_python(cache: Path) -> Path:
-    """The peer venv's python, creating and filling the venv on first use."""
+    """The peer venv's python, creating and filling the venv on first use (again when the list changes)."""
     root = cache / "kserve-venv"
     python = root / "bin" / "python"
     stamp = root / ".ready"
-    if stamp.exists():
+    wanted = "\n".join((KSERVE, *EXTRA))
+    if stamp.exists() and stamp.read_text() == wanted:
         return python
-    print(f"bench: creating the peer environment in {root} (once)", file=sys.stderr, flush=True)
-    venv.create(root, with_pip=True)
+    print(f"bench: preparing the peer environment in {root} (once)", file=sys.stderr, flush=True)
+    if not python.exists():
+        venv.create(root, with_pip=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, KSERVE], check=True)
     subprocess.run([*pip, *EXTRA], check=True)
-    subprocess.run([str(python), "-c", "import kserve, onnxruntime, PIL"], check=True)
-    stamp.touch()
+    subprocess.run([str(python), "-c", "import kserve, onnxruntime, PIL, simplejpeg"], check=True)
+    stamp.write_text(wanted)
     return python
