@@ -26,6 +26,8 @@ class SmallDetectorShape:
         so the single feature map has stride 2 ** len(widths).
     anchor_sizes / aspect_ratios: the RPN's anchors at every feature-map cell (the paper: 3 x 3).
     representation: width of the two fully connected layers of the box head.
+    train_rois_per_image / train_positive_fraction: RoIs sampled per image for the head's loss, and the
+        share of them overlapping an object.
     num_classes: object classes, background excluded (the model predicts num_classes + 1).
     """
 
@@ -40,6 +42,7 @@ class SmallDetectorShape:
     rpn_post_nms_top_n: int = 50
     detections_per_image: int = 20
     train_rois_per_image: int = 64
+    train_positive_fraction: float = 0.5  # of sampled RoIs (torchvision: 0.25); more object signal per step
     sampling_ratio: int = 1
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
@@ -91,5 +94,6 @@ def build_small(shape: SmallDetectorShape) -> FasterRCNN:
         box_head=head,
         box_predictor=FastRCNNPredictor(shape.representation, shape.num_classes + 1),
         box_batch_size_per_image=shape.train_rois_per_image,
+        box_positive_fraction=shape.train_positive_fraction,
         box_detections_per_img=shape.detections_per_image,
     )
