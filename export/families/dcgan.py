@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from export.data.scenes import SHAPES, Scene, make_scenes, stack_images, stack_labels
+from export.data.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_images, stack_labels
+from export.data.tensors import TRAIN_SEED_OFFSET
 from export.families import register_family
 from export.families.base import (
     FamilyConfig,
@@ -47,6 +48,8 @@ class DcganConfig(FamilyConfig):
         at every scale step towards 4x4 (ngf = ndf = 64 in the paper).
     train_steps / batch_size / train_scenes: alternating D/G steps, images per step, and the size of
         the synthetic training set (small configs only).
+    plain_backgrounds: train on the plain-background scenes only, so that a few thousand steps go
+        into shapes rather than into textures.
     """
 
     image_size: int = 64
@@ -54,7 +57,8 @@ class DcganConfig(FamilyConfig):
     width: int = 64
     train_steps: int = 0
     batch_size: int = 64
-    train_scenes: int = 4000
+    train_scenes: int = 3000
+    plain_backgrounds: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
@@ -68,7 +72,14 @@ class DcganConfig(FamilyConfig):
 
 FULL = DcganConfig(name="full", trainable=False, max_batch_size=64, image_size=64, z_dim=100, width=64)
 SMALL = DcganConfig(
-    name="small", trainable=True, max_batch_size=64, image_size=32, z_dim=32, width=24, train_steps=1500
+    name="small",
+    trainable=True,
+    max_batch_size=64,
+    image_size=32,
+    z_dim=32,
+    width=16,
+    train_steps=2000,
+    train_scenes=2000,
 )
 
 
@@ -142,6 +153,20 @@ class Dcgan(nn.Module):
 def scene_tensor(scenes: Sequence[Scene]) -> torch.Tensor:
     """FP32 [N, 3, S, S] in [-1, 1]: the generator's pixel space."""
     return torch.from_numpy(stack_images(list(scenes))).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def training_scenes(config: DcganConfig, seed: int) -> list[Scene]:
+    """`train_scenes` single-object scenes (plain-background ones only when the config says so)."""
+    if not config.plain_backgrounds:
+        return make_scenes(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
+    plain = f"on a {TEXTURES[0]} background"
+    scenes: list[Scene] = []
+    draw = seed + TRAIN_SEED_OFFSET
+    while len(scenes) < config.train_scenes:
+        drawn = make_scenes(config.train_scenes * len(TEXTURES), config.image_size, draw)
+        scenes += [scene for scene in drawn if scene.caption.endswith(plain)]
+        draw += 1
+    return scenes[: config.train_scenes]
 
 
 def train_gan(model: Dcgan, config: DcganConfig, real_images: torch.Tensor, seed: int) -> Dcgan:
@@ -254,8 +279,7 @@ class DcganFamily:
     def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
         dcgan_config = _own(config)
         torch.manual_seed(seed)
-        real = scene_tensor(make_scenes(dcgan_config.train_scenes, dcgan_config.image_size, seed))
-        return train_gan(_dcgan(model), dcgan_config, real, seed)
+        return train_gan(_dcgan(model), dcgan_config, scene_tensor(training_scenes(dcgan_config, seed)), seed)
 
     def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         load_state_dict_strict(_dcgan(model).generator, state_dict, f"dcgan_{config.name} generator")

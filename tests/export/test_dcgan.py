@@ -1,14 +1,28 @@
 """DCGAN family: generator/discriminator contracts, checkpoint loading, a smoke training run."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 
 from export.families import get_family
 from export.families.base import WeightsError
-from export.families.dcgan import FULL, SMALL, Dcgan, Discriminator, Generator, Judge, judge_samples, train_gan
+from export.families.dcgan import (
+    FULL,
+    SMALL,
+    Dcgan,
+    Discriminator,
+    Generator,
+    Judge,
+    judge_samples,
+    train_gan,
+    training_scenes,
+)
 
 TINY = replace(SMALL, image_size=16, z_dim=8, width=4, train_steps=3, batch_size=4)
 
@@ -61,6 +75,13 @@ def test_mismatched_checkpoint_is_refused_with_the_differences(tmp_path: Path) -
         family.load(family.build(FULL), FULL, torch.load(path, weights_only=True))
 
 
+def test_training_scenes_keep_plain_backgrounds_only() -> None:
+    scenes = training_scenes(replace(SMALL, train_scenes=12), seed=0)
+    assert len(scenes) == 12
+    assert all(scene.caption.endswith("on a plain background") for scene in scenes)
+    assert len(training_scenes(replace(SMALL, train_scenes=12, plain_backgrounds=False), seed=0)) == 12
+
+
 def test_smoke_training_updates_both_nets_and_returns_eval_mode() -> None:
     torch.manual_seed(0)
     model = Dcgan(TINY)
@@ -78,3 +99,49 @@ def test_judge_counts_confident_samples_per_class() -> None:
     fraction, counts = judge_samples(judge, Generator(TINY).eval(), torch.randn(16, TINY.z_dim))
     assert 0.0 <= fraction <= 1.0
     assert len(counts) == 8 and sum(counts) == round(fraction * 16)
+
+
+@pytest.fixture(scope="module")
+def generator_folder(small_repository: Path) -> Path:
+    return small_repository / "dcgan_small"
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "1" / "export_report.json").read_text())
+
+
+def test_exported_generator_report_has_parity_and_an_honest_judge(generator_folder: Path) -> None:
+    report = _report(generator_folder)
+    assert report["task"] == "generate"
+    assert report["parity"]["passed"]
+    assert max(check["max_abs_diff"] for check in report["parity"]["checks"]) <= 1e-4
+    details = report["quality"]["details"]
+    assert report["quality"]["metric"] == "confident_fraction_every_class"
+    assert details["judge_accuracy_real_held_out"] >= 0.95
+    # The judge is no pushover: an untrained generator's noise does not pass it.
+    assert details["untrained_generator_confident_fraction"] < 0.7
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="dcgan_small misses the bar in its CPU budget: measured 8-16% confident samples after 2000-4000 "
+    "steps (plain DCGAN and two AC-GAN variants); see docs/EXPORT_FAMILIES.md",
+)
+def test_exported_generator_meets_the_quality_bar(generator_folder: Path) -> None:
+    quality = _report(generator_folder)["quality"]
+    assert quality["passed"] and quality["value"] >= 0.7
+    assert quality["details"]["every_class_present"]
+
+
+def test_exported_generator_serves_any_batch_in_output_range(generator_folder: Path) -> None:
+    session = onnxruntime.InferenceSession(
+        str(generator_folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    onnx.checker.check_model(str(generator_folder / "1" / "model.onnx"))
+    config = (generator_folder / "config.pbtxt").read_text()
+    assert 'key: "output_range" value { string_value: "[-1.0, 1.0]" }' in config
+    for batch in (1, 5):
+        z = np.random.default_rng(batch).standard_normal((batch, SMALL.z_dim), dtype=np.float32)
+        (images,) = session.run(["images"], {"z": z})
+        assert images.shape == (batch, 3, SMALL.image_size, SMALL.image_size)
+        assert images.min() >= -1.0 and images.max() <= 1.0
