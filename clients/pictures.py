@@ -40,19 +40,24 @@ def enlarge(image: np.ndarray | bytes | Image.Image, side: int = TILE_SIDE) -> I
 def draw_boxes(
     image: Image.Image, boxes: Sequence[tuple[float, float, float, float]], labels: Sequence[str], scale: float
 ) -> Image.Image:
-    """Boxes (x1, y1, x2, y2 in the original pixel grid) multiplied by `scale`, each with its label."""
+    """Boxes (x1, y1, x2, y2 in the original pixel grid) multiplied by `scale`, each with its label.
+
+    Every box first, then every label, the first item's last: pass detections best first and the
+    best one's label is never covered by another box or label."""
     drawn = image.copy()
     draw = ImageDraw.Draw(drawn)
     font = _font()
-    for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
-        color = BOX_COLORS[i % len(BOX_COLORS)]
-        x1, y1, x2, y2 = (v * scale for v in box)
+    scaled = [tuple(v * scale for v in box) for box in boxes]
+    colors = [BOX_COLORS[i % len(BOX_COLORS)] for i in range(len(scaled))]
+    for (x1, y1, x2, y2), color in zip(scaled, colors, strict=True):
         draw.rectangle((x1, y1, x2, y2), outline=color, width=3)
+    for (x1, y1, _, _), color, label in reversed(list(zip(scaled, colors, labels, strict=True))):
         left, top, right, bottom = font.getbbox(label)
         width, height = right - left + 2 * LINE_GAP, bottom - top + 2 * LINE_GAP
+        label_x = min(x1, drawn.width - width)  # keep the label inside the picture
         label_y = max(y1 - height, 0)  # above the box, or inside it at the top edge
-        draw.rectangle((x1, label_y, x1 + width, label_y + height), fill=color)
-        draw.text((x1 + LINE_GAP - left, label_y + LINE_GAP - top), label, fill=(0, 0, 0), font=font)
+        draw.rectangle((label_x, label_y, label_x + width, label_y + height), fill=color)
+        draw.text((label_x + LINE_GAP - left, label_y + LINE_GAP - top), label, fill=(0, 0, 0), font=font)
     return drawn
 
 
