@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -32,12 +33,22 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+
+@dataclass(frozen=True)
+class Stage:
+    """A subcommand owned by another stage: its module has `main(argv) -> int`."""
+
+    module: str
+    help: str
+    extra: str
+    """The pyproject extra that installs what the module imports."""
+
+
 STAGES = {
-    "export": ("export.__main__", "train or load the families and export them into a model repository", "export"),
-    "serve": ("serving.__main__", "run the gRPC server on a model repository", "cpu"),
-    "bench": ("clients.bench", "measure the server under load", "bench"),
+    "export": Stage("export.__main__", "train or load the families and export them into a model repository", "export"),
+    "serve": Stage("serving.__main__", "run the gRPC server on a model repository", "cpu"),
+    "bench": Stage("clients.bench", "measure the server under load", "bench"),
 }
-"""Subcommands owned by other stages: module with `main(argv) -> int`, help, the extra it needs."""
 
 
 Handler = Callable[[VisionClient, argparse.Namespace], Iterator[Output]]
@@ -109,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     models = task("models", "the server's models, versions, tasks and readiness", _models, [connection])
     models.add_argument("--task", default="", help="only models serving this task")
-    for name, (_, help_text, _) in STAGES.items():
-        commands.add_parser(name, help=f"{help_text} (see `{PROG} {name} --help`)", add_help=False)
+    for name, stage in STAGES.items():
+        commands.add_parser(name, help=f"{stage.help} (see `{PROG} {name} --help`)", add_help=False)
     return parser
 
 
@@ -172,16 +183,17 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def _run_stage(name: str, argv: list[str]) -> int:
-    module_name, _, extra = STAGES[name]
+    stage = STAGES[name]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(stage.module)
     except ImportError as error:
         return _fail(
-            f"`{PROG} {name}` cannot start: {error} (it needs the `{extra}` extra: pip install 'ninefold[{extra}]')"
+            f"`{PROG} {name}` cannot start: {error} (it needs the `{stage.extra}` extra: "
+            f"pip install 'ninefold[{stage.extra}]')"
         )
     stage_main = getattr(module, "main", None)
     if stage_main is None:
-        return _fail(f"`{PROG} {name}` is not available: {module_name} has no main(argv)")
+        return _fail(f"`{PROG} {name}` is not available: {stage.module} has no main(argv)")
     return int(stage_main(argv) or 0)
 
 
