@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from deploy_support import K8S, OVERLAYS, find_tool
+from tests.deploy.deploy_support import K8S, OVERLAYS, find_tool
 
 from tests.serving.conftest import RunningServer, start_server
 from tests.serving.tiny_repository import write_tiny_repository

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from deploy_support import OVERLAYS, ROOT
+from tests.deploy.deploy_support import OVERLAYS, ROOT
 
 DOC = ROOT / "docs" / "DEPLOY.md"
 PATH_PATTERN = re.compile(r"(?<![\w/.])((?:k8s|scripts|docker|tests|docs)/[\w./-]*[\w/]|Dockerfile|\.dockerignore)")

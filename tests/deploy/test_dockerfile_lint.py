@@ -6,7 +6,7 @@ import fnmatch
 import re
 import subprocess
 
-from deploy_support import ROOT, find_tool
+from tests.deploy.deploy_support import ROOT, find_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 

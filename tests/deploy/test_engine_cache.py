@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from deploy_support import ROOT
+from tests.deploy.deploy_support import ROOT
 from onnx import TensorProto, helper
 
 from clients.client import VisionClient

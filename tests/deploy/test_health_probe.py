@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from deploy_support import ROOT
+from tests.deploy.deploy_support import ROOT
 
 from tests.serving.conftest import RunningServer, free_port
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from deploy_support import K8S, prometheus_rule_groups
+from tests.deploy.deploy_support import K8S, prometheus_rule_groups
 
 from clients.client import VisionClient
 from clients.errors import VisionError
