@@ -193,6 +193,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _cpu(point: Point | None) -> float | None:
+    return None if point is None else point.server_cpu_us
+
+
 def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
     """The figures the performance issue asks for (None where a system was not measured)."""
     ours = [p for p in points if p.system == "ninefold"]
@@ -206,6 +210,12 @@ def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
         "batching_gain_c16": _ratio(_median(c16, "throughput"), _median(off16, "throughput")),
         "vs_peer_c16": _ratio(_median(c16, "throughput"), _median(peer16, "throughput")),
         "p99_vs_peer_c16": _ratio(_median(c16, "p99_ms"), _median(peer16, "p99_ms")),
+        # CPU time per request: what survives a shared machine (> 1 = ninefold costs less)
+        "cpu_vs_peer_c16": _ratio(_cpu(peer16), _cpu(c16)),
+        "cpu_vs_raw": _ratio(
+            min(raw.cpu_us_per_image.values(), default=None),
+            min((p.server_cpu_us for p in ours if p.server_cpu_us is not None), default=None),
+        ),
     }
 
 

@@ -64,16 +64,17 @@ def test_bench_counts_errors_by_status_code(server: ServerProcess, tmp_path: Pat
     assert set(results["points"][0]["median"]["errors"]) == {"NOT_FOUND"}
 
 
-def _point(system: str, load: int, throughput: float, p50: float, p99: float) -> Point:
+def _point(system: str, load: int, throughput: float, p50: float, p99: float, cpu_us: float = 500.0) -> Point:
     summary = PointSummary(throughput, p50, p50, p99, p99, completed=10, errors={})
-    return Point(system, "m", "closed", load, combine([summary]), None)
+    return Point(system, "m", "closed", load, combine([summary]), None, cpu_us)
 
 
 def test_summary_ratios_compare_systems_at_the_same_load() -> None:
-    raw = RawResult(p50_ms_batch1=1.0, p99_ms_batch1=1.5, images_per_s={1: 800.0, 8: 1000.0})
+    raw = RawResult(p50_ms_batch1=1.0, p99_ms_batch1=1.5, images_per_s={1: 800.0, 8: 1000.0},
+                    cpu_us_per_image={1: 300.0, 8: 250.0})
     points = [
-        _point("ninefold", 1, 700, 1.3, 2.0), _point("ninefold", 16, 900, 17.0, 30.0),
-        _point("ninefold-no-batching", 16, 750, 20.0, 40.0), _point("kserve", 16, 600, 25.0, 60.0),
+        _point("ninefold", 1, 700, 1.3, 2.0, 600.0), _point("ninefold", 16, 900, 17.0, 30.0, 500.0),
+        _point("ninefold-no-batching", 16, 750, 20.0, 40.0), _point("kserve", 16, 600, 25.0, 60.0, 750.0),
     ]
     figures = ratios(raw, points)
     assert figures["saturation_vs_raw"] == pytest.approx(0.9)
@@ -81,3 +82,5 @@ def test_summary_ratios_compare_systems_at_the_same_load() -> None:
     assert figures["batching_gain_c16"] == pytest.approx(1.2)
     assert figures["vs_peer_c16"] == pytest.approx(1.5)
     assert figures["p99_vs_peer_c16"] == pytest.approx(0.5)
+    assert figures["cpu_vs_peer_c16"] == pytest.approx(1.5)
+    assert figures["cpu_vs_raw"] == pytest.approx(0.5)
