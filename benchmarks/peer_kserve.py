@@ -37,7 +37,10 @@ class PeerClassifier(kserve.Model):
 
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
         assert self._pipeline is not None
-        jpegs = [bytes(item) for item in payload.inputs[0].data]
+        # as_numpy: over gRPC the BYTES tensor arrives in raw_input_contents (`.data` is empty then)
+        jpegs = [bytes(item) for item in payload.inputs[0].as_numpy().reshape(-1)]
+        if not jpegs:
+            raise ValueError("the request carries no image")
         pipeline = self._pipeline
         answers = await asyncio.to_thread(pipeline, jpegs, TOP_K)  # keep ORT off the event loop
         strings = np.array(
