@@ -33,10 +33,12 @@ from benchmarks.pipeline import ClassifyPipeline
 from benchmarks.raw import RawResult, measure_raw
 from clients.bench import LoadPlan, measure_system
 from clients.bench.report import Point, write_results
-from clients.bench.targets import classify_target, v2_image_target
+from clients.bench.targets import CLASSIFY_METHOD, Target, classify_target, v2_image_target
 from clients.server_process import ServerProcess, free_ports
+from clients.v2 import response_arrays
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
+from protos.ninefold.v1 import vision_pb2
 from serving.placement import CPU, Device, discover_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +126,31 @@ class PeerProcess:
             self._process.kill()
 
 
+def first_label(method: str, response: bytes) -> str:
+    """The top-1 label of the first image in a serialised Classify or v2 classification response."""
+    if method == CLASSIFY_METHOD:
+        return vision_pb2.ClassifyResponse.FromString(response).results[0].predictions[0].label
+    answer = v2.ModelInferResponse.FromString(response)
+    if answer.raw_output_contents:
+        entry = response_arrays(answer)[answer.outputs[0].name].reshape(-1)[0]
+    else:
+        entry = answer.outputs[0].contents.bytes_contents[0]
+    return bytes(entry).decode().split(":", 2)[2]  # Triton's "score:index:label"
+
+
+def check_answer(address: str, target: Target, expected: str, system: str) -> None:
+    """One request before timing: the system must give the raw pipeline's top-1 label, so a system
+    that answers fast but wrong (or empty) cannot win the benchmark."""
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        response = channel.unary_unary(target.method)(target.payload, timeout=120)
+    try:
+        label = first_label(target.method, response)
+    except (IndexError, ValueError) as error:
+        raise RuntimeError(f"{system} answered no classification ({error}); see its log") from None
+    if label != expected:
+        raise RuntimeError(f"{system} answered '{label}', the raw pipeline '{expected}': not the same work")
+
+
 def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | None) -> tuple[RawResult, list[Point]]:
     """Raw, ninefold (batching on, off) and the peer on one model; one system running at a time."""
     size = MODELS[model]
@@ -132,6 +159,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     pipeline = ClassifyPipeline(models_dir / "batching" / model, device=pipeline_device(settings.device))
     seconds = max(1.0, settings.plan.duration_s / 2)
     raw = measure_raw(pipeline, jpeg, RAW_BATCH_SIZES, seconds)
+    expected = pipeline([jpeg], k=1)[0].labels[0]
     del pipeline
     print(f"  raw: batch 1 p50 {raw.p50_ms_batch1:.2f} ms; best {raw.best_images_per_s:.0f} img/s at batch "
           f"{raw.best_batch_size}", file=sys.stderr, flush=True)
@@ -140,6 +168,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     logs.mkdir(parents=True, exist_ok=True)
     for system, repository in (("ninefold", "batching"), ("ninefold-no-batching", "unbatched")):
         with ServerProcess.start(models_dir / repository, log=logs / f"{system}-{model}.log") as server:
+            check_answer(server.target, classify_target(model, jpeg), expected, system)
             points += asyncio.run(measure_system(
                 server.target, classify_target(model, jpeg), settings.plan,
                 system=system, model=model, metrics_url=server.metrics_url, server_pid=server.process.pid,
@@ -147,8 +176,10 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     if peer is not None:
         process = PeerProcess(peer, models_dir / "batching" / model, logs / f"kserve-{model}.log")
         try:
+            peer_target = v2_image_target(model, "images", jpeg, "logits")
+            check_answer(process.target, peer_target, expected, "kserve")
             points += asyncio.run(measure_system(
-                process.target, v2_image_target(model, "images", jpeg, "logits"), settings.plan,
+                process.target, peer_target, settings.plan,
                 system="kserve", model=model, server_pid=process.pid,
             ))
         finally:
