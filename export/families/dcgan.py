@@ -46,8 +46,8 @@ class DcganConfig(FamilyConfig):
     z_dim: length of the standard-normal latent vector (100 in the paper).
     width: channels of the generator's last hidden layer and the discriminator's first; they double
         at every scale step towards 4x4 (ngf = ndf = 64 in the paper).
-    train_steps / batch_size / train_scenes: alternating D/G steps, images per step, and the size of
-        the synthetic training set (small configs only).
+    train_steps / batch_size / train_scenes / lr: alternating D/G steps, images per step, the size of
+        the synthetic training set and Adam's learning rate (small configs only; 2e-4 in the paper).
     plain_backgrounds: train on the plain-background scenes only, so that a few thousand steps go
         into shapes rather than into textures.
     """
@@ -59,6 +59,7 @@ class DcganConfig(FamilyConfig):
     batch_size: int = 64
     train_scenes: int = 3000
     plain_backgrounds: bool = True
+    lr: float = 2e-4
 
     def __post_init__(self) -> None:
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
@@ -80,6 +81,7 @@ SMALL = DcganConfig(
     width=16,
     train_steps=2000,
     train_scenes=2000,
+    lr=8e-4,  # 4x the paper's: measured 17% confident samples at 2000 steps against 3.5% at 2e-4
 )
 
 
@@ -173,14 +175,14 @@ def train_gan(model: Dcgan, config: DcganConfig, real_images: torch.Tensor, seed
     """Alternating D/G updates on `real_images` FP32 [N, 3, S, S] in [-1, 1]; returns `model` in eval mode.
 
     D maximises log D(x) + log(1 - D(G(z))); G maximises log D(G(z)) (the non-saturating loss of
-    Goodfellow et al.). Adam(2e-4, beta1 0.5) for both and batches of real images only or fake
+    Goodfellow et al.). Adam(config.lr, beta1 0.5) for both and batches of real images only or fake
     images only through D, as DCGAN.
     """
     set_threads()
     rng = torch.Generator().manual_seed(seed)
     generator, discriminator = model.generator.train(), model.discriminator.train()
-    g_opt = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))
     ones, zeros = torch.ones(config.batch_size), torch.zeros(config.batch_size)
     with tqdm(total=config.train_steps, desc=f"dcgan_{config.name} train", unit="step", leave=False) as bar:
         for _ in range(config.train_steps):
