@@ -33,6 +33,7 @@ from export.families.base import (
     load_state_dict_strict,
     preprocessing_parameter,
 )
+from export.families.narrow import narrow
 from export.repository import model_name
 from export.train import set_threads
 
@@ -333,10 +334,10 @@ class CaptionerFamily:
     configs: Mapping[str, CaptionerConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
-        return Captioner(_own(config), synthetic_vocabulary())
+        return Captioner(narrow(config, CaptionerConfig, self.name), synthetic_vocabulary())
 
     def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
-        return train_captioner(_captioner(model), _own(config), seed)
+        return train_captioner(narrow(model, Captioner, self.name), narrow(config, CaptionerConfig, self.name), seed)
 
     def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         return load_state_dict_strict(model, state_dict, f"captioner_{config.name}")
@@ -345,9 +346,10 @@ class CaptionerFamily:
         """Corpus BLEU-4 of greedy captions on held-out scenes; beam-search BLEU-4 on a subset as a detail."""
         if not config.trainable:
             return None
-        captioner = _captioner(model).eval()
+        captioner = narrow(model, Captioner, self.name).eval()
         vocabulary = captioner.vocabulary
-        scenes = make_scenes(EVAL_SCENES, _own(config).image_size, seed + HELD_OUT_SEED_OFFSET)
+        size = narrow(config, CaptionerConfig, self.name).image_size
+        scenes = make_scenes(EVAL_SCENES, size, seed + HELD_OUT_SEED_OFFSET)
         images = _images(scenes)
         references = [[tokenize(scene.caption)] for scene in scenes]
         greedy = [vocabulary.decode(ids) for ids in captioner.greedy(images, caption_max_length())]
@@ -374,8 +376,8 @@ class CaptionerFamily:
 
     def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
         """The encoder (task caption) and one decoder step (task caption_decoder, suffix `_decoder`)."""
-        captioner_config = _own(config)
-        captioner = _captioner(model).eval()
+        captioner_config = narrow(config, CaptionerConfig, self.name)
+        captioner = narrow(model, Captioner, self.name).eval()
         vocabulary = captioner.vocabulary
         side, state = captioner_config.image_size, captioner_config.hidden_size
         rng = np.random.default_rng(seed)
@@ -432,8 +434,8 @@ class CaptionerFamily:
         self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
         """Greedy captions from a numpy loop over the two ONNX graphs must equal PyTorch's, word for word."""
-        captioner = _captioner(model).eval()
-        scenes = make_scenes(PARITY_SCENES, _own(config).image_size, PARITY_SEED)
+        captioner = narrow(model, Captioner, self.name).eval()
+        scenes = make_scenes(PARITY_SCENES, narrow(config, CaptionerConfig, self.name).image_size, PARITY_SEED)
         images = _images(scenes)
         max_length = caption_max_length()
         expected = captioner.greedy(images, max_length)
@@ -467,18 +469,6 @@ class CaptionerFamily:
 
 DECODER_SUFFIX = "_decoder"
 LOGPROB_TOLERANCE = 1e-4
-
-
-def _own(config: FamilyConfig) -> CaptionerConfig:
-    if not isinstance(config, CaptionerConfig):
-        raise TypeError(f"captioner needs a CaptionerConfig, got {type(config).__name__}")
-    return config
-
-
-def _captioner(model: nn.Module) -> Captioner:
-    if not isinstance(model, Captioner):
-        raise TypeError(f"captioner needs a Captioner module, got {type(model).__name__}")
-    return model
 
 
 register_family(CaptionerFamily())

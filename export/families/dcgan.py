@@ -35,6 +35,7 @@ from export.families.base import (
     Tolerance,
     load_state_dict_strict,
 )
+from export.families.narrow import narrow
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
 
@@ -276,29 +277,31 @@ class DcganFamily:
     configs: Mapping[str, DcganConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
-        return Dcgan(_own(config))
+        return Dcgan(narrow(config, DcganConfig, self.name))
 
     def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
-        dcgan_config = _own(config)
+        dcgan_config = narrow(config, DcganConfig, self.name)
         torch.manual_seed(seed)
-        return train_gan(_dcgan(model), dcgan_config, scene_tensor(training_scenes(dcgan_config, seed)), seed)
+        return train_gan(
+            narrow(model, Dcgan, self.name), dcgan_config, scene_tensor(training_scenes(dcgan_config, seed)), seed
+        )
 
     def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-        load_state_dict_strict(_dcgan(model).generator, state_dict, f"dcgan_{config.name} generator")
+        load_state_dict_strict(narrow(model, Dcgan, self.name).generator, state_dict, f"dcgan_{config.name} generator")
         return model.eval()
 
     def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
         """Judge-classifier confidence on generated samples; the value is 0 unless every class appears."""
         if not config.trainable:
             return None
-        dcgan_config = _own(config)
-        generator = _dcgan(model).generator.eval()
+        dcgan_config = narrow(config, DcganConfig, self.name)
+        generator = narrow(model, Dcgan, self.name).generator.eval()
         judge, judge_accuracy = train_judge(dcgan_config, seed + 1000)
         z = torch.randn(SAMPLES, dcgan_config.z_dim, generator=torch.Generator().manual_seed(seed + 2000))
         fraction, counts = judge_samples(judge.eval(), generator, z)
         untrained_fraction, _ = judge_samples(judge, Generator(dcgan_config).eval(), z)
         real = scene_tensor(make_scenes(SAMPLES, dcgan_config.image_size, seed + 3000))
-        discriminator = _dcgan(model).discriminator.eval()
+        discriminator = narrow(model, Dcgan, self.name).discriminator.eval()
         with torch.no_grad():
             d_real = float(torch.sigmoid(discriminator(real)).mean())
             d_fake = float(torch.sigmoid(discriminator(generator(z))).mean())
@@ -322,12 +325,12 @@ class DcganFamily:
         )
 
     def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
-        dcgan_config = _own(config)
+        dcgan_config = narrow(config, DcganConfig, self.name)
         rng = np.random.default_rng(seed)
         side = dcgan_config.image_size
         return (
             GraphSpec(
-                module=_dcgan(model).generator.eval(),
+                module=narrow(model, Dcgan, self.name).generator.eval(),
                 inputs=(TensorSpec("z", (dcgan_config.z_dim,)),),
                 outputs=(TensorSpec("images", (3, side, side), tolerance=Tolerance(atol=1e-4)),),
                 parity_cases=(
@@ -347,18 +350,6 @@ class DcganFamily:
 
 
 OUTPUT_RANGE = [-1.0, 1.0]
-
-
-def _own(config: FamilyConfig) -> DcganConfig:
-    if not isinstance(config, DcganConfig):
-        raise TypeError(f"dcgan needs a DcganConfig, got {type(config).__name__}")
-    return config
-
-
-def _dcgan(model: nn.Module) -> Dcgan:
-    if not isinstance(model, Dcgan):
-        raise TypeError(f"dcgan needs a Dcgan module, got {type(model).__name__}")
-    return model
 
 
 register_family(DcganFamily())

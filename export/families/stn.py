@@ -31,6 +31,7 @@ from export.families.base import (
     load_state_dict_strict,
     preprocessing_parameter,
 )
+from export.families.narrow import narrow
 from export.repository import LABELS_FILE
 from export.train import set_threads
 
@@ -209,10 +210,10 @@ class StnFamily:
     configs: Mapping[str, StnConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
-        return SpatialTransformerNet(_own(config))
+        return SpatialTransformerNet(narrow(config, StnConfig, self.name))
 
     def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
-        return train_stn(_stn(model), _own(config), seed)
+        return train_stn(narrow(model, SpatialTransformerNet, self.name), narrow(config, StnConfig, self.name), seed)
 
     def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         return load_state_dict_strict(model, state_dict, f"stn_{config.name}")
@@ -222,9 +223,9 @@ class StnFamily:
         scene by at least ERROR_REDUCTION_THRESHOLD (the value is 0 when it does not)."""
         if not config.trainable:
             return None
-        data = distorted_set(EVAL_SCENES, _own(config).image_size, seed + HELD_OUT_SEED_OFFSET)
+        data = distorted_set(EVAL_SCENES, narrow(config, StnConfig, self.name).image_size, seed + HELD_OUT_SEED_OFFSET)
         with torch.no_grad():
-            warped, theta, logits = _stn(model).eval()(data.images)
+            warped, theta, logits = narrow(model, SpatialTransformerNet, self.name).eval()(data.images)
         accuracy = float((logits.argmax(dim=1) == data.labels).float().mean())
         canonical = data.canonical.astype(np.float32)
         error_before = float(np.abs(to_pixels(data.images) - canonical).mean())
@@ -247,13 +248,13 @@ class StnFamily:
         )
 
     def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
-        stn_config = _own(config)
+        stn_config = narrow(config, StnConfig, self.name)
         side = stn_config.image_size
         rng = np.random.default_rng(seed)
         real = distorted_set(4, side, seed + HELD_OUT_SEED_OFFSET).images.numpy()
         return (
             GraphSpec(
-                module=_stn(model).eval(),
+                module=narrow(model, SpatialTransformerNet, self.name).eval(),
                 inputs=(TensorSpec("images", (3, side, side)),),
                 outputs=(
                     TensorSpec("warped", (3, side, side)),
@@ -275,18 +276,6 @@ class StnFamily:
         self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
         return ()
-
-
-def _own(config: FamilyConfig) -> StnConfig:
-    if not isinstance(config, StnConfig):
-        raise TypeError(f"stn needs a StnConfig, got {type(config).__name__}")
-    return config
-
-
-def _stn(model: nn.Module) -> SpatialTransformerNet:
-    if not isinstance(model, SpatialTransformerNet):
-        raise TypeError(f"stn needs a SpatialTransformerNet module, got {type(model).__name__}")
-    return model
 
 
 register_family(StnFamily())
