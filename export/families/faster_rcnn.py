@@ -50,6 +50,7 @@ from export.families.detection.batched import BatchedFasterRCNN
 from export.families.detection.mean_ap import ImageDetections
 from export.families.detection.small import SmallDetectorShape, build_small
 from export.families.detection.training import evaluate_detector, scene_set, train_detector
+from export.families.narrow import narrow
 from export.repository import LABELS_FILE
 from export.train import SGDRecipe, set_threads
 
@@ -323,15 +324,11 @@ def torchvision_detections(detector: FasterRCNN, pixels: np.ndarray) -> list[Ima
 
 
 def _own(config: FamilyConfig) -> FasterRCNNConfig:
-    if not isinstance(config, FasterRCNNConfig):
-        raise TypeError(f"faster_rcnn needs a FasterRCNNConfig, got {type(config).__name__}")
-    return config
+    return narrow(config, FasterRCNNConfig, "faster_rcnn")
 
 
 def _detector(model: nn.Module) -> FasterRCNN:
-    if not isinstance(model, FasterRCNN):
-        raise TypeError(f"faster_rcnn needs a torchvision FasterRCNN module, got {type(model).__name__}")
-    return model
+    return narrow(model, FasterRCNN, "faster_rcnn")
 
 
 register_family(FasterRCNNFamily())
