@@ -54,7 +54,27 @@ def export_graph(graph: GraphSpec, path: Path, opset: int = OPSET) -> None:
             dynamic_axes=dynamic_axes((*graph.inputs, *graph.outputs)),
             do_constant_folding=True,
         )
+    declare_output_dims(path, graph.outputs)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def declare_output_dims(path: Path, outputs: Sequence[TensorSpec]) -> None:
+    """Write the declared fixed dims into the graph's output shapes.
+
+    The TorchScript exporter leaves some output dims symbolic (e.g. ``GridSamplewarped_dim_2``) although
+    they are fixed; the graph then disagrees with config.pbtxt. Parity still checks the real shapes.
+    """
+    model = onnx.load(str(path))
+    by_name = {tensor.name: tensor for tensor in outputs}
+    changed = False
+    for value in model.graph.output:
+        axes = value.type.tensor_type.shape.dim
+        for axis, dim in zip(axes[1:], by_name[value.name].dims, strict=True):
+            if dim > 0 and axis.dim_value != dim:
+                axis.dim_value = dim  # clears the dim_param (a oneof)
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def open_session(path: Path, threads: int = 1) -> onnxruntime.InferenceSession:

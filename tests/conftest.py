@@ -4,6 +4,9 @@
 once per test run. On a developer machine it is cached under .cache/small_repository/<key>, the key being a
 hash of the export/ sources, so an unchanged export stage is not retrained; with CI set it is built fresh
 in a temporary folder. A file lock makes concurrent pytest runs share one build.
+
+The build runs after collection (``pytest_collection_finish``), only when a collected test uses the
+fixture, so that it is not charged to the first test's timeout (minutes on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "small_repository"
 COMPLETE_MARKER = ".complete"
+FIXTURE = "small_repository"
+
+_prepared: dict[str, Path] = {}
 
 
 def export_sources_key() -> str:
@@ -37,11 +44,10 @@ def _build(out: Path) -> None:
     build_repository(out, families=None, config="small", seed=0)
 
 
-@pytest.fixture(scope="session")
-def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of a repository with all registered small families (see the module docstring)."""
+def _prepare() -> Path:
+    """Build (or reuse from the cache) the repository of all registered small families."""
     if os.environ.get("CI"):
-        out = tmp_path_factory.mktemp("small_repository")
+        out = Path(tempfile.mkdtemp(prefix="ninefold-small-repository-"))
         _build(out)
         return out
     out = CACHE / export_sources_key()
@@ -54,3 +60,23 @@ def small_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if export_sources_key() == out.name:  # sources edited during the build: use it, don't keep it
                 (out / COMPLETE_MARKER).touch()
     return out
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any(FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
+        _prepared[FIXTURE] = _prepare()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if os.environ.get("CI") and FIXTURE in _prepared:
+        shutil.rmtree(_prepared[FIXTURE], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def small_repository() -> Path:
+    """Path of a repository with all registered small families (see the module docstring)."""
+    if FIXTURE not in _prepared:  # requested dynamically, not seen at collection
+        _prepared[FIXTURE] = _prepare()
+    return _prepared[FIXTURE]
