@@ -147,7 +147,7 @@ def test_a_numpy_loop_over_the_two_graphs_captions_held_out_scenes(small_reposit
     tokens = (folder / parameters["vocabulary"]).read_text().splitlines()
     preprocessing = json.loads(parameters["preprocessing"])
     start, end, max_length = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
-    scenes = make_scenes(12, preprocessing["size"][0], seed=4242)
+    scenes = make_scenes(32, preprocessing["size"][0], seed=4242)
     images = normalise(stack_images(scenes), preprocessing["mean"], preprocessing["std"]).numpy()
     encoder, decoder = _session(folder), _session(small_repository / "captioner_small_decoder")
     h, c = encoder.run(["h", "c"], {"images": images})
