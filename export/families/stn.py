@@ -101,6 +101,8 @@ class SpatialTransformerNet(nn.Module):
     """images FP32 [B, 3, H, W] (preprocessed) -> warped FP32 [B, 3, H, W] (same space), theta FP32
     [B, 2, 3] (affine_grid convention: output -> input normalised coordinates), logits FP32 [B, C]."""
 
+    base_grid: torch.Tensor  # (1, S * S, 3), a non-persistent buffer
+
     def __init__(self, config: StnConfig) -> None:
         super().__init__()
         side = config.image_size // 2 ** len(config.loc_widths)
@@ -114,7 +116,8 @@ class SpatialTransformerNet(nn.Module):
         nn.init.zeros_(self.to_theta.weight)
         with torch.no_grad():
             self.to_theta.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
-        self.register_buffer("base_grid", base_grid(config.image_size), persistent=False)
+        self.side = config.image_size
+        self.register_buffer("base_grid", base_grid(config.image_size).view(1, -1, 3), persistent=False)
         self.classifier = nn.Sequential(
             _conv_stages(config.head_widths),
             nn.AdaptiveAvgPool2d(1),
@@ -124,8 +127,7 @@ class SpatialTransformerNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         theta = self.to_theta(self.localisation(images)).view(-1, 2, 3)
-        side = self.base_grid.shape[0]
-        grid = (self.base_grid.view(1, side * side, 3) @ theta.transpose(1, 2)).view(-1, side, side, 2)
+        grid = (self.base_grid @ theta.transpose(1, 2)).view(-1, self.side, self.side, 2)
         warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return warped, theta, self.classifier(warped)
 
