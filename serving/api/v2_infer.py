@@ -18,6 +18,7 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as pb
 from serving.api.v2_classification import top_k_strings
 from serving.api.v2_codec import WireSpec, datatype_of, decode_input, encode_raw
+from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import EncodedImage, ImageLimits
 from serving.models import ModelManager, ServedModel
@@ -47,10 +48,11 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class DecodedRequest:
-    """A validated v2 request: the model, its input arrays by name, the outputs to return."""
+    """A validated v2 request: the model, its input arrays (or deferred image rows) by name, the outputs
+    to return."""
 
     model: ServedModel
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray | DeferredRows]
     outputs: tuple[RequestedOutput, ...]
     id: str
 
@@ -91,7 +93,7 @@ async def decode_request(request: pb.ModelInferRequest, manager: ModelManager, l
 
 async def _decode_inputs(
     request: pb.ModelInferRequest, model: ServedModel, limits: InputLimits
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray | DeferredRows]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
@@ -103,7 +105,7 @@ async def _decode_inputs(
         raise InvalidArgument(
             f"model '{model.name}' takes inputs {sorted(declared)}, the request has {names}"
         )
-    decoded: dict[str, np.ndarray] = {}
+    decoded: dict[str, np.ndarray | DeferredRows] = {}
     for index, tensor in enumerate(request.inputs):
         _refuse_shared_memory(f"input '{tensor.name}'", tensor.parameters)
         payload = raw[index] if raw else None
@@ -125,8 +127,9 @@ async def _decode_images(
     contents: pb.InferTensorContents | None,
     model: ServedModel,
     limits: InputLimits,
-) -> np.ndarray:
-    """Encoded images (BYTES [B] or [B, 1]) -> the model's preprocessed float32 (B, 3, H, W)."""
+) -> np.ndarray | DeferredRows:
+    """Encoded images (BYTES [B] or [B, 1]) -> the model's preprocessed float32 (B, 3, H, W), maybe still
+    to be decoded on the instance thread (DeferredRows)."""
     shape = list(tensor.shape)
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or min(shape, default=0) < 1:
         raise InvalidArgument(

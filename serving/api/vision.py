@@ -19,6 +19,7 @@ import numpy as np
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.api import ServingContext
+from serving.deferred import DeferredRows
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
@@ -43,7 +44,9 @@ class _Attempt:
         self.model = model
         self.reached = False
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Mapping[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
+    ) -> Mapping[str, np.ndarray]:
         self.reached = True
         return await self.model.infer(inputs, deadline)
 

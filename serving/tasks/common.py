@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.deferred import DeferredRows, RowWriter
 from serving.errors import Unavailable
 from serving.images import (
     ImageInput,
@@ -29,7 +30,7 @@ class TensorModel(Protocol):
     """
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], deadline: float | None
+        self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
     ) -> Mapping[str, np.ndarray]: ...
 
 
@@ -41,10 +42,11 @@ class ImageSize:
 
 @dataclass(frozen=True)
 class ImageBatch:
-    """A request's images ready for a model: `tensor` float32 (N, 3, H, W), C-contiguous, and the
-    original size of each image (for mapping results back to it)."""
+    """A request's images ready for a model: `tensor` float32 (N, 3, H, W), C-contiguous, or the same
+    rows still to be decoded on the model's instance thread (DeferredRows; the model takes either),
+    and the original size of each image (for mapping results back to it)."""
 
-    tensor: np.ndarray
+    tensor: np.ndarray | DeferredRows
     original_sizes: tuple[ImageSize, ...]
 
 
@@ -57,11 +59,22 @@ async def prepare_images(
     images: Sequence[ImageInput], preprocessing: Preprocessing, limits: ImageLimits
 ) -> ImageBatch:
     """Check every image's header against `limits`, then decode, resize and normalise the request's
-    images into one batch: inline when small, else in at most IMAGE_WORKERS parallel pieces.
-    Errors name the image's index."""
+    images into one batch. A request with few pixels is not decoded here: its rows are deferred to
+    the model's instance thread, which decodes the whole batch's images straight into the batch
+    buffer (one hop per batch instead of work on the event loop; docs/PERFORMANCE.md). Heavier
+    requests decode now, in at most IMAGE_WORKERS parallel pieces. Errors name the image's index
+    (a deferred image's decoding error fails its request when the batch is assembled)."""
     opened = [open_image(image, index, limits) for index, image in enumerate(images)]
     size = preprocessing.size
     pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, size))
+    sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
+    if pixels <= INLINE_PIXEL_BUDGET:
+
+        def writer(image: OpenedImage) -> RowWriter:
+            return lambda row: normalise_into(row, decode_resized(image, size), preprocessing)
+
+        rows = DeferredRows((3, *size), np.dtype(np.float32), tuple(writer(image) for image in opened))
+        return ImageBatch(tensor=rows, original_sizes=sizes)
     tensor = np.empty((len(opened), 3, *size), dtype=np.float32)
 
     def piece(part: Sequence[OpenedImage]) -> Callable[[], None]:
@@ -71,9 +84,8 @@ async def prepare_images(
 
         return run
 
-    pieces = 1 if pixels <= INLINE_PIXEL_BUDGET else min(IMAGE_WORKERS, len(opened))
+    pieces = min(IMAGE_WORKERS, len(opened))
     await run_image_jobs([piece(opened[start::pieces]) for start in range(pieces)], pixels)
-    sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
     return ImageBatch(tensor=tensor, original_sizes=sizes)
 
 

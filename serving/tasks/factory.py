@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from serving.deferred import DeferredRows
 from serving.errors import Unavailable
 from serving.images import ImageLimits
 from serving.models import ModelManager, ServedModel
@@ -36,7 +37,9 @@ class ModelByName:
     models: ModelManager
     name: str
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float | None) -> Mapping[str, np.ndarray]:
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
+    ) -> Mapping[str, np.ndarray]:
         return await self.models.get(self.name).infer(inputs, deadline)
 
 

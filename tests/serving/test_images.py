@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import (
     EncodedImage,
@@ -176,3 +177,34 @@ def test_prepare_images_in_parallel_pieces_matches_serial_decoding() -> None:
     inputs[3] = EncodedImage(truncated[: len(truncated) * 3 // 4])  # passes the header check, fails to decode
     with pytest.raises(InvalidArgument, match="image 3: corrupt or truncated JPEG"):
         asyncio.run(prepare_images(inputs, PREPROCESSING, LIMITS))
+
+
+def test_a_small_request_is_decoded_later_straight_into_the_batch() -> None:
+    pictures = [gradient(24, 32), gradient(16, 16)]
+    inputs: list[ImageInput] = [EncodedImage(encoded(pictures[0], "PNG")), EncodedImage(encoded(pictures[1], "JPEG"))]
+    batch = asyncio.run(prepare_images(inputs, PREPROCESSING, LIMITS))
+    assert isinstance(batch.tensor, DeferredRows)  # written by the model's instance thread
+    assert batch.tensor.shape == (2, 3, *PREPROCESSING.size)
+    serial = [decode_resized(open_image(x, i, LIMITS), PREPROCESSING.size) for i, x in enumerate(inputs)]
+    np.testing.assert_array_equal(batch.tensor.materialise(), normalise(serial, PREPROCESSING))
+    assert [(s.height, s.width) for s in batch.original_sizes] == [(24, 32), (16, 16)]
+
+
+def test_a_small_truncated_jpeg_fails_when_its_row_is_written() -> None:
+    noise = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    data = encoded(noise, "JPEG")
+    batch = asyncio.run(prepare_images([EncodedImage(data[: len(data) * 3 // 4])], PREPROCESSING, LIMITS))
+    assert isinstance(batch.tensor, DeferredRows)
+    with pytest.raises(InvalidArgument, match="image 0: corrupt or truncated JPEG"):
+        batch.tensor.materialise()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+def test_every_jpeg_colour_space_decodes_to_rgb(mode: str) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(20, 30)).convert(mode).save(buffer, format="JPEG", quality=95)
+    opened = open_image(EncodedImage(buffer.getvalue()), 0, LIMITS)
+    pixels = decode_resized(opened, (20, 30))
+    expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    assert pixels.shape == (20, 30, 3) and pixels.dtype == np.uint8
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 2  # libjpeg-turbo either way
