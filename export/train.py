@@ -102,6 +102,29 @@ def fit(
     return model.eval()
 
 
+def fit_adam_one_cycle(
+    model: nn.Module, step_loss: Callable[[], torch.Tensor], steps: int, lr: float, description: str
+) -> nn.Module:
+    """Train ``model`` in place with Adam under a one-cycle learning rate peaking at ``lr``.
+
+    ``step_loss()`` draws one batch and returns its scalar loss. Shows one tqdm bar (silent in logs and CI).
+    Returns the model in eval mode.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    model.train()
+    with tqdm(total=steps, desc=description, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
+        for _ in range(steps):
+            loss = step_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
 def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Index batches over ``count`` samples in a random order (the last partial batch is dropped)."""
     order = torch.randperm(count, generator=generator)

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from export.bleu import corpus_bleu
 from export.data.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
@@ -35,7 +34,7 @@ from export.families.base import (
 )
 from export.families.narrow import narrow
 from export.repository import model_name
-from export.train import set_threads
+from export.train import fit_adam_one_cycle, set_threads
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -308,21 +307,13 @@ def train_captioner(model: Captioner, config: CaptionerConfig, seed: int) -> Cap
     scenes = make_scenes(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
     images = _images(scenes)
     tokens = caption_tensor(model.vocabulary, [scene.caption for scene in scenes], caption_max_length())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.train_steps)
     rng = torch.Generator().manual_seed(seed)
-    model.train()
-    with tqdm(total=config.train_steps, desc=f"captioner_{config.name} train", unit="step", leave=False) as bar:
-        for _ in range(config.train_steps):
-            index = torch.randint(0, len(scenes), (config.batch_size,), generator=rng)
-            loss = model.loss(images[index], tokens[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+
+    def step_loss() -> torch.Tensor:
+        index = torch.randint(0, len(scenes), (config.batch_size,), generator=rng)
+        return model.loss(images[index], tokens[index])
+
+    return fit_adam_one_cycle(model, step_loss, config.train_steps, config.lr, f"captioner_{config.name} train")
 
 
 class CaptionerFamily:

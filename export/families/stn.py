@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from export.data.scenes import SHAPES, make_scenes, stack_images, stack_labels
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET, normalise
@@ -33,7 +32,7 @@ from export.families.base import (
 )
 from export.families.narrow import narrow
 from export.repository import LABELS_FILE
-from export.train import set_threads
+from export.train import fit_adam_one_cycle, set_threads
 
 
 @dataclass(frozen=True)
@@ -178,23 +177,13 @@ def train_stn(model: SpatialTransformerNet, config: StnConfig, seed: int) -> Spa
     set_threads()
     torch.manual_seed(seed)
     data = distorted_set(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.train_steps)
     rng = torch.Generator().manual_seed(seed)
-    model.train()
-    with tqdm(total=config.train_steps, desc=f"stn_{config.name} train", unit="step", leave=False) as bar:
-        for _ in range(config.train_steps):
-            index = torch.randint(0, len(data.labels), (config.batch_size,), generator=rng)
-            loss = stn_loss(
-                model, data.images[index], data.labels[index], data.inverse_theta[index], config.theta_weight
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+
+    def step_loss() -> torch.Tensor:
+        index = torch.randint(0, len(data.labels), (config.batch_size,), generator=rng)
+        return stn_loss(model, data.images[index], data.labels[index], data.inverse_theta[index], config.theta_weight)
+
+    return fit_adam_one_cycle(model, step_loss, config.train_steps, config.lr, f"stn_{config.name} train")
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
