@@ -71,7 +71,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     slow = slow_graph(SLOW_WIDTH)
     queue_of_one = "dynamic_batching { default_queue_policy { max_queue_size: 1 } }\n"
     write_model(repo, "slow_one", slow, tensor_config(SLOW_WIDTH, 8, queue_of_one))
-    write_model(repo, "slow_queue", slow, tensor_config(SLOW_WIDTH, 8, "dynamic_batching { }\n"))
+    # Five times slower: a full batch must outlast a late request's deadline even on an idle machine.
+    slower = slow_graph(SLOW_WIDTH, iterations=3000)
+    write_model(repo, "slow_queue", slower, tensor_config(SLOW_WIDTH, 8, "dynamic_batching { }\n"))
     two_instances = "dynamic_batching { }\ninstance_group [ { kind: KIND_CPU count: 2 } ]\n"
     write_model(repo, "slow_two", slow, tensor_config(SLOW_WIDTH, 8, two_instances))
     return repo
@@ -184,7 +186,9 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
     waiting = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(8)), timeout=120)
     wait_for_one_queued(server, "slow_queue")  # one full batch computes, another waits: a late request joins neither
     with pytest.raises(grpc.RpcError) as raised:
-        stub.ModelInfer(infer_request("slow_queue", slow_rows(1)), timeout=0.1)
+        # 0.25 s: time to reach the server on a loaded machine (0.1 s once expired in the client, so the server
+        # never saw the request), shorter than the full batch still waiting ahead of it (~0.4 s on an idle machine).
+        stub.ModelInfer(infer_request("slow_queue", slow_rows(1)), timeout=0.25)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     busy.result()
     waiting.result()
