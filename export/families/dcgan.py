@@ -185,7 +185,8 @@ def train_gan(model: Dcgan, config: DcganConfig, real_images: torch.Tensor, seed
     g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))
     ones, zeros = torch.ones(config.batch_size), torch.zeros(config.batch_size)
-    with tqdm(total=config.train_steps, desc=f"dcgan_{config.name} train", unit="step", leave=False) as bar:
+    description = f"dcgan_{config.name} train"
+    with tqdm(total=config.train_steps, desc=description, unit="step", leave=False, disable=None) as bar:
         for _ in range(config.train_steps):
             index = torch.randint(0, real_images.shape[0], (config.batch_size,), generator=rng)
             fake = generator(torch.randn(config.batch_size, config.z_dim, generator=rng))
