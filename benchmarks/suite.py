@@ -33,7 +33,7 @@ from benchmarks.pipeline import ClassifyPipeline
 from benchmarks.raw import RawResult, measure_raw
 from clients.bench import LoadPlan, measure_system
 from clients.bench.report import Point, write_results
-from clients.bench.targets import CLASSIFY_METHOD, Target, classify_target, v2_image_target
+from clients.bench.targets import CLASSIFY_METHOD, Target, classify_target, v2_image_target, v2_tensor_target
 from clients.server_process import ServerProcess, free_ports
 from clients.v2 import response_arrays
 from protos.inference import grpc_service_pb2 as v2
@@ -160,6 +160,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     seconds = max(1.0, settings.plan.duration_s / 2)
     raw = measure_raw(pipeline, jpeg, RAW_BATCH_SIZES, seconds)
     expected = pipeline([jpeg], k=1)[0].labels[0]
+    tensors = {"images": pipeline.preprocess([jpeg])}  # the v2 tensors-in / logits-out comparison
     del pipeline
     print(f"  raw: batch 1 p50 {raw.p50_ms_batch1:.2f} ms; best {raw.best_images_per_s:.0f} img/s at batch "
           f"{raw.best_batch_size}", file=sys.stderr, flush=True)
@@ -173,6 +174,12 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
                 server.target, classify_target(model, jpeg), settings.plan,
                 system=system, model=model, metrics_url=server.metrics_url, server_pid=server.process.pid,
             ))
+            if repository == "batching":
+                points += asyncio.run(measure_system(
+                    server.target, v2_tensor_target(model, tensors), settings.plan,
+                    system="ninefold-v2-tensors", model=model, metrics_url=server.metrics_url,
+                    server_pid=server.process.pid,
+                ))
     if peer is not None:
         process = PeerProcess(peer, models_dir / "batching" / model, logs / f"kserve-{model}.log")
         try:
@@ -181,6 +188,10 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
             points += asyncio.run(measure_system(
                 process.target, peer_target, settings.plan,
                 system="kserve", model=model, server_pid=process.pid,
+            ))
+            points += asyncio.run(measure_system(
+                process.target, v2_tensor_target(f"{model}_tensors", tensors), settings.plan,
+                system="kserve-v2-tensors", model=model, server_pid=process.pid,
             ))
         finally:
             process.stop()
@@ -234,6 +245,7 @@ def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
     best = max((p.result.median.throughput for p in ours), default=float("nan"))
     c1, c16 = _at(points, "ninefold", 1), _at(points, "ninefold", 16)
     off16, peer16 = _at(points, "ninefold-no-batching", 16), _at(points, "kserve", 16)
+    v2_16, peer_v2_16 = _at(points, "ninefold-v2-tensors", 16), _at(points, "kserve-v2-tensors", 16)
     p50_c1 = _median(c1, "p50_ms")
     return {
         "saturation_vs_raw": best / raw.best_images_per_s,
@@ -241,6 +253,9 @@ def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
         "batching_gain_c16": _ratio(_median(c16, "throughput"), _median(off16, "throughput")),
         "vs_peer_c16": _ratio(_median(c16, "throughput"), _median(peer16, "throughput")),
         "p99_vs_peer_c16": _ratio(_median(c16, "p99_ms"), _median(peer16, "p99_ms")),
+        # the same protocol on both sides: v2 ModelInfer, FP32 tensors in, logits out
+        "v2_tensors_vs_peer_c16": _ratio(_median(v2_16, "throughput"), _median(peer_v2_16, "throughput")),
+        "v2_tensors_p99_vs_peer_c16": _ratio(_median(v2_16, "p99_ms"), _median(peer_v2_16, "p99_ms")),
         # CPU time per request: what survives a shared machine (> 1 = ninefold costs less)
         "cpu_vs_peer_c16": _ratio(_cpu(peer16), _cpu(c16)),
         "cpu_vs_raw": _ratio(
