@@ -24,8 +24,8 @@ from benchmarks.pipeline import ClassifyPipeline
 TOP_K = 5
 
 
-class PeerClassifier(kserve.Model):
-    """JPEGs in (a BYTES tensor, one element per image), top-5 strings out per image."""
+class _PipelineModel(kserve.Model):
+    """A KServe model over benchmarks.pipeline for one model folder (loaded before serving)."""
 
     def __init__(self, name: str, model_dir: Path) -> None:
         super().__init__(name)
@@ -36,6 +36,10 @@ class PeerClassifier(kserve.Model):
         self._pipeline = ClassifyPipeline(self._model_dir)
         self.ready = True
         return self.ready
+
+
+class PeerClassifier(_PipelineModel):
+    """JPEGs in (a BYTES tensor, one element per image), top-5 strings out per image."""
 
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
         assert self._pipeline is not None
@@ -57,18 +61,8 @@ class PeerClassifier(kserve.Model):
         return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id)
 
 
-class PeerTensorModel(kserve.Model):
+class PeerTensorModel(_PipelineModel):
     """Preprocessed FP32 images in, FP32 logits out: the same ONNX Runtime session settings as raw."""
-
-    def __init__(self, name: str, model_dir: Path) -> None:
-        super().__init__(name)
-        self._model_dir = model_dir
-        self._pipeline: ClassifyPipeline | None = None
-
-    def load(self) -> bool:
-        self._pipeline = ClassifyPipeline(self._model_dir)
-        self.ready = True
-        return self.ready
 
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None) -> InferResponse:
         assert self._pipeline is not None
