@@ -12,13 +12,14 @@ fixture, so that it is not charged to the first test's timeout (minutes on a bus
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from clients.demo_repository import export_sources_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "small_repository"
@@ -29,12 +30,8 @@ _prepared: dict[str, Path] = {}
 
 
 def export_sources_key() -> str:
-    """Hash of every file under export/ (names and contents): any change retrains."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "export").rglob("*.py")):
-        digest.update(str(path.relative_to(ROOT)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """A short key over every file under export/ (paths and contents): any change retrains."""
+    return export_sources_digest()[:16]
 
 
 def _build(out: Path) -> None:
