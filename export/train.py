@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -102,9 +103,12 @@ def fit(
     return model.eval()
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 def fit_adam_one_cycle(
-    model: nn.Module, step_loss: Callable[[], torch.Tensor], steps: int, lr: float, description: str
-) -> nn.Module:
+    model: ModuleT, step_loss: Callable[[], torch.Tensor], steps: int, lr: float, description: str
+) -> ModuleT:
     """Train ``model`` in place with Adam under a one-cycle learning rate peaking at ``lr``.
 
     ``step_loss()`` draws one batch and returns its scalar loss. Shows one tqdm bar (silent in logs and CI).
@@ -122,7 +126,8 @@ def fit_adam_one_cycle(
             schedule.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+    model.eval()
+    return model
 
 
 def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -245,13 +245,19 @@ def describe(shapes: list[int], colors: list[int], texture: int) -> str:
     return f"{things} on a {TEXTURES[texture]} background"
 
 
-def make_scene(rng: np.random.Generator, size: int, *, objects: int = 1, distort: bool = False) -> Scene:
-    """Draw one scene of ``size`` x ``size`` pixels with ``objects`` shapes (the first is the main one)."""
+def make_scene(
+    rng: np.random.Generator, size: int, *, objects: int = 1, distort: bool = False, texture: int | None = None
+) -> Scene:
+    """Draw one scene of ``size`` x ``size`` pixels with ``objects`` shapes (the first is the main one).
+
+    texture: index into TEXTURES for the background; None draws it at random (the default data set).
+    """
     if size < 16:
         raise ValueError(f"scene size must be at least 16 pixels, got {size}")
     if objects < 1:
         raise ValueError(f"a scene needs at least one object, got {objects}")
-    texture = int(rng.integers(len(TEXTURES)))
+    if texture is None:
+        texture = int(rng.integers(len(TEXTURES)))
     canvas = _background(rng, size, texture)
     placements = _place_objects(rng, size, objects)
     shapes = [int(s) for s in rng.integers(len(SHAPES), size=len(placements))]
@@ -278,10 +284,12 @@ def make_scene(rng: np.random.Generator, size: int, *, objects: int = 1, distort
     )
 
 
-def make_scenes(count: int, size: int, seed: int, *, objects: int = 1, distort: bool = False) -> list[Scene]:
+def make_scenes(
+    count: int, size: int, seed: int, *, objects: int = 1, distort: bool = False, texture: int | None = None
+) -> list[Scene]:
     """``count`` scenes drawn from one generator seeded with ``seed`` (same seed -> same scenes)."""
     rng = np.random.default_rng(seed)
-    return [make_scene(rng, size, objects=objects, distort=distort) for _ in range(count)]
+    return [make_scene(rng, size, objects=objects, distort=distort, texture=texture) for _ in range(count)]
 
 
 def stack_images(scenes: list[Scene], *, canonical: bool = False) -> np.ndarray:

@@ -36,6 +36,12 @@ def test_caption_names_every_object_and_the_background() -> None:
     assert SHAPES[scene.label] in words[:3]
 
 
+def test_a_chosen_texture_is_drawn_every_time() -> None:
+    scenes = make_scenes(20, 32, 5, texture=TEXTURES.index("checkered"))
+    assert all(scene.caption.endswith("on a checkered background") for scene in scenes)
+    assert {scene.label for scene in scenes} != {scenes[0].label}  # the rest stays random
+
+
 def test_every_class_appears_and_the_main_object_is_large() -> None:
     scenes = make_scenes(400, 32, 1)
     assert {scene.label for scene in scenes} == set(range(len(SHAPES)))

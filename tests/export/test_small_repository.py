@@ -43,8 +43,7 @@ def test_family_exported_with_parity(small_repository: Path, family: str) -> Non
             assert {"real", "random"} <= case_names, case_names
 
 
-# dcgan's bar is a known miss, asserted as such (strict xfail) in tests/export/test_dcgan.py.
-@pytest.mark.parametrize("family", [name for name in FAMILIES if name != "dcgan"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_meets_its_quality_threshold(small_repository: Path, family: str) -> None:
     quality = _report(small_repository / f"{family}_small")["quality"]
     assert quality is not None, f"{family} small reports no quality"
