@@ -1,28 +1,32 @@
 """Run `python -m serving` as a child process on free loopback ports, wait until it is ready,
-and stop it with SIGTERM (the server drains and exits 0). The demo uses it; so can anything else
-that needs a real server for a while."""
+and stop it with SIGTERM (the server drains and exits 0). The demo, the benchmarks and every test
+that needs a real server use this one launcher."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.client import VisionClient
-from clients.errors import ClientError, VisionError
+from clients.errors import ClientError
 
 READY_TIMEOUT_S = 300.0
 """Loading and warming every model of a repository takes seconds on CPU; this is a generous cap."""
 STOP_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 20
+HEALTH_POLL_S = 0.1
 
 
 class ServerProcessError(ClientError):
@@ -46,23 +50,33 @@ class ServerProcess:
     stops the server. `stop()` returns the exit status and raises if the server ignored SIGTERM.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], target: str, metrics_url: str, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], target: str, metrics_url: str, log_path: Path) -> None:
         self.process = process
         self.target = target
         self.metrics_url = metrics_url
-        self.log = log
+        self.log_path = log_path
 
     @classmethod
     def start(
         cls,
         repository: Path,
         *,
-        log: Path,
+        log: Path | None = None,
         extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        wait_serving: bool = True,
     ) -> ServerProcess:
-        """Start the server, output to `log`, and return once grpc.health reports SERVING."""
+        """Start the server with its output in `log` (None: a new temporary file, kept for reading).
+
+        Returns once grpc.health reports SERVING for the whole server, or, with wait_serving=False, as
+        soon as it answers at all (models may still be loading). `env` adds to this process's environment.
+        """
         port, metrics_port = free_ports(2)
+        if log is None:
+            descriptor, name = tempfile.mkstemp(prefix="ninefold-server-", suffix=".log")
+            os.close(descriptor)
+            log = Path(name)
         command = [
             sys.executable,
             "-m",
@@ -78,26 +92,42 @@ class ServerProcess:
             *extra_args,
         ]
         log.parent.mkdir(parents=True, exist_ok=True)
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with log.open("wb") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
         server = cls(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log)
         try:
-            server._wait_until_ready(ready_timeout)
+            server._wait_until_up(ready_timeout, wait_serving)
         except BaseException:
             server.kill()
             raise
         return server
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM, then wait for the drain; returns the exit status (0 = clean)."""
+    def health(self, service: str = "") -> int:
+        """grpc.health.v1 status of `service` right now (health_pb2.HealthCheckResponse.SERVING, ...)."""
+        with grpc.insecure_channel(self.target) as channel:
+            request = health_pb2.HealthCheckRequest(service=service)
+            return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+    def metrics(self) -> str:
+        """The Prometheus /metrics text right now."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            return str(response.read().decode())
+
+    def log(self) -> str:
+        """Everything the server wrote to stdout/stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S, signum: signal.Signals = signal.SIGTERM) -> int:
+        """Send `signum` (SIGTERM: drain), wait; returns the exit status (0 = clean, -9 after SIGKILL)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signum)
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise ServerProcessError(
-                f"the server ignored SIGTERM for {timeout:g} s and was killed{self._tail()}"
+                f"the server ignored {signum.name} for {timeout:g} s and was killed{self._tail()}"
             ) from None
 
     def kill(self) -> None:
@@ -113,20 +143,20 @@ class ServerProcess:
     ) -> None:
         self.stop()
 
-    def _wait_until_ready(self, timeout: float) -> None:
+    def _wait_until_up(self, timeout: float, wait_serving: bool) -> None:
         deadline = time.monotonic() + timeout
-        with VisionClient(self.target) as client:
-            while (remaining := deadline - time.monotonic()) > 0:
-                if self.process.poll() is not None:
-                    raise ServerProcessError(f"the server exited with status {self.process.returncode}{self._tail()}")
-                try:
-                    client.wait_until_ready(timeout=min(1.0, remaining))
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerProcessError(f"the server exited with status {self.process.returncode}{self._tail()}")
+            with contextlib.suppress(grpc.RpcError):  # not listening yet
+                status = self.health()
+                if status == health_pb2.HealthCheckResponse.SERVING or not wait_serving:
                     return
-                except VisionError as error:
-                    if error.code != grpc.StatusCode.DEADLINE_EXCEEDED:
-                        raise
-        raise ServerProcessError(f"the server was not ready within {timeout:g} s{self._tail()}")
+            time.sleep(HEALTH_POLL_S)
+        state = "ready" if wait_serving else "listening"
+        raise ServerProcessError(f"the server was not {state} within {timeout:g} s{self._tail()}")
 
     def _tail(self) -> str:
-        lines = self.log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if self.log.exists() else []
-        return f"; last lines of {self.log}: " + " | ".join(lines) if lines else f" (log {self.log} is empty)"
+        lines = self.log().splitlines()[-LOG_TAIL_LINES:]
+        path = self.log_path
+        return f"; last lines of {path}: " + " | ".join(lines) if lines else f" (log {path} is empty)"

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from tests.deploy.deploy_support import K8S, OVERLAYS, find_tool
 
-from tests.serving.conftest import RunningServer, start_server
+from clients.server_process import ServerProcess
+from tests.deploy.deploy_support import K8S, OVERLAYS, find_tool
+from tests.serving.conftest import start_server
 from tests.serving.tiny_repository import write_tiny_repository
 
 
@@ -41,7 +42,7 @@ def rendered(kubectl: str) -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="session")
-def ninefold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def ninefold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real `python -m serving` on loopback over the tiny repository (one tiny model per task)."""
     repository = write_tiny_repository(tmp_path_factory.mktemp("deploy-repository"))
     server = start_server(repository)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tests.deploy.deploy_support import ROOT
 from onnx import TensorProto, helper
 
 from clients.client import VisionClient
+from tests.deploy.deploy_support import ROOT
 from tests.serving.conftest import start_server
 from tests.serving.tiny_repository import write_tiny_repository
 
@@ -159,7 +159,7 @@ def test_server_serves_from_the_view(tmp_path: Path) -> None:
     engine_cache.link_view(repository, tmp_path / "cache" / "sm90-trt10", "sm90", view)
     server = start_server(view)
     try:
-        with VisionClient(server.address) as client:
+        with VisionClient(server.target) as client:
             served = {model.name for model in client.list_models()}
             answer = client.classify([np.zeros((8, 8, 3), dtype=np.uint8)], top_k=1)
     finally:

@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
+
 from tests.deploy.deploy_support import K8S, OVERLAYS, find_object
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")

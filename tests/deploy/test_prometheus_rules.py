@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+
 from tests.deploy.deploy_support import prometheus_rule_groups
 
 CASES = Path(__file__).with_name("alert_cases.yml")

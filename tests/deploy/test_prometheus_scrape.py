@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from tests.deploy.deploy_support import K8S, prometheus_rule_groups
 
 from clients.client import VisionClient
 from clients.errors import VisionError
-from tests.serving.conftest import RunningServer, free_port
+from clients.server_process import ServerProcess, free_ports
+from tests.deploy.deploy_support import K8S, prometheus_rule_groups
 
 pytestmark = pytest.mark.slow
 
@@ -92,13 +92,13 @@ def write_prometheus_config(folder: Path, metrics_url: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prometheus(prometheus_binary: str, promtool: str, ninefold_server: RunningServer,
+def prometheus(prometheus_binary: str, promtool: str, ninefold_server: ServerProcess,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     folder = tmp_path_factory.mktemp("prometheus")
     config = write_prometheus_config(folder, ninefold_server.metrics_url)
     checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_ports(1)[0]}"
     log_path = folder / "prometheus.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -134,12 +134,12 @@ def wait_ready(server: Prometheus, process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def traffic(prometheus: Prometheus, ninefold_server: RunningServer) -> None:
+def traffic(prometheus: Prometheus, ninefold_server: ServerProcess) -> None:
     """Real calls after Prometheus's first scrape, spread over several scrapes so that rate() sees
     increases: eight good classify calls and one refused (unreadable image) per round."""
     prometheus.wait_for_values('up{job="ninefold"}')
     rng = np.random.default_rng(0)
-    with VisionClient(ninefold_server.address) as client:
+    with VisionClient(ninefold_server.target) as client:
         for _ in range(4):
             for _ in range(8):
                 client.classify([rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)], top_k=2)
@@ -172,13 +172,13 @@ def metric_names(expression: str) -> set[str]:
     return set(re.findall(r"\b((?:nv|ninefold)_[a-z_]+)\b", expression))
 
 
-def exported_series_names(server: RunningServer) -> set[str]:
+def exported_series_names(server: ServerProcess) -> set[str]:
     """Names of the samples on /metrics (what Prometheus stores; `# TYPE` lines may name families otherwise)."""
     return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", server.metrics(), re.MULTILINE))
 
 
 def test_every_dashboard_query_runs_on_what_the_server_exports(
-        prometheus: Prometheus, traffic: None, ninefold_server: RunningServer) -> None:
+        prometheus: Prometheus, traffic: None, ninefold_server: ServerProcess) -> None:
     exported = exported_series_names(ninefold_server)
     prometheus.wait_for_values(f"sum(rate(nv_inference_count[{RATE_WINDOW}]))")
     prometheus.wait_for_values(f"sum(rate(nv_inference_request_failure[{RATE_WINDOW}]))")

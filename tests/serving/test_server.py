@@ -18,10 +18,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from clients.server_process import ServerProcess, ServerProcessError
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
 from tests.protocols.repositories import write_tiny_classifier
-from tests.serving.conftest import RunningServer, start_server
+from tests.serving.conftest import start_server
 from tests.serving.core_models import doubler_graph, slow_graph, tensor_config, write_model
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -49,7 +50,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def wait_for_one_queued(server: RunningServer, model: str) -> None:
+def wait_for_one_queued(server: ServerProcess, model: str) -> None:
     """Poll /metrics until `model` has exactly one request waiting (fails after a minute, never hangs)."""
     give_up = time.monotonic() + 60
     while metric(server.metrics(), "nv_inference_pending_request_count", model=model) != 1:
@@ -87,19 +88,19 @@ def server(repository: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def stub(server: RunningServer):  # type: ignore[no-untyped-def]
-    with grpc.insecure_channel(server.address) as channel:
+def stub(server: ServerProcess):  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(server.target) as channel:
         yield v2_grpc.GRPCInferenceServiceStub(channel)
 
 
-def test_health_overall_and_per_task(server: RunningServer) -> None:
+def test_health_overall_and_per_task(server: ServerProcess) -> None:
     assert server.health("") == SERVING
     assert server.health("ninefold.v1.Vision/classify") == SERVING
     assert server.health("ninefold.v1.Vision/warp") == NOT_SERVING  # no model serves it
 
 
-def test_reflection_lists_the_services(server: RunningServer) -> None:
-    with grpc.insecure_channel(server.address) as channel:
+def test_reflection_lists_the_services(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {service.name for response in responses for service in response.list_services_response.service}
@@ -107,7 +108,7 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
 
 
 def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(
-    server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub
+    server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub
 ) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         stub.ModelInfer(infer_request("broken", np.ones((1, 4), np.float32)), timeout=10)
@@ -121,7 +122,7 @@ def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(
 
 
 def test_metrics_count_requests_batches_and_failures(
-    server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub
+    server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub
 ) -> None:
     before = metric(server.metrics(), "nv_inference_request_success", model="doubler", version="1") or 0.0
     for _ in range(3):
@@ -145,7 +146,7 @@ def test_metrics_count_requests_batches_and_failures(
 
 
 def test_concurrent_requests_are_batched_across_two_cpu_instances(
-    server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub
+    server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub
 ) -> None:
     assert "model slow_two version 1 ready: 2 instance(s) on cpu" in server.log()
     calls = [stub.ModelInfer.future(infer_request("slow_two", slow_rows(1)), timeout=120) for _ in range(12)]
@@ -158,7 +159,7 @@ def test_concurrent_requests_are_batched_across_two_cpu_instances(
 
 
 def test_a_full_queue_answers_resource_exhausted_at_once(
-    server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub
+    server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub
 ) -> None:
     calls = [stub.ModelInfer.future(infer_request("slow_one", slow_rows(1)), timeout=120) for _ in range(6)]
     codes = []
@@ -176,7 +177,7 @@ def test_a_full_queue_answers_resource_exhausted_at_once(
 
 
 def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
-    server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub
+    server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub
 ) -> None:
     before = server.metrics()
     executions = metric(before, "nv_inference_exec_count", model="slow_queue") or 0.0
@@ -202,7 +203,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits_zero(repository: Path) -> None:
     server = start_server(repository, "--grace-seconds", "60")
     try:
-        with grpc.insecure_channel(server.address) as channel:
+        with grpc.insecure_channel(server.target) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             running = stub.ModelInfer.future(infer_request("slow_one", slow_rows(4)), timeout=120)
             queued = stub.ModelInfer.future(infer_request("slow_one", slow_rows(1)), timeout=120)
@@ -210,23 +211,23 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits_zero(reposit
             server.process.send_signal(signal.SIGTERM)
             assert output(running.result()).shape == (4, SLOW_WIDTH)
             assert output(queued.result()).shape == (1, SLOW_WIDTH)
-        with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as raised:
+        with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as raised:
             request = infer_request("doubler", np.ones((1, 4), np.float32))
             v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert server.process.wait(60) == 0
         assert "shutting down" in server.log()
     finally:
-        server.stop(signal.SIGKILL)
+        server.stop(signum=signal.SIGKILL)
 
 
-def test_a_taken_port_is_a_clear_error(server: RunningServer, repository: Path) -> None:
-    port = server.address.rsplit(":", 1)[1]
-    with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1:" + port):
+def test_a_taken_port_is_a_clear_error(server: ServerProcess, repository: Path) -> None:
+    port = server.target.rsplit(":", 1)[1]
+    with pytest.raises(ServerProcessError, match="cannot listen on 127.0.0.1:" + port):
         start_server(repository, "--port", port)
 
 
-def test_model_statistics_and_metrics_agree(server: RunningServer, stub: v2_grpc.GRPCInferenceServiceStub) -> None:
+def test_model_statistics_and_metrics_agree(server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub) -> None:
     for _ in range(2):
         stub.ModelInfer(infer_request("doubler", np.ones((3, 4), np.float32)), timeout=10)
     text = server.metrics()
@@ -246,4 +247,4 @@ def test_sigterm_while_models_load_exits_zero(tmp_path: Path) -> None:
         assert server.process.wait(60) == 0
         assert "shutting down" in server.log() and "ready in" not in server.log()
     finally:
-        server.stop(signal.SIGKILL)
+        server.stop(signum=signal.SIGKILL)

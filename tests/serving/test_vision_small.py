@@ -22,11 +22,11 @@ from google.protobuf import text_format
 from PIL import Image
 
 from clients.bench.scrape import read_batch_counters
+from clients.server_process import ServerProcess
 from export.data.scenes import SHAPES, Scene, affine_sample, make_scenes
 from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
-from tests.serving.conftest import RunningServer
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 pytestmark = pytest.mark.slow
@@ -36,13 +36,13 @@ SEED = 20261125
 
 
 @pytest.fixture(scope="module")
-def server(small_repository: Path) -> Iterator[RunningServer]:
+def server(small_repository: Path) -> Iterator[ServerProcess]:
     with vision_server(small_repository) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def vision(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
+def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
     with vision_stub(server) as stub:
         yield stub
 
@@ -166,14 +166,14 @@ def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, 
         assert np.abs(warped - expected).mean() < 1.0, theta
 
 
-def test_concurrent_captions_share_decoder_batches(server: RunningServer, models, small_repository: Path) -> None:
+def test_concurrent_captions_share_decoder_batches(server: ServerProcess, models, small_repository: Path) -> None:
     captioner = default_model(models, "caption")
     decoder = f"{captioner.name}_decoder"
     scenes = make_scenes(16, input_size(small_repository, captioner.name), SEED + 4)
     before = read_batch_counters(server.metrics_url, decoder)
 
     async def caption_all() -> list[pb.CaptionResponse]:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with grpc.aio.insecure_channel(server.target) as channel:
             stub = vision_pb2_grpc.VisionStub(channel)
             requests = [pb.CaptionRequest(images=[raw_image(scene.image)]) for scene in scenes]  # one row per step
             return await asyncio.gather(*(stub.Caption(request, timeout=120) for request in requests))

@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.server_process import ServerProcess
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.tasks.generate import latents_from_seed
 from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
 from tests.serving import tiny_repository as tiny
-from tests.serving.conftest import RunningServer
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 MAX_PIXELS = 100 * 100
@@ -30,7 +30,7 @@ MAX_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("tiny")
     repository = tiny.write_tiny_repository(folder / "repository")
     broken = repository / "tiny_broken" / "1"
@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def vision(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
+def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
     with vision_stub(server) as stub:
         yield stub
 
@@ -76,11 +76,11 @@ def rpc_error(call, request) -> grpc.RpcError:
     return caught.value
 
 
-def metric_samples(server: RunningServer) -> list:
+def metric_samples(server: ServerProcess) -> list:
     return [sample for family in text_string_to_metric_families(server.metrics()) for sample in family.samples]
 
 
-def metric(server: RunningServer, name: str, **labels: str) -> float:
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
     return sum(
         sample.value
         for sample in metric_samples(server)
@@ -263,7 +263,7 @@ def test_out_of_range_options(vision: vision_pb2_grpc.VisionStub) -> None:
     assert error.details() == f"latent 0 has 2 values; this model takes exactly {tiny.LATENT_SIZE}"
 
 
-def test_failures_and_successes_are_counted_per_model(server: RunningServer, vision) -> None:
+def test_failures_and_successes_are_counted_per_model(server: ServerProcess, vision) -> None:
     labels = {"model": "tiny_warp", "version": "1"}
     before_ok = metric(server, "nv_inference_request_success", **labels)
     before_bad = metric(server, "nv_inference_request_failure", reason="invalid_argument", **labels)
@@ -278,7 +278,7 @@ def test_failures_and_successes_are_counted_per_model(server: RunningServer, vis
     assert metric(server, "nv_inference_request_failure", **wrong_task) == before + 1
 
 
-def test_concurrent_caption_steps_are_batched(server: RunningServer) -> None:
+def test_concurrent_caption_steps_are_batched(server: ServerProcess) -> None:
     """Greedy captions of one image submit one row per step, so any decoder batch larger than one
     row holds the steps of different requests."""
     labels = {"model": "tiny_caption_decoder", "version": "1"}
@@ -286,7 +286,7 @@ def test_concurrent_caption_steps_are_batched(server: RunningServer) -> None:
     executions_before = metric(server, "nv_inference_exec_count", **labels)
 
     async def caption_many() -> list[pb.CaptionResponse]:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with grpc.aio.insecure_channel(server.target) as channel:
             stub = vision_pb2_grpc.VisionStub(channel)
             request = pb.CaptionRequest(images=[raw_image(uniform((128, 128, 128), 8, 8))])
             return await asyncio.gather(*(stub.Caption(request, timeout=30) for _ in range(32)))

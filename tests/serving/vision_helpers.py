@@ -11,9 +11,10 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from clients.server_process import ServerProcess
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
-from tests.serving.conftest import RunningServer, start_server
+from tests.serving.conftest import start_server
 
 
 def encoded_image(pixels: np.ndarray, fmt: str = "PNG") -> pb.Image:
@@ -30,7 +31,7 @@ def raw_image(pixels: np.ndarray) -> pb.Image:
 
 
 @contextlib.contextmanager
-def vision_server(repository: Path, *flags: str) -> Iterator[RunningServer]:
+def vision_server(repository: Path, *flags: str) -> Iterator[ServerProcess]:
     """A real server on `repository`; it must exit 0 on SIGTERM afterwards."""
     running = start_server(repository, *flags)
     try:
@@ -40,6 +41,6 @@ def vision_server(repository: Path, *flags: str) -> Iterator[RunningServer]:
 
 
 @contextlib.contextmanager
-def vision_stub(server: RunningServer) -> Iterator[vision_pb2_grpc.VisionStub]:
-    with grpc.insecure_channel(server.address) as channel:
+def vision_stub(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with grpc.insecure_channel(server.target) as channel:
         yield vision_pb2_grpc.VisionStub(channel)
