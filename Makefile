@@ -31,8 +31,9 @@ test: install install-tools
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+## Export the small families into $(REPO) and stamp it, so that `make demo` reuses it.
 export: install
-	$(BIN)/ninefold export --out $(REPO)
+	$(BIN)/python -m clients.demo_repository --model-repository $(REPO) --force
 
 serve: install
 	$(BIN)/ninefold serve --model-repository $(REPO)

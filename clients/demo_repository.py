@@ -4,14 +4,19 @@
 the export stage's sources (every export/**/*.py) equals today's, and every model it lists still
 has its config.pbtxt and an export_report.json. Any edit to export/ therefore re-exports; a
 repository exported by hand (no stamp) is exported again once, then reused.
+
+`python -m clients.demo_repository [--model-repository DIR] [--force]` (what `make export` runs)
+exports and stamps, so that a later `make demo` reuses the result.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from clients.errors import ClientError
@@ -64,3 +69,23 @@ def write_stamp(repository: Path) -> None:
 
 def _is_complete(folder: Path) -> bool:
     return (folder / "config.pbtxt").is_file() and any(folder.glob("*/export_report.json"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clients.demo_repository",
+        description="Export the small families into a repository (unless up to date) and stamp it for the demo.",
+    )
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--force", action="store_true", help="export even if the repository is up to date")
+    args = parser.parse_args(argv)
+    try:
+        ensure_repository(args.model_repository, force=args.force)
+    except ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clients import pictures
-from clients.demo_repository import STAMP_FILE, export_sources_digest, is_up_to_date, write_stamp
+from clients.demo_repository import STAMP_FILE, export_sources_digest, is_up_to_date, main, write_stamp
 
 
 def write_model(repository: Path, name: str) -> None:
@@ -52,6 +52,22 @@ def test_stamp_lists_only_complete_models(stamped_repository: Path) -> None:
     (stamped_repository / "half_written").mkdir()
     write_stamp(stamped_repository)
     assert json.loads((stamped_repository / STAMP_FILE).read_text())["models"] == ["resnet_small", "stn_small"]
+
+
+def test_export_command_reuses_an_up_to_date_repository(
+    stamped_repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--model-repository", str(stamped_repository)]) == 0
+    assert "reusing the up-to-date model repository" in capsys.readouterr().out
+
+
+def test_export_command_reports_a_failed_export_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    assert main(["--model-repository", str(not_a_folder), "--force"]) == 1
+    assert capsys.readouterr().err.startswith("error: the export failed with exit status")
 
 
 def test_digest_is_stable_and_hex() -> None:
