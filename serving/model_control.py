@@ -24,23 +24,40 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 @dataclass(frozen=True)
 class ModelControl:
-    """Whether load/unload is allowed, the token that authorises it, and the repository root."""
+    """Whether load/unload is allowed, the token that authorises it, the repository root, and which
+    models to load at start (None = all; explicit mode loads only those named by --load-model)."""
 
     mode: str
     token: str
     repository: Path
+    startup_models: frozenset[str] | None = None
 
     @classmethod
-    def create(cls, mode: str, token: str, repository: Path) -> ModelControl:
-        """Validate the start-up settings; raises ValueError with a message fit for the command line."""
+    def create(cls, mode: str, token: str, repository: Path, load_models: str = "") -> ModelControl:
+        """Validate the start-up settings; raises ValueError with a message fit for the command line.
+
+        load_models: --load-model, comma-separated names or "*" (every model); explicit mode only.
+        """
         if mode not in MODES:
             raise ValueError(f"--model-control-mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "explicit" and len(token) < 16:
+        names = frozenset(name.strip() for name in load_models.split(",") if name.strip())
+        if mode != "explicit":
+            if names:
+                raise ValueError("--load-model needs --model-control-mode explicit (otherwise every model loads)")
+            return cls(mode, token, repository.resolve())
+        if len(token) < 16:
             raise ValueError(
                 "--model-control-mode explicit needs a bearer token of at least 16 characters "
                 "(set NINEFOLD_MODEL_CONTROL_TOKEN)"
             )
-        return cls(mode, token, repository.resolve())
+        if "*" in names:
+            return cls(mode, token, repository.resolve())
+        for name in sorted(names):
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"--load-model: {name!r} is not a plain model folder name")
+            if not (repository / name).is_dir():
+                raise ValueError(f"--load-model: the model repository {repository} has no folder {name!r}")
+        return cls(mode, token, repository.resolve(), names)
 
     @property
     def enabled(self) -> bool:

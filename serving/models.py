@@ -254,7 +254,8 @@ class ModelManager:
     """Every model version the server knows, keyed by name and version.
 
     Call `load_all()` (or `load(name)`) from the event loop that will serve requests. State
-    changes notify listeners (health, metrics) on that loop.
+    changes notify listeners (health, metrics) on that loop. `startup_models` (None = every folder)
+    limits what `load_all` loads: model control's explicit mode sets it from --load-model.
     """
 
     def __init__(
@@ -274,6 +275,7 @@ class ModelManager:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="model-load")
         self.loaded = False
         self.draining = False
+        self.startup_models: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ queries
     def get(self, name: str, version: int = 0) -> ServedModel:
@@ -350,8 +352,11 @@ class ModelManager:
 
     @property
     def serving(self) -> bool:
-        """The whole server can answer: the initial load finished, not draining, some model ready."""
-        return self.loaded and not self.draining and any(m.ready for m in self.models())
+        """The whole server can answer: the initial load finished, not draining, and some model is ready
+        (or none was asked for at start: an explicit-mode server waiting for load requests is ready)."""
+        if not self.loaded or self.draining:
+            return False
+        return self.startup_models == frozenset() or any(m.ready for m in self.models())
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener()` on the event loop after any model changes state."""
@@ -359,8 +364,11 @@ class ModelManager:
 
     # ------------------------------------------------------------------ lifecycle
     async def load_all(self) -> None:
-        """Load every model of the repository in parallel; never raises for one bad model."""
+        """Load every model of the repository (or the `startup_models` of it) in parallel; never raises
+        for one bad model."""
         sources = repository.discover(self.repository)
+        if self.startup_models is not None:
+            sources = [source for source in sources if source.name in self.startup_models]
         await asyncio.gather(*(self._load_source(source) for source in sources))
         self.loaded = True
         self._notify()

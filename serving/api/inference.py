@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> No
     """Model control flags (Triton's names): off by default; explicit mode needs a token."""
     add_option(parser, env, "--model-control-mode", default="none", choices=MODES,
                help="'explicit' enables RepositoryModelLoad/Unload for callers presenting the token")
+    add_option(parser, env, "--load-model", default="",
+               help="explicit mode: models to load at start, comma-separated, or '*' for all (default: none)")
     add_option(parser, env, "--model-control-token", default="",
                help="bearer token required by RepositoryModelLoad/Unload (prefer the environment variable)")
 
@@ -53,10 +55,11 @@ def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
     try:
         control = ModelControl.create(
             extras.get("model_control_mode", "none"), extras.get("model_control_token", ""),
-            context.config.model_repository,
+            context.config.model_repository, extras.get("load_model", ""),
         )
     except ValueError as error:
         raise SystemExit(f"ninefold serve: {error}") from None
+    context.models.startup_models = control.startup_models
     limits = InputLimits(ImageLimits(max_pixels=context.config.max_image_pixels),
                          context.config.max_images_per_request)
     servicer = InferenceServicer(context.models, control, limits)

@@ -28,11 +28,13 @@ def control_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def control_server(control_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Explicit mode; the token comes from the environment, as docs/PROTOCOLS.md recommends."""
+    """Explicit mode loading `simple` at start; the token comes from the environment (docs/PROTOCOLS.md)."""
     log = tmp_path_factory.mktemp("control_server") / "server.log"
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv("NINEFOLD_MODEL_CONTROL_TOKEN", CONTROL_TOKEN)
-        server = ServerProcess.start(control_repository, log=log, extra_args=["--model-control-mode", "explicit"])
+        server = ServerProcess.start(
+            control_repository, log=log, extra_args=["--model-control-mode", "explicit", "--load-model", "simple"]
+        )
     with server:
         yield server
 
@@ -100,6 +102,50 @@ def test_unload_load_and_a_model_added_after_start(
     assert index["late"]["state"] == "READY" and index["simple"]["state"] == "UNAVAILABLE"
     assert steps[6]["ok"] and steps[7]["ok"]
     np.testing.assert_array_equal(result.outputs["7/OUTPUT1"], 0 * ints)
+
+
+def test_explicit_mode_loads_nothing_at_start_unless_asked(control_repository: Path, tmp_path: Path) -> None:
+    """As Triton: without --load-model the server is ready with no model, and loads on request."""
+    ints = np.arange(16, dtype=np.int32).reshape(1, 16)
+    infer = {"op": "infer", "model": "simple", "inputs": [{"name": "INPUT0", "datatype": "INT32", "array": "a"},
+                                                          {"name": "INPUT1", "datatype": "INT32", "array": "a"}]}
+    with ServerProcess.start(
+        control_repository, log=tmp_path / "server.log", env={"NINEFOLD_MODEL_CONTROL_TOKEN": CONTROL_TOKEN},
+        extra_args=["--model-control-mode", "explicit"],
+    ) as server:
+        result = TritonRunner(server.target, tmp_path).run([
+            {"op": "ready"},
+            {"op": "model_ready", "model": "simple"},
+            {"op": "repository_index"},
+            {"op": "load", "model": "simple", "token": CONTROL_TOKEN},
+            infer,
+        ], {"a": ints})
+    steps = result.steps
+    assert steps[0]["value"] is True and steps[1]["value"] is False
+    index = {entry["name"]: entry for entry in steps[2]["value"]["models"]}
+    assert index["simple"]["state"] == "UNAVAILABLE" and index["simple"]["reason"] == "not loaded"
+    assert steps[3]["ok"] and steps[4]["ok"], steps[3:]
+    np.testing.assert_array_equal(result.outputs["4/OUTPUT0"], 2 * ints)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--load-model", "simple"], "--load-model needs --model-control-mode explicit"),
+        (["--model-control-mode", "explicit", "--load-model", "../simple"], "is not a plain model folder name"),
+        (["--model-control-mode", "explicit", "--load-model", "simple,missing"], "has no folder 'missing'"),
+    ],
+    ids=["without-explicit-mode", "bad-name", "missing-folder"],
+)
+def test_bad_load_model_settings_refuse_to_start(control_repository: Path, args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "--model-repository", str(control_repository), "--port", "0",
+         "--metrics-port", "0", *args],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "NINEFOLD_MODEL_CONTROL_TOKEN": CONTROL_TOKEN},
+    )
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_explicit_mode_without_a_token_refuses_to_start(control_repository: Path) -> None:
