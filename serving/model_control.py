@@ -52,12 +52,13 @@ class ModelControl:
             )
         if "*" in names:
             return cls(mode, token, repository.resolve())
+        control = cls(mode, token, repository.resolve(), names)
         for name in sorted(names):
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"--load-model: {name!r} is not a plain model folder name")
-            if not (repository / name).is_dir():
-                raise ValueError(f"--load-model: the model repository {repository} has no folder {name!r}")
-        return cls(mode, token, repository.resolve(), names)
+            try:
+                control.model_folder(name)  # the same name and containment checks as a load request
+            except (InvalidArgument, NotFound) as error:
+                raise ValueError(f"--load-model: {error}") from None
+        return control
 
     @property
     def enabled(self) -> bool:

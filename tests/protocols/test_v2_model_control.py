@@ -132,8 +132,8 @@ def test_explicit_mode_loads_nothing_at_start_unless_asked(control_repository: P
     ("args", "message"),
     [
         (["--load-model", "simple"], "--load-model needs --model-control-mode explicit"),
-        (["--model-control-mode", "explicit", "--load-model", "../simple"], "is not a plain model folder name"),
-        (["--model-control-mode", "explicit", "--load-model", "simple,missing"], "has no folder 'missing'"),
+        (["--model-control-mode", "explicit", "--load-model", "../simple"], "is not a plain folder name"),
+        (["--model-control-mode", "explicit", "--load-model", "simple,missing"], "no model folder 'missing'"),
     ],
     ids=["without-explicit-mode", "bad-name", "missing-folder"],
 )
