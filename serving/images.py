@@ -192,7 +192,7 @@ def decode_resized(image: OpenedImage, size: tuple[int, int]) -> np.ndarray:
     try:
         if source.format == "JPEG" and (image.width > 2 * width or image.height > 2 * height):
             source.draft("RGB", (width, height))
-        rgb = source if source.mode == "RGB" else source.convert("RGB")
+        rgb = source if source.mode == "RGB" else _to_rgb(source)
         if rgb.size != (width, height):
             rgb = rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
         return np.asarray(rgb)
@@ -200,6 +200,15 @@ def decode_resized(image: OpenedImage, size: tuple[int, int]) -> np.ndarray:
         raise InvalidArgument(
             f"image {image.index}: corrupt or truncated {source.format} data ({error})"
         ) from None
+
+
+def _to_rgb(source: Image.Image) -> Image.Image:
+    """RGB of any Pillow mode. 16-bit greys (PNG, modes "I;16*" and "I") keep their high byte:
+    Pillow's own convert() clips them at 255, which turns most of a 16-bit picture white."""
+    if source.mode.startswith("I"):
+        grey = (np.asarray(source).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return source.convert("RGB")
 
 
 def _resize_raw(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -64,6 +64,15 @@ def test_lossless_formats_decode_exactly(fmt: str) -> None:
     np.testing.assert_array_equal(decode_resized(opened, (8, 12)), picture)
 
 
+def test_a_16_bit_grey_png_keeps_its_tones() -> None:
+    deep = (np.arange(8 * 12, dtype=np.uint16).reshape(8, 12) * 600).astype(np.uint16)  # 0 .. 57000
+    opened = open_image(EncodedImage(encoded(deep, "PNG")), 0, LIMITS)
+    pixels = decode_resized(opened, (8, 12))
+    assert pixels.shape == (8, 12, 3)
+    np.testing.assert_array_equal(pixels[..., 0], (deep >> 8).astype(np.uint8))
+    assert (pixels == 255).mean() < 0.01  # not clipped to white
+
+
 def test_jpeg_is_detected_from_bytes_and_resized() -> None:
     opened = open_image(EncodedImage(encoded(gradient(400, 300), "JPEG")), 0, LIMITS)
     pixels = decode_resized(opened, (40, 30))
