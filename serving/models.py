@@ -126,7 +126,9 @@ class ServedModel:
         return self.statistics.snapshot()
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, inputs: Tensors, deadline: float | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, inputs: Tensors, deadline: float | None = None, *, counted: bool = True
+    ) -> dict[str, np.ndarray]:
         """Run one request through the model's dynamic batcher.
 
         inputs: every declared input by name; with max_batch_size > 0 each array is (B, *dims)
@@ -138,7 +140,8 @@ class ServedModel:
           deadline fails with DeadlineExceeded and is never computed.
         Returns every declared output by name, (B, *dims) arrays (read-only views of the batch).
         Raises InvalidArgument, NotReady, ResourceExhausted (queue full), DeadlineExceeded,
-        Internal (the backend failed; details in the server log). Counts one request in the stats.
+        Internal (the backend failed; details in the server log). Counts one request in the stats
+        unless `counted` is False (a caller that counts the whole request itself: the task API).
         """
         started = time.perf_counter_ns()
         try:
@@ -150,17 +153,24 @@ class ServedModel:
                 inputs = self._reshaped(inputs, items)
             outputs = await batcher.submit(inputs, items, deadline)
         except ServingError as error:
-            self.statistics.on_request(time.perf_counter_ns() - started, error.reason)
+            if counted:
+                self.record_request(time.perf_counter_ns() - started, error.reason)
             raise
         except asyncio.CancelledError:
-            self.statistics.on_request(time.perf_counter_ns() - started, "cancelled")
+            if counted:
+                self.record_request(time.perf_counter_ns() - started, "cancelled")
             raise
-        self.statistics.on_request(time.perf_counter_ns() - started)
+        if counted:
+            self.record_request(time.perf_counter_ns() - started)
         return outputs
+
+    def record_request(self, duration_ns: int, failure_reason: str | None = None) -> None:
+        """Count one finished request (successful when `failure_reason` is None)."""
+        self.statistics.on_request(duration_ns, failure_reason)
 
     def record_failure(self, reason: str) -> None:
         """Count a request the transport refused before `infer` (e.g. undecodable image bytes)."""
-        self.statistics.on_request(0, reason)
+        self.record_request(0, reason)
 
     def _check(self, inputs: Tensors) -> int:
         """Validate names, dtypes and shapes; return the batch size (1 without a batch axis)."""

@@ -3,12 +3,15 @@
 Each RPC resolves its model (named, or the task's default), checks the model serves that task
 (FAILED_PRECONDITION otherwise) and the request's limits, converts the protobuf into task inputs,
 awaits the task (serving.tasks) and converts its results back. Domain errors become status codes
-in serving.api.status; request success and failure are counted per model: by the model's `infer`
-once the request reaches it, here (`record_failure`) when it fails before that.
+in serving.api.status. Each request is counted once, here, on the model it names, success or
+failure, with its whole duration (decoding to response): the task's own `infer` calls are not
+counted, so a caption whose decoding fails after a good encoder pass is a failed captioner request.
+The caption decoder counts its steps as its own requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
@@ -35,20 +38,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class _Attempt:
-    """The TensorModel a request's task runs through: remembers whether the request reached the model."""
+class _Uncounted:
+    """The TensorModel a request's task runs through: the model's `infer`, not counted there,
+    because `VisionServicer._run` counts the whole request once."""
 
-    __slots__ = ("model", "reached")
+    __slots__ = ("model",)
 
     def __init__(self, model: ServedModel) -> None:
         self.model = model
-        self.reached = False
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
     ) -> Mapping[str, np.ndarray]:
-        self.reached = True
-        return await self.model.infer(inputs, deadline)
+        return await self.model.infer(inputs, deadline, counted=False)
 
 
 def images_from_grpc(images: Sequence[pb.Image], limit: int) -> list[ImageInput]:
@@ -102,14 +104,18 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         return model
 
     async def _run(self, model: ServedModel, kind: type[T], work: Callable[[T], Awaitable[R]]) -> R:
-        """Run `work` on `model`'s task object; count a failure the model itself did not see."""
-        attempt = _Attempt(model)
+        """Run `work` on `model`'s task object; count the request on `model` once, however it ends."""
+        started = time.perf_counter_ns()
         try:
-            return await work(self._tasks.for_request(model, kind, attempt))
+            result = await work(self._tasks.for_request(model, kind, _Uncounted(model)))
         except ServingError as error:
-            if not attempt.reached:
-                model.record_failure(error.reason)
+            model.record_request(time.perf_counter_ns() - started, error.reason)
             raise
+        except asyncio.CancelledError:
+            model.record_request(time.perf_counter_ns() - started, "cancelled")
+            raise
+        model.record_request(time.perf_counter_ns() - started)
+        return result
 
     # ------------------------------------------------------------------ RPCs
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +27,8 @@ from serving.tasks.generate import latents_from_seed
 from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
 from tests.serving import tiny_repository as tiny
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
+
+ServerFactory = Callable[..., ServerProcess]
 
 MAX_PIXELS = 100 * 100
 MAX_IMAGES = 8
@@ -301,3 +306,26 @@ def test_concurrent_caption_steps_are_batched(server: ServerProcess) -> None:
 
 def test_server_still_serves_after_errors(vision: vision_pb2_grpc.VisionStub) -> None:
     assert vision.Classify(pb.ClassifyRequest(images=[encoded_image(uniform((1, 2, 3)))]), timeout=10).results
+
+
+def test_a_caption_whose_decoding_fails_is_one_failed_captioner_request(
+    tmp_path: Path, server_factory: ServerFactory
+) -> None:
+    """The encoder pass succeeds, the second decoder step fails: the request counts as failed on the
+    captioner (not as the encoder's success), and the decoder counts its own failed step."""
+    repository = tiny.write_tiny_repository(tmp_path / "repository")
+    decoder_path = repository / "tiny_caption_decoder" / "1" / "model.onnx"
+    decoder = onnx.load(str(decoder_path))
+    table = next(tensor for tensor in decoder.graph.initializer if tensor.name == "table")
+    table.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(table)[:2], "table"))  # token 2 falls off it
+    onnx.save(decoder, str(decoder_path))
+    server = server_factory(repository)
+    with vision_stub(server) as stub:
+        request = pb.CaptionRequest(images=[raw_image(uniform((128, 128, 128), 8, 8))])  # greedy: "red" = token 2
+        assert rpc_error(stub.Caption, request).code() == grpc.StatusCode.INTERNAL
+    captioner = {"model": "tiny_caption", "version": "1"}
+    assert metric(server, "nv_inference_request_success", **captioner) == 0
+    assert metric(server, "nv_inference_request_failure", **captioner) == 1
+    decoder_labels = {"model": "tiny_caption_decoder", "version": "1"}
+    assert metric(server, "nv_inference_request_success", **decoder_labels) == 1  # the first step
+    assert metric(server, "nv_inference_request_failure", **decoder_labels) == 1
