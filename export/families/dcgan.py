@@ -361,11 +361,13 @@ class DcganFamily:
         real_scenes = make_scenes(SAMPLES, dcgan_config.image_size, seed + 3000)
         real, real_classes = scene_tensor(real_scenes), torch.from_numpy(stack_labels(real_scenes))
         z = torch.randn(SAMPLES, dcgan_config.z_dim, generator=torch.Generator().manual_seed(seed + 2000))
-        generated = judge_samples(judge, dcgan.generator, z)
-        untrained = judge_samples(judge, Generator(dcgan_config).eval(), z)
+        codes = class_code(z, dcgan_config.classes)
         with torch.no_grad():
+            images = dcgan.generator(z)
             d_real = dcgan.discriminator(real, real_classes)
-            d_fake = dcgan.discriminator(dcgan.generator(z), class_code(z, dcgan_config.classes))
+            d_fake = dcgan.discriminator(images, codes)
+        generated = judge_images(judge, images, codes)
+        untrained = judge_samples(judge, Generator(dcgan_config).eval(), z)
         real_verdict = judge_images(judge, real, real_classes)
         every_class = all(count > 0 for count in generated.confident_per_class)
         return Quality(
