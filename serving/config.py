@@ -33,6 +33,7 @@ class ServerConfig:
     port: int = 8001
     metrics_port: int = 8002
     grace_seconds: float = 10.0
+    strict_readiness: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 64
@@ -113,6 +114,9 @@ def build_parser(
     add_option(parser, env, "--metrics-port", default=8002, type=int, help="Prometheus /metrics HTTP port; 0 = off")
     add_option(parser, env, "--grace-seconds", default=10.0, type=float,
                help="on SIGTERM/SIGINT, how long in-flight requests may take to finish before exit")
+    add_option(parser, env, "--strict-readiness", default=True, type=bool,
+               help="health service \"\" (and v2 ServerReady) is SERVING only when every model is ready, as "
+               "Triton's; --no-strict-readiness: when at least one is (default: strict)")
     add_option(parser, env, "--max-message-bytes", default=64 * 1024 * 1024, type=int,
                help="largest gRPC message accepted or sent")
     add_option(parser, env, "--max-image-pixels", default=40_000_000, type=int,

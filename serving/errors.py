@@ -67,3 +67,23 @@ class Internal(ServingError):
 
 class NotReady(Unavailable):
     """The model exists but is not ready: still loading, failed to load, or unloading."""
+
+
+CANCELLED = "cancelled"
+"""The `reason` of a request whose caller went away (asyncio cancellation, not a ServingError)."""
+
+FAILURE_REASONS: tuple[str, ...] = tuple(sorted({
+    error.reason
+    for error in (InvalidArgument, NotFound, FailedPrecondition, Unavailable, ResourceExhausted,
+                  DeadlineExceeded, Unauthenticated, Internal)
+} | {CANCELLED}))
+"""Every `reason` a request can fail with; /metrics shows each model's failure series for all of
+them from load on (0 until it happens), so a healthy model's failure ratio reads 0, not "no data"."""
+
+CLIENT_REASONS: frozenset[str] = frozenset({
+    InvalidArgument.reason, ResourceExhausted.reason, NotFound.reason, FailedPrecondition.reason,
+    Unauthenticated.reason, DeadlineExceeded.reason, CANCELLED,
+})
+"""Failures the caller causes or can fix (bad input, over a limit, unknown model, its own deadline or
+cancellation); the rest (`backend`, `unavailable`) are server faults. The alerts and the dashboard
+(k8s/monitoring) split failures by this set; tests/deploy checks that they name exactly it."""

@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from serving.errors import FAILURE_REASONS
 from serving.models import ModelManager
 from serving.stats import HistogramSnapshot, ModelStatsSnapshot
 
@@ -83,7 +84,9 @@ def _triton_counters(snapshots: list[ModelStatsSnapshot]) -> Iterator[Metric]:
     for s in snapshots:
         labels = {"model": s.name, "version": str(s.version)}
         success.add_sample(REQUEST_SUCCESS, labels, s.success.count)
-        for reason, value in sorted(s.failures_by_reason.items()):
+        # Every reason from load on: a healthy model's failure series read 0 rather than not existing.
+        failures = dict.fromkeys(FAILURE_REASONS, 0) | s.failures_by_reason
+        for reason, value in sorted(failures.items()):
             failure.add_sample(REQUEST_FAILURE, {**labels, "reason": reason}, value)
         count.add_sample(INFERENCE_COUNT, labels, s.inference_count)
         execs.add_sample(EXEC_COUNT, labels, s.execution_count)

@@ -266,6 +266,7 @@ class ModelManager:
     Call `load_all()` (or `load(name)`) from the event loop that will serve requests. State
     changes notify listeners (health, metrics) on that loop. `startup_models` (None = every folder)
     limits what `load_all` loads: model control's explicit mode sets it from --load-model.
+    `strict_readiness` (--strict-readiness) says what `serving` requires: every model, or some.
     """
 
     def __init__(
@@ -274,8 +275,10 @@ class ModelManager:
         settings: BackendSettings | None = None,
         gpus: Sequence[Gpu] = (),
         gpu_capable: bool | None = None,
+        strict_readiness: bool = True,
     ) -> None:
         self.repository = repository_path
+        self.strict_readiness = strict_readiness
         self.settings = settings or BackendSettings()
         self.gpus = tuple(gpus)
         self._gpu_capable = gpu_capable
@@ -360,13 +363,25 @@ class ModelManager:
                 entries.append(RepositoryEntry(source.name, None, ModelState.UNAVAILABLE, reason))
         return entries
 
+    def unready(self) -> list[str]:
+        """What is loaded or tried but cannot serve: "name" of a folder that failed before any version
+        existed, "name:version" of a version that is loading, failed or unloading; sorted."""
+        failed = list(self._errors)  # one snapshot: /metrics may call this from its thread
+        return sorted([*failed, *(f"{m.name}:{m.version}" for m in self.models() if not m.ready)])
+
     @property
     def serving(self) -> bool:
-        """The whole server can answer: the initial load finished, not draining, and some model is ready
-        (or none was asked for at start: an explicit-mode server waiting for load requests is ready)."""
+        """The whole server can answer (health service "", v2 ServerReady): the initial load finished,
+        not draining, and with `strict_readiness` (Triton's default) every model the server loaded or
+        tried is ready, without it some model is. A server asked to load nothing at start (explicit
+        model control, no --load-model) is ready with no model."""
         if not self.loaded or self.draining:
             return False
-        return self.startup_models == frozenset() or any(m.ready for m in self.models())
+        models = self.models()
+        nothing_asked = self.startup_models == frozenset()
+        if self.strict_readiness:
+            return (bool(models) or nothing_asked) and not self.unready()
+        return nothing_asked or any(m.ready for m in models)
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener()` on the event loop after any model changes state."""

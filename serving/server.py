@@ -2,7 +2,8 @@
 
 Start-up order: bind and start gRPC first (so probes get NOT_SERVING instead of connection
 refused while models load), load every model (warm-up included), then report SERVING.
-Health: service "" is SERVING once the initial load finished and at least one model is ready;
+Health: service "" is SERVING once the initial load finished and every model is ready (warm-up
+included; --no-strict-readiness: at least one), see `ModelManager.serving`;
 "ninefold.v1.Vision/<task>" is SERVING while that task's default model is ready.
 SIGTERM/SIGINT: every health service NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
 requests finish, and the process exits 0 within --grace-seconds.
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.api import ServingContext, available_adapters
 from serving.api.status import DomainErrorInterceptor
 from serving.config import ServerConfig
+from serving.cpus import cpu_budget
 from serving.metrics import start_metrics_server
 from serving.models import ModelManager
 from serving.placement import discover_gpus
@@ -69,7 +71,7 @@ class HealthReporter:
         await self._servicer.set("", _SERVING if overall else _NOT_SERVING)
         for task in sorted(set(self._tasks) | set(models.tasks())):
             try:
-                ready = overall and models.default_for(task).ready
+                ready = models.loaded and models.default_for(task).ready
             except Exception:  # NotFound / NotReady / Unavailable: the task cannot answer now
                 ready = False
             await self._servicer.set(task_health_service(task), _SERVING if ready else _NOT_SERVING)
@@ -82,7 +84,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    models = ModelManager(config.model_repository, config.backend_settings(), discover_gpus())
+    models = ModelManager(config.model_repository, config.backend_settings(), discover_gpus(),
+                          strict_readiness=config.strict_readiness)
     server = grpc.aio.server(
         interceptors=[DomainErrorInterceptor()], options=channel_options(config.max_message_bytes)
     )
@@ -106,6 +109,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     if config.metrics_port:
         start_metrics_server(config.host, config.metrics_port, models)
     log.info("listening on %s (metrics on :%s); loading %s", address, config.metrics_port, config.model_repository)
+    log_cpu_budget(config.ort_threads)
 
     started = time.perf_counter()
     models.add_listener(lambda: reporter.schedule_update(loop))
@@ -117,10 +121,20 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         ready = [m for m in models.models() if m.ready]
         elapsed = time.perf_counter() - started
         log.info("%d of %d model version(s) ready in %.2f s", len(ready), len(models.models()), elapsed)
+        if not models.serving and models.strict_readiness and models.unready():
+            log.warning("health \"\" stays NOT_SERVING: not ready: %s (every model must be; "
+                        "--no-strict-readiness serves with some)", ", ".join(models.unready()))
     await stopping
     await drain(server, models, reporter, config.grace_seconds)
     loading.cancel()
     return 0
+
+
+def log_cpu_budget(ort_threads: int) -> None:
+    """Say what the thread pools are sized by (the cgroup CPU limit in a container, not the node's cores)."""
+    budget = cpu_budget()
+    threads = f"{ort_threads} (--ort-threads)" if ort_threads > 0 else f"{budget.cpus} / CPU instances of the model"
+    log.info("CPU budget %s; ONNX Runtime intra-op threads per CPU instance: %s", budget.describe(), threads)
 
 
 async def drain(server: grpc.aio.Server, models: ModelManager, reporter: HealthReporter, grace: float) -> None:

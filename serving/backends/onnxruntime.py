@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import onnxruntime as ort
 
 from protos.inference import model_config_pb2 as mc
 from serving.backends import BackendSettings
+from serving.cpus import available_cpus
 from serving.placement import Device
 from serving.tensors import TensorSpec
 
@@ -74,10 +74,11 @@ def providers_for(
 
 
 def intra_op_threads(settings: BackendSettings, cpu_instances: int, cores: int | None = None) -> int:
-    """Threads per CPU instance: the setting, or the machine's cores shared among the instances."""
+    """Threads per CPU instance: the setting, or the process's CPU budget (its cgroup CPU limit, not
+    the node's cores) shared among the instances."""
     if settings.intra_op_threads > 0:
         return settings.intra_op_threads
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cpus()
     return max(1, cores // max(1, cpu_instances))
 
 

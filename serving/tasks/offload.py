@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from serving.cpus import available_cpus
 
 T = TypeVar("T")
 
@@ -21,8 +22,9 @@ T = TypeVar("T")
 #: a thread hop plus the scheduling delay it adds under load.
 INLINE_PIXEL_BUDGET = 128 * 128
 
-#: Threads of the image pool, and the most pieces one request's work is split into.
-IMAGE_WORKERS = os.cpu_count() or 2
+#: Threads of the image pool, and the most pieces one request's work is split into: the CPUs this
+#: process may use (its cgroup CPU limit in a container, serving.cpus).
+IMAGE_WORKERS = available_cpus()
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from clients.server_process import ServerProcess
-from tests.deploy.deploy_support import K8S, OVERLAYS, find_tool
+from tests.deploy.deploy_support import K8S, MAX_IMAGES, OVERLAYS, find_tool
 from tests.serving.conftest import start_server
 from tests.serving.tiny_repository import write_tiny_repository
 
@@ -45,6 +45,6 @@ def rendered(kubectl: str) -> dict[str, list[dict]]:
 def ninefold_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real `python -m serving` on loopback over the tiny repository (one tiny model per task)."""
     repository = write_tiny_repository(tmp_path_factory.mktemp("deploy-repository"))
-    server = start_server(repository)
+    server = start_server(repository, "--max-images-per-request", str(MAX_IMAGES))
     yield server
     assert server.stop() == 0, server.log()

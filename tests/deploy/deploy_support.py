@@ -20,6 +20,8 @@ K8S = ROOT / "k8s"
 VENV_BIN = Path(sys.executable).parent
 OVERLAYS = ("overlays/gpu", "overlays/cpu", "kserve", "monitoring", "base")
 """Every kustomization under k8s/; tests/deploy checks that no other exists."""
+MAX_IMAGES = 8
+"""The session server's --max-images-per-request (the scrape test sends one request over it)."""
 
 
 def find_tool(name: str, install_hint: str) -> str:

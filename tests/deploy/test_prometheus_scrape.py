@@ -1,9 +1,13 @@
 """A real Prometheus (Debian's package) on loopback scrapes a real ninefold server.
 
+On a freshly started server that has answered nothing, every Grafana panel and Prometheus Adapter
+query must already return a sample (0 allowed: a healthy model's failure series exist from load on).
 After a few real requests, Prometheus's HTTP API must answer a `histogram_quantile` of ninefold's
-latency and the request rate with values; every Grafana panel and Prometheus Adapter query must
-parse and return data (GPU ones only parse: no GPU here); the alert rules must load and evaluate
-without error, and only the error-ratio alert may react (the test sends one bad request in nine).
+latency and the request rate with values; every panel and adapter query must return data (GPU ones
+only parse: no GPU here); the batch-size panels must read 1 when every batch held one item; the
+alert rules must load and evaluate without error, and the client-error alert alone may react (the
+test's only failures are a client's: one unreadable image and one request over the image limit in
+every ten), never the critical server-fault one.
 Waits are bounded polls (scrapes every second), not timed assertions.
 """
 
@@ -27,7 +31,10 @@ import yaml
 from clients.client import VisionClient
 from clients.errors import VisionError
 from clients.server_process import ServerProcess, free_ports
-from tests.deploy.deploy_support import K8S, prometheus_rule_groups
+from serving.errors import FAILURE_REASONS
+from tests.deploy.deploy_support import K8S, MAX_IMAGES, prometheus_rule_groups
+from tests.serving.conftest import start_server
+from tests.serving.tiny_repository import write_tiny_repository
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +101,24 @@ def write_prometheus_config(folder: Path, metrics_url: str) -> Path:
 @pytest.fixture(scope="module")
 def prometheus(prometheus_binary: str, promtool: str, ninefold_server: ServerProcess,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    folder = tmp_path_factory.mktemp("prometheus")
+    """Prometheus scraping the session's server (which the `traffic` fixture sends requests)."""
+    yield from run_prometheus(prometheus_binary, promtool, ninefold_server, tmp_path_factory.mktemp("prometheus"))
+
+
+@pytest.fixture(scope="module")
+def quiet_prometheus(prometheus_binary: str, promtool: str,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """Prometheus scraping a server of its own that no test sends a request."""
+    server = start_server(write_tiny_repository(tmp_path_factory.mktemp("quiet-repository")))
+    try:
+        yield from run_prometheus(prometheus_binary, promtool, server, tmp_path_factory.mktemp("quiet-prometheus"))
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def run_prometheus(prometheus_binary: str, promtool: str, ninefold_server: ServerProcess,
+                   folder: Path) -> Iterator[Prometheus]:
+    """A real Prometheus on loopback scraping `ninefold_server` every second, stopped afterwards."""
     config = write_prometheus_config(folder, ninefold_server.metrics_url)
     checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -136,7 +160,8 @@ def wait_ready(server: Prometheus, process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def traffic(prometheus: Prometheus, ninefold_server: ServerProcess) -> None:
     """Real calls after Prometheus's first scrape, spread over several scrapes so that rate() sees
-    increases: eight good classify calls and one refused (unreadable image) per round."""
+    increases. Per round: eight good one-image classify calls (so every batch holds one item) and two
+    a client gets wrong: an unreadable image and one image over the request limit."""
     prometheus.wait_for_values('up{job="ninefold"}')
     rng = np.random.default_rng(0)
     with VisionClient(ninefold_server.target) as client:
@@ -145,6 +170,8 @@ def traffic(prometheus: Prometheus, ninefold_server: ServerProcess) -> None:
                 client.classify([rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)], top_k=2)
             with pytest.raises(VisionError, match="INVALID_ARGUMENT"):
                 client.classify([b"not an image"])
+            with pytest.raises(VisionError, match="RESOURCE_EXHAUSTED"):
+                client.classify([np.zeros((8, 8, 3), np.uint8)] * (MAX_IMAGES + 1))
             time.sleep(1.1)
 
 
@@ -157,14 +184,19 @@ def test_prometheus_answers_latency_quantile_and_request_rate(prometheus: Promet
     assert rate[0] > 0
 
 
-def dashboard_expressions() -> list[tuple[str, str]]:
+def dashboard_targets() -> list[tuple[str, dict]]:
+    """(panel title, target) of every query of the Grafana dashboard."""
     dashboard = json.loads((K8S / "monitoring" / "grafana-dashboard.json").read_text())
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    return [(panel["title"], target) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    return [(title, target["expr"]) for title, target in dashboard_targets()]
 
 
 def as_prometheus_query(expression: str) -> str:
     """What Grafana sends: its variables replaced ($namespace/$model = All = '.*')."""
-    return (expression.replace("$__rate_interval", RATE_WINDOW)
+    return (expression.replace("$__rate_interval", RATE_WINDOW).replace("$__range", RATE_WINDOW)
             .replace("$namespace", ".*").replace("$model", ".*"))
 
 
@@ -190,6 +222,41 @@ def test_every_dashboard_query_runs_on_what_the_server_exports(
         result = prometheus.query(as_prometheus_query(expression))["result"]
         if not names & GPU_METRICS:
             assert result, f"panel {title!r} shows nothing after real traffic: {expression}"
+
+
+def test_before_any_request_every_panel_and_adapter_query_has_a_sample(quiet_prometheus: Prometheus) -> None:
+    """No data would hide a healthy model: every query answers (NaN where a ratio or quantile has no
+    requests yet), and every model's failure series reads 0 for every reason."""
+    quiet_prometheus.wait_for_values(f"rate(nv_inference_request_success[{RATE_WINDOW}])")  # two scrapes in
+    for title, expression in dashboard_expressions():
+        if not metric_names(expression) & GPU_METRICS:
+            assert quiet_prometheus.query(as_prometheus_query(expression))["result"], (
+                f"panel {title!r} shows no data on a healthy idle server: {expression}")
+    for name, series, template in adapter_queries():
+        if series not in GPU_METRICS:
+            result = quiet_prometheus.query(expand_adapter_template(template, series))["result"]
+            assert [sample["metric"] for sample in result] == [{"pod": SCRAPE_LABELS["pod"]}], (name, result)
+    failures = quiet_prometheus.query("nv_inference_request_failure")["result"]
+    models = {sample["metric"]["model"] for sample in quiet_prometheus.query("nv_inference_request_success")["result"]}
+    assert {(sample["metric"]["model"], sample["metric"]["reason"]) for sample in failures} == {
+        (model, reason) for model in models for reason in FAILURE_REASONS}
+    assert {float(sample["value"][1]) for sample in failures} == {0.0}
+
+
+def test_batch_size_panels_read_one_when_every_batch_holds_one_item(prometheus: Prometheus, traffic: None) -> None:
+    """The traffic's classify calls carry one image each: a batch size panel must not read below 1."""
+    prometheus.wait_for_values(f"sum(rate(nv_inference_exec_count[{RATE_WINDOW}]))")
+    batch_targets = [(title, target) for title, target in dashboard_targets()
+                     if metric_names(target["expr"]) & {"ninefold_batch_size_bucket", "nv_inference_exec_count"}]
+    assert batch_targets
+    for title, target in batch_targets:
+        result = prometheus.query(as_prometheus_query(target["expr"]))["result"]
+        if target.get("format") == "heatmap":  # cumulative executions per `le`: all of them in le="1"
+            executions = {sample["metric"]["le"]: float(sample["value"][1]) for sample in result}
+            assert executions["1.0"] == executions["+Inf"] > 0, (title, executions)
+        else:
+            values = [float(sample["value"][1]) for sample in result if sample["metric"].get("model") == "tiny_classify"]
+            assert values == [1.0], (title, target["expr"], values)
 
 
 def adapter_queries() -> list[tuple[str, str, str]]:
@@ -232,14 +299,15 @@ def wait_for_alerts(prometheus: Prometheus) -> list[dict]:
     pytest.fail(f"no alert became active within {WAIT_S} s")
 
 
-def test_alert_rules_evaluate_and_only_the_error_ratio_alert_reacts(prometheus: Prometheus, traffic: None) -> None:
-    """One request in nine was refused: NinefoldHighErrorRatio (> 5%) turns pending for the tiny
-    classifier, and nothing else on this otherwise healthy server (all models ready, target up)."""
+def test_alert_rules_evaluate_and_only_the_client_error_alert_reacts(prometheus: Prometheus, traffic: None) -> None:
+    """Two requests in ten were the client's mistakes: NinefoldHighClientErrorRatio (> 10%) turns
+    pending for the tiny classifier, and nothing else on this otherwise healthy server (all models
+    ready, target up): above all not the critical NinefoldHighServerErrorRatio."""
     alerts = wait_for_alerts(prometheus)
     rules = [rule for group in prometheus.get("/api/v1/rules")["groups"] for rule in group["rules"]]
     assert len(rules) == sum(len(group["rules"]) for group in prometheus_rule_groups()["groups"])
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
     assert [(alert["labels"]["alertname"], alert["labels"]["model"], alert["state"]) for alert in alerts] == [
-        ("NinefoldHighErrorRatio", "tiny_classify", "pending")]
+        ("NinefoldHighClientErrorRatio", "tiny_classify", "pending")]
     assert alerts[0]["labels"]["namespace"] == SCRAPE_LABELS["namespace"]

@@ -82,7 +82,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path):  # type: ignore[no-untyped-def]
-    running = start_server(repository, "--grace-seconds", "20")
+    # The broken model would keep a strict server NOT_SERVING (tests/deploy checks that); these tests
+    # need the others serving beside it.
+    running = start_server(repository, "--grace-seconds", "20", "--no-strict-readiness")
     yield running
     running.stop()
 
@@ -132,7 +134,7 @@ def test_metrics_count_requests_batches_and_failures(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     text = server.metrics()
     assert metric(text, "nv_inference_request_success", model="doubler", version="1") == before + 3
-    assert metric(text, "nv_inference_request_failure", model="doubler", reason="invalid_argument") is not None
+    assert (metric(text, "nv_inference_request_failure", model="doubler", reason="invalid_argument") or 0) >= 1
     assert (metric(text, "nv_inference_count", model="doubler") or 0) >= 6
     assert (metric(text, "nv_inference_exec_count", model="doubler") or 0) >= 3
     for name in ("nv_inference_request_duration_us", "nv_inference_queue_duration_us",
@@ -201,7 +203,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
 
 
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits_zero(repository: Path) -> None:
-    server = start_server(repository, "--grace-seconds", "60")
+    server = start_server(repository, "--grace-seconds", "60", "--no-strict-readiness")
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
