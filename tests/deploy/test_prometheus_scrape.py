@@ -255,7 +255,8 @@ def test_batch_size_panels_read_one_when_every_batch_holds_one_item(prometheus: 
             executions = {sample["metric"]["le"]: float(sample["value"][1]) for sample in result}
             assert executions["1.0"] == executions["+Inf"] > 0, (title, executions)
         else:
-            values = [float(sample["value"][1]) for sample in result if sample["metric"].get("model") == "tiny_classify"]
+            values = [float(sample["value"][1]) for sample in result
+                      if sample["metric"].get("model") == "tiny_classify"]
             assert values == [1.0], (title, target["expr"], values)
 
 
