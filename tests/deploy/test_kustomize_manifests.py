@@ -38,7 +38,8 @@ def kserve_pod(obj: dict) -> dict:
         predictor = obj["spec"]["predictor"]
         model = {key: value for key, value in predictor["model"].items() if key not in KSERVE_MODEL_FIELDS}
         spec = {"containers": [{"name": "kserve-container", "image": "runtime", **model}],
-                **{key: predictor[key] for key in ("nodeSelector", "tolerations") if key in predictor}}
+                **{key: predictor[key] for key in ("nodeSelector", "tolerations", "terminationGracePeriodSeconds")
+                   if key in predictor}}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": obj["metadata"]["name"]}, "spec": spec}
 
 
@@ -214,6 +215,49 @@ def test_kserve_runtime_runs_the_server_like_the_deployment(rendered: dict[str, 
     assert model["modelFormat"]["name"] in {fmt["name"] for fmt in runtime["spec"]["supportedModelFormats"]}
     assert model["ports"] == container["ports"]
     assert model["storageUri"].startswith("pvc://ninefold-models/")
+
+
+def kserve_predictor_pod_labels(service: dict) -> dict[str, str]:
+    """The labels of an InferenceService's predictor pods in RawDeployment mode: its own plus KServe's."""
+    name = service["metadata"]["name"]
+    return {**service["metadata"].get("labels", {}), "serving.kserve.io/inferenceservice": name,
+            "component": "predictor", "app": f"isvc.{name}-predictor"}
+
+
+def test_kserve_pods_drain_before_they_are_killed(rendered: dict[str, list[dict]]) -> None:
+    runtime = find_object(rendered["kserve"], "ServingRuntime", "ninefold")
+    service = find_object(rendered["kserve"], "InferenceService", "ninefold")
+    (container,) = runtime["spec"]["containers"]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    assert float(env["NINEFOLD_GRACE_SECONDS"]) == SERVER_GRACE_SECONDS
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRE_STOP_SECONDS)]
+    assert service["spec"]["predictor"]["terminationGracePeriodSeconds"] > PRE_STOP_SECONDS + SERVER_GRACE_SECONDS
+
+
+def test_kserve_pods_are_scraped_as_job_ninefold_and_left_to_kserve(rendered: dict[str, list[dict]]) -> None:
+    """A PodMonitor in the kserve kustomization selects the predictor pods and scrapes the metrics port
+    under job "ninefold" (what the alerts and dashboard query); the Deployment's selectors do not
+    take those pods (a PDB or Service of the overlays applied beside it would otherwise)."""
+    objects = rendered["kserve"]
+    runtime = find_object(objects, "ServingRuntime", "ninefold")
+    service = find_object(objects, "InferenceService", "ninefold")
+    pod_labels = kserve_predictor_pod_labels(service)
+    env = {variable["name"]: variable["value"] for variable in runtime["spec"]["containers"][0]["env"]}
+    monitors = [obj for obj in objects if obj["kind"] == "PodMonitor"
+                and obj["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
+    assert monitors, "no PodMonitor selects the KServe predictor pods"
+    for monitor in monitors:
+        assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+        assert pod_labels.get(monitor["spec"]["jobLabel"]) == "ninefold"
+        assert [endpoint["portNumber"] for endpoint in monitor["spec"]["podMetricsEndpoints"]] == [
+            int(env["NINEFOLD_METRICS_PORT"])]
+    assert find_object(objects, "PrometheusRule", "ninefold")
+    deployment_objects = rendered["overlays/gpu"]
+    selectors = [find_object(deployment_objects, "Deployment", "ninefold")["spec"]["selector"]["matchLabels"],
+                 find_object(deployment_objects, "PodDisruptionBudget", "ninefold")["spec"]["selector"]["matchLabels"],
+                 find_object(deployment_objects, "Service", "ninefold")["spec"]["selector"]]
+    for selector in selectors:
+        assert not selector.items() <= pod_labels.items(), selector
 
 
 def test_every_yaml_under_k8s_is_used() -> None:
