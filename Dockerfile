@@ -44,7 +44,11 @@ FROM ${PYTHON_IMAGE} AS cpu-base
 ENV NINEFOLD_EXTRA=cpu
 
 FROM ${CUDA_IMAGE} AS gpu-base
-ENV NINEFOLD_EXTRA=gpu
+# ONNX Runtime's TensorRT EP dlopens libnvinfer.so.10, which the pip package tensorrt-cu13-libs puts in
+# site-packages/tensorrt_libs of the venv below. Nothing else puts that folder on the loader path, and
+# without it the EP fails to load and ONNX Runtime silently runs the model on the CUDA EP instead.
+ENV NINEFOLD_EXTRA=gpu TENSORRT_LIBS=/opt/ninefold/lib/python3.12/site-packages/tensorrt_libs
+ENV LD_LIBRARY_PATH=${TENSORRT_LIBS}:${LD_LIBRARY_PATH}
 # Ubuntu's archive keeps only the newest patch of python3.12; the CUDA image tag pins the rest.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -64,6 +68,8 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
     && /opt/ninefold/bin/pip install --no-cache-dir --constraint /tmp/constraints.txt \
        "$(ls /tmp/wheels/ninefold-*.whl)[${NINEFOLD_EXTRA}]" \
     && if /opt/ninefold/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the serving image" >&2; exit 1; fi \
+    && if [ -n "${TENSORRT_LIBS:-}" ] && [ ! -e "${TENSORRT_LIBS}/libnvinfer.so.10" ]; then \
+         echo "libnvinfer.so.10 is not in ${TENSORRT_LIBS} (LD_LIBRARY_PATH)" >&2; exit 1; fi \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ninefold
 COPY scripts/ninefold_health.py scripts/engine_cache.py /opt/ninefold/libexec/
 USER 10001:10001

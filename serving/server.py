@@ -4,7 +4,9 @@ Start-up order: bind and start gRPC first (so probes get NOT_SERVING instead of 
 refused while models load), load every model (warm-up included), then report SERVING.
 Health: service "" is SERVING once the initial load finished and every model is ready (warm-up
 included; --no-strict-readiness: at least one), see `ModelManager.serving`;
-"ninefold.v1.Vision/<task>" is SERVING while that task's default model is ready.
+"ninefold.v1.Vision/<task>" is SERVING while that task's default model is ready; "liveness" is
+SERVING while the process answers at all (the kubelet's liveness probe: a restart would not mend a
+model that fails to load).
 SIGTERM/SIGINT: every health service NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
 requests finish, and the process exits 0 within --grace-seconds.
 """
@@ -32,6 +34,7 @@ from serving.repository import TASKS
 log = logging.getLogger(__name__)
 
 VISION_SERVICE = "ninefold.v1.Vision"
+LIVENESS_SERVICE = "liveness"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -92,6 +95,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reporter = HealthReporter(health_servicer, models)
+    await health_servicer.set(LIVENESS_SERVICE, _SERVING)
     services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
     context = ServingContext(models=models, config=config)
     for adapter in available_adapters():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from tests.deploy.deploy_support import OVERLAYS, ROOT
+import yaml
+
+from tests.deploy.deploy_support import K8S, OVERLAYS, ROOT
 
 DOC = ROOT / "docs" / "DEPLOY.md"
 PATH_PATTERN = re.compile(r"(?<![\w/.])((?:k8s|scripts|docker|tests|docs)/[\w./-]*[\w/]|Dockerfile|\.dockerignore)")
@@ -21,3 +23,18 @@ def test_every_applied_kustomization_is_checked() -> None:
     applied = set(re.findall(r"kubectl apply -k (k8s/[\w/]+)", DOC.read_text()))
     assert applied == {"k8s/overlays/gpu", "k8s/overlays/cpu", "k8s/kserve"}
     assert {path.removeprefix("k8s/") for path in applied} <= set(OVERLAYS)
+
+
+def test_every_image_a_kustomization_runs_is_built_and_pushed() -> None:
+    """The guide builds and pushes every image tag the kustomizations name (the cpu overlay runs -cpu)."""
+    text = DOC.read_text()
+    built = set(re.findall(r"docker build [^\n]*-t \$REGISTRY/(ninefold:[\w.-]+)", text))
+    pushed = set(re.findall(r"docker push \$REGISTRY/(ninefold:[\w.-]+)", text))
+    used = set()
+    for overlay in OVERLAYS:
+        spec = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())
+        used |= {f"ninefold:{image['newTag']}" for image in spec.get("images", [])}
+    assert used, "no kustomization names an image"
+    assert used <= built, f"not built in docs/DEPLOY.md: {sorted(used - built)}"
+    assert used <= pushed, f"not pushed in docs/DEPLOY.md: {sorted(used - pushed)}"
+    assert built == pushed

@@ -75,3 +75,21 @@ def test_build_context_holds_what_the_dockerfile_uses_and_nothing_big() -> None:
         assert dockerignore_allows(source.rstrip("/")), f".dockerignore leaves out {source}"
     for excluded in (".venv", ".git", "model_repository", "tests", "serving/__pycache__", "export/model.onnx"):
         assert not dockerignore_allows(excluded), f".dockerignore lets {excluded} into the build context"
+
+
+def test_gpu_image_puts_the_pip_tensorrt_libraries_on_the_loader_path() -> None:
+    """onnxruntime-gpu's TensorRT EP needs libnvinfer.so.<major> from tensorrt-cu13-libs on the loader
+    path, or ONNX Runtime falls back to the CUDA EP without a word; the build refuses an image where
+    the library is not in that folder."""
+    gpu_base, serving = stages()["gpu-base"], stages()["serving"]
+    python = re.search(r"apt-get install .*\b(python3\.\d+)\b", gpu_base)
+    venv = re.search(r"python -m venv (\S+)", serving)
+    assert python and venv
+    folder = f"{venv[1]}/lib/{python[1]}/site-packages/tensorrt_libs"
+    assert re.search(rf"^ENV .*\bTENSORRT_LIBS={re.escape(folder)}\b", gpu_base, re.MULTILINE)
+    assert re.search(r"^ENV LD_LIBRARY_PATH=\$\{TENSORRT_LIBS\}:\$\{LD_LIBRARY_PATH\}$", gpu_base, re.MULTILINE)
+    constraints = (ROOT / "docker" / "constraints.txt").read_text()
+    major = re.search(r"^tensorrt-cu13-libs==(\d+)\.", constraints, re.MULTILINE)
+    assert major
+    assert f'[ ! -e "${{TENSORRT_LIBS}}/libnvinfer.so.{major[1]}" ]' in serving
+    assert "TENSORRT_LIBS" not in stages()["cpu-base"]

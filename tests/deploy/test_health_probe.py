@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from clients.server_process import ServerProcess, free_ports
+from serving.server import LIVENESS_SERVICE
 from tests.deploy.deploy_support import ROOT
 from tests.serving.conftest import start_server
 from tests.serving.tiny_repository import write_tiny_repository
@@ -85,6 +86,8 @@ def test_one_broken_model_keeps_a_strict_server_unready(loaded_strict_server: Se
     # A task whose default model is ready still says so, for a client that asks about it alone.
     assert probe("--address", loaded_strict_server.target, "--service", "ninefold.v1.Vision/classify").returncode == 0
     assert "not ready: tiny_broken:1" in loaded_strict_server.log()
+    # Alive all the same: the kubelet's liveness probe must not restart it (that mends no model file).
+    assert probe("--address", loaded_strict_server.target, "--service", LIVENESS_SERVICE).returncode == 0
 
 
 def test_without_strict_readiness_the_ready_models_serve(repository_with_a_broken_model: Path) -> None:

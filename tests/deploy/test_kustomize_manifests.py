@@ -16,6 +16,7 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 
+from serving.server import LIVENESS_SERVICE
 from tests.deploy.deploy_support import K8S, OVERLAYS, find_object
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -105,8 +106,10 @@ def test_server_pod_is_locked_down_and_probed(rendered: dict[str, list[dict]], o
         assert security["capabilities"] == {"drop": ["ALL"]}
         assert set(container["resources"]) == {"requests", "limits"}
     (server,) = pod["containers"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["grpc"] == {"port": 8001, "service": ""}
+    # Ready: every model serves (health ""); alive: the process answers (a restart mends no model).
+    assert server["readinessProbe"]["grpc"] == {"port": 8001, "service": ""}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert server[probe]["grpc"] == {"port": 8001, "service": LIVENESS_SERVICE}
     liveness = server["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > SERVER_GRACE_SECONDS
     assert server["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRE_STOP_SECONDS)]
