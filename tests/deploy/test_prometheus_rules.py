@@ -11,7 +11,7 @@ import yaml
 
 from serving import errors
 from serving.errors import CLIENT_REASONS, FAILURE_REASONS
-from tests.deploy.deploy_support import K8S, prometheus_rule_groups
+from tests.deploy.deploy_support import K8S, ROOT, prometheus_rule_groups
 
 CASES = Path(__file__).with_name("alert_cases.yml")
 
@@ -63,3 +63,9 @@ def test_failures_are_split_by_the_servers_own_client_reasons() -> None:
 
 def all_subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *all_subclasses(direct))]
+
+
+def test_metrics_doc_lists_every_reason_with_who_can_fix_it() -> None:
+    rows = re.findall(r"^\| `(\w+)` \| (server|client) \|", (ROOT / "docs" / "METRICS.md").read_text(), re.MULTILINE)
+    assert sorted(reason for reason, _ in rows) == sorted(FAILURE_REASONS)
+    assert {reason for reason, who in rows if who == "client"} == CLIENT_REASONS
