@@ -116,4 +116,3 @@ def _read_cfs_quota(folder: Path) -> tuple[float, Path] | None:
     except (OSError, ValueError):
         return None
     return None if quota <= 0 or period <= 0 else (quota / period, path)
-

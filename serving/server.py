@@ -7,7 +7,7 @@ included; --no-strict-readiness: at least one), see `ModelManager.serving`;
 "ninefold.v1.Vision/<task>" is SERVING while that task's default model is ready; "liveness" is
 SERVING while the process answers at all (the kubelet's liveness probe: a restart would not mend a
 model that fails to load).
-SIGTERM/SIGINT: every health service NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
+SIGTERM/SIGINT: every health service but "liveness" NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
 requests finish, and the process exits 0 within --grace-seconds.
 """
 
