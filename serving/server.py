@@ -1,11 +1,13 @@
-"""The gRPC server process: transports over the core, health, reflection, metrics, draining.
+"""The server process: gRPC and HTTP transports over the core, health, reflection, metrics, draining.
 
 Start-up order: bind and start gRPC first (so probes get NOT_SERVING instead of connection
 refused while models load), load every model (warm-up included), then report SERVING.
 Health: service "" is SERVING once the initial load finished and at least one model is ready;
 "ninefold.v1.Vision/<task>" is SERVING while that task's default model is ready.
 SIGTERM/SIGINT: every health service NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
-requests finish, and the process exits 0 within --grace-seconds.
+requests finish, and the process exits 0 within --grace-seconds. The OIP HTTP/REST routes the
+adapters added are served on --http-port (0 = off) from the same loop, started after gRPC and
+stopped with it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import signal
 import time
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.api import ServingContext, available_adapters
+from serving.api.http_server import start_http
 from serving.api.status import DomainErrorInterceptor
 from serving.config import ServerConfig
 from serving.metrics import start_metrics_server
@@ -103,9 +107,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 2
     await reporter.update()
     await server.start()
+    http = await _start_http(context)
+    if http is None and config.http_port:
+        await server.stop(None)
+        return 2
     if config.metrics_port:
         start_metrics_server(config.host, config.metrics_port, models)
-    log.info("listening on %s (metrics on :%s); loading %s", address, config.metrics_port, config.model_repository)
+    log.info("listening on %s (HTTP on :%s, metrics on :%s); loading %s", address, config.http_port or "off",
+             config.metrics_port, config.model_repository)
 
     started = time.perf_counter()
     models.add_listener(lambda: reporter.schedule_update(loop))
@@ -118,18 +127,39 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         elapsed = time.perf_counter() - started
         log.info("%d of %d model version(s) ready in %.2f s", len(ready), len(models.models()), elapsed)
     await stopping
-    await drain(server, models, reporter, config.grace_seconds)
+    await drain(server, models, reporter, config.grace_seconds, http)
     loading.cancel()
+    context.regions.close()
     return 0
 
 
-async def drain(server: grpc.aio.Server, models: ModelManager, reporter: HealthReporter, grace: float) -> None:
+async def _start_http(context: ServingContext) -> web.AppRunner | None:
+    """The HTTP listener when --http-port is set (None when off or the port is taken, which is logged)."""
+    config = context.config
+    if not config.http_port:
+        return None
+    try:
+        return await start_http(context.http_routes, config.host, config.http_port, config.max_message_bytes,
+                                config.grace_seconds)
+    except OSError as error:
+        log.error("cannot listen on %s:%s for HTTP (%s); is another server using the port?",
+                  config.host, config.http_port, error)
+        return None
+
+
+async def drain(
+    server: grpc.aio.Server,
+    models: ModelManager,
+    reporter: HealthReporter,
+    grace: float,
+    http: web.AppRunner | None = None,
+) -> None:
     """NOT_SERVING, refuse new requests, let in-flight ones finish, release the models, all within `grace`."""
     deadline = time.monotonic() + grace
     log.info("shutting down: refusing new requests, finishing in-flight ones (grace %.1f s)", grace)
     models.begin_drain()
     await reporter.update()
-    await server.stop(grace)
+    await asyncio.gather(server.stop(grace), http.cleanup() if http else asyncio.sleep(0))
     try:
         await asyncio.wait_for(models.close(), timeout=max(0.1, deadline - time.monotonic()))
     except asyncio.TimeoutError:
