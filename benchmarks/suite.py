@@ -53,7 +53,7 @@ from protos.ninefold.v1 import vision_pb2
 from serving.placement import CPU, Device, discover_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"tiny": 64, "resnet18": 224}
+MODELS = {"tiny": 64, "pool224": 224, "resnet18": 224}
 RAW_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
@@ -80,7 +80,7 @@ def scene_jpeg(size: int) -> bytes:
 def build_models(cache: Path, device: str) -> Path:
     """Export the benchmark models (torch runs in a child process; this one stays torch-free)."""
     work = cache / f"models-{device}"
-    if not (work / "unbatched" / "resnet18" / "1" / "model.onnx").exists():
+    if not all((work / "unbatched" / name / "1" / "model.onnx").exists() for name in MODELS):
         kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
         subprocess.run([sys.executable, "-m", "benchmarks.models", str(work), kind], check=True, cwd=ROOT)
     return work
@@ -318,7 +318,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    parser.add_argument("--models", default="tiny,resnet18")
+    parser.add_argument("--models", default="tiny,pool224,resnet18")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point and repeat")
     parser.add_argument("--warmup", type=float, default=1.0)

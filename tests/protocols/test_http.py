@@ -13,6 +13,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from clients.server_process import ServerProcess
+from serving.api.http_infer import HEADER_LENGTH
 from tests.protocols.conftest import TritonRunner, curl
 from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
 from tests.protocols.test_v2_server import ALL_MODELS, BATCH, inputs_for, ok, png
@@ -95,7 +96,8 @@ def test_every_model_answers_alike_over_http_binary_json_curl_and_grpc(
             np.testing.assert_array_equal(as_json[output["name"]], expected)
             np.testing.assert_array_equal(np.array(output["data"], expected.dtype).reshape(expected.shape), expected)
         assert {o["name"] for o in document["outputs"]} == set(binary)
-    np.testing.assert_array_equal(grpc.outputs["0/OUTPUT0"], requests["simple"]["INPUT0"] + requests["simple"]["INPUT1"])
+    simple = requests["simple"]
+    np.testing.assert_array_equal(grpc.outputs["0/OUTPUT0"], simple["INPUT0"] + simple["INPUT1"])
 
 
 def test_classification_and_encoded_images_over_http(http: httpclient.InferenceServerClient) -> None:
@@ -128,7 +130,7 @@ def test_errors_are_oip_json_with_the_tables_status(v2_server: ServerProcess) ->
          400, r"shape [1, 15] does not match"),
         (curl(f"{base}/models/tiny_classify/infer", json.dumps({"inputs": [
             {"name": "images", "datatype": "BYTES", "shape": [1], "data": [7]}]}).encode()), 400, "must be strings"),
-        (curl(f"{base}/models/simple/infer", header + b"\0" * 10, {"Inference-Header-Content-Length": str(len(header))}),
+        (curl(f"{base}/models/simple/infer", header + b"\0" * 10, {HEADER_LENGTH: str(len(header))}),
          400, "binary_data_size 64 exceeds the 10 bytes left"),
         (curl(f"{base}/repository/models/simple/unload", b"{}"), 401, "model control is disabled"),
         (curl(f"{base}/cudasharedmemory/status"), 501, "CUDA shared memory is not supported"),
