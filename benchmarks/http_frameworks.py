@@ -53,7 +53,8 @@ async def _core(repository: Path) -> tuple[InferenceServicer, Answer]:
     models = ModelManager(repository)
     await models.load_all()
     control = ModelControl.create("none", "", repository)
-    servicer = InferenceServicer(models, control, InputLimits(ImageLimits(), 64), SharedMemoryRegistry())
+    servicer = InferenceServicer(models, control, InputLimits(ImageLimits(), 64),
+                                 SharedMemoryRegistry(64 << 20))
 
     async def answer(model: str, body: bytes, header_length: str | None) -> tuple[bytes, int | None]:
         message, output_format = infer_request(model, "", body, header_length)

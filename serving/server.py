@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from serving.api import ServingContext, available_adapters
 from serving.api.http_server import start_http
+from serving.api.shm import SharedMemoryRegistry
 from serving.api.status import DomainErrorInterceptor
 from serving.config import ServerConfig
 from serving.metrics import start_metrics_server
@@ -94,7 +95,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reporter = HealthReporter(health_servicer, models)
     services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
-    context = ServingContext(models=models, config=config)
+    context = ServingContext(models=models, config=config, regions=SharedMemoryRegistry(config.max_message_bytes))
     for adapter in available_adapters():
         services += list(adapter.register(server, context))
     reflection.enable_server_reflection(services, server)

@@ -39,7 +39,7 @@ class ServingContext:
 
     models: ModelManager
     config: ServerConfig
-    regions: SharedMemoryRegistry = field(default_factory=SharedMemoryRegistry)
+    regions: SharedMemoryRegistry
     http_routes: list[web.RouteDef] = field(default_factory=list)
 
 

@@ -4,7 +4,9 @@ requests read inputs from and write outputs to them instead of carrying the byte
 One registry per server, shared by gRPC and HTTP (as in Triton). A key names an object directly
 under /dev/shm (POSIX shm_open names: "/name" or "name"); anything else - separators, "..", a
 symbolic link, a non-regular file - is refused before or at open, so a key never reaches a path
-outside /dev/shm. Every access is checked against the registered window [offset, offset + byte_size).
+outside /dev/shm. Every access is checked against the registered window [offset, offset + byte_size),
+and no read copies more than a request message may carry (--max-message-bytes), so a huge region
+cannot make the server allocate more than a huge message could.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def shm_path(key: str) -> Path:
 class SharedMemoryRegistry:
     """Registered regions by name: register, status, unregister, and checked reads and writes."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_read_bytes: int) -> None:
         self._regions: dict[str, _Region] = {}
+        self._max_read_bytes = max_read_bytes
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if not name:
@@ -101,6 +104,9 @@ class SharedMemoryRegistry:
 
     def read(self, ref: SharedMemoryRef, what: str) -> bytes:
         """A copy of the referenced bytes (the client may rewrite the region as soon as the request is answered)."""
+        if ref.byte_size > self._max_read_bytes:
+            raise ResourceExhausted(f"{what}: {ref.byte_size} bytes of shared memory exceed the "
+                                    f"{self._max_read_bytes}-byte limit on a request (--max-message-bytes)")
         region = self._get(ref.region)
         return region.mapping[region.window(ref, what)]
 
