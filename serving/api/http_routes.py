@@ -133,8 +133,9 @@ class _Routes:
 
     async def load(self, request: web.Request) -> web.StreamResponse:
         body = parse_json(await request.read(), "the load request")
+        parameters = body.get("parameters") if isinstance(body, dict) else None
         message = pb.RepositoryModelLoadRequest(model_name=request.match_info["model"])
-        for key, value in (body.get("parameters") or {}).items() if isinstance(body, dict) else ():
+        for key, value in (parameters or {}).items() if isinstance(parameters, dict) else ():
             message.parameters[key].string_param = str(value)  # refused by the servicer: none are supported
         await self._call("RepositoryModelLoad", message, request)
         return web.Response()
