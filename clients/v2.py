@@ -61,6 +61,8 @@ def http_infer_body(request: pb.ModelInferRequest) -> tuple[bytes, dict[str, str
         for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
     ]
     document: dict[str, object] = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    if request.id:
+        document["id"] = request.id
     if request.outputs:
         document["outputs"] = [{"name": o.name, "parameters": {"binary_data": True}} for o in request.outputs]
     header = json.dumps(document).encode()

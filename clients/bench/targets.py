@@ -79,7 +79,7 @@ class SharedMemoryTensor:
 
 def v2_http_tensor_target(model: str, inputs: dict[str, np.ndarray]) -> HttpTarget:
     """Open Inference Protocol over HTTP: the tensors of v2_tensor_target as binary data, outputs as binary."""
-    body, headers = http_infer_body(infer_request(model, inputs))
+    body, headers = http_infer_body(infer_request(model, inputs, request_id="bench"))  # KServe's REST needs an id
     return HttpTarget(f"/v2/models/{model}/infer", body, headers, f"v2 HTTP infer {model} (binary tensors)")
 
 
