@@ -1,8 +1,10 @@
 """Build the benchmark's models and repositories (torch side; `python -m benchmarks.models OUT`).
 
-Two classifiers, random weights (speed does not depend on them):
+Three classifiers, random weights (speed does not depend on them):
 - `tiny`: a five-layer CNN at 64x64, about a millisecond per image on two cores;
-- `resnet18`: torchvision's ResNet-18 at 224x224, 1,000 classes.
+- `resnet18`: torchvision's ResNet-18 at 224x224, 1,000 classes;
+- `pool224`: a 224x224 input averaged and fed to one linear layer: ResNet-class input with next to
+  no compute, so what a transport costs (gRPC, HTTP, shared memory) is not hidden behind the model.
 Each is exported once to ONNX and served from two repositories that differ only in batching:
 `batching/` (dynamic_batching, as the export stage writes) and `unbatched/` (no dynamic_batching:
 each request runs alone, Triton's default scheduler).
@@ -34,8 +36,14 @@ def tiny_classifier(classes: int = 10) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width_in, classes))
 
 
+def pooled_classifier(classes: int = 10) -> nn.Module:
+    """Global average pool + linear: (B, 3, H, W) -> (B, classes) in microseconds."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, classes))
+
+
 MODELS = {
     "tiny": (tiny_classifier, 64, 10),
+    "pool224": (pooled_classifier, 224, 10),
     "resnet18": (lambda classes: torchvision.models.resnet18(weights=None, num_classes=classes), 224, 1000),
 }
 

@@ -3,7 +3,9 @@ side by side in one run:
 
 1. raw: ClassifyPipeline in this process, batch 1 and the best batch size (the limit);
 2. ninefold with dynamic batching, and with batching off (task API, Classify);
-3. the peer: KServe's Python model server with the same pipeline (Open Inference Protocol gRPC).
+3. the peer: KServe's Python model server with the same pipeline (Open Inference Protocol gRPC);
+4. the same FP32 tensors over v2 gRPC, over OIP HTTP/REST (binary tensors; ninefold and KServe) and
+   over v2 gRPC with system shared memory (ninefold): what each transport costs.
 
 Writes bench_results/summary.json (ratios per model + every point + machine, versions, date),
 results.md and results.png. See docs/PERFORMANCE.md for how to read them.
@@ -31,9 +33,18 @@ from PIL import Image
 from benchmarks.peer_env import peer_python
 from benchmarks.pipeline import ClassifyPipeline
 from benchmarks.raw import RawResult, measure_raw
+from benchmarks.shm_path import shared_memory_target
 from clients.bench import LoadPlan, measure_system
 from clients.bench.report import Point, write_results
-from clients.bench.targets import CLASSIFY_METHOD, Target, classify_target, v2_image_target, v2_tensor_target
+from clients.bench.targets import (
+    CLASSIFY_METHOD,
+    HttpTarget,
+    Target,
+    classify_target,
+    v2_http_tensor_target,
+    v2_image_target,
+    v2_tensor_target,
+)
 from clients.server_process import ServerProcess, free_ports
 from clients.v2 import response_arrays
 from protos.inference import grpc_service_pb2 as v2
@@ -42,7 +53,7 @@ from protos.ninefold.v1 import vision_pb2
 from serving.placement import CPU, Device, discover_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"tiny": 64, "resnet18": 224}
+MODELS = {"tiny": 64, "pool224": 224, "resnet18": 224}
 RAW_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
@@ -69,7 +80,7 @@ def scene_jpeg(size: int) -> bytes:
 def build_models(cache: Path, device: str) -> Path:
     """Export the benchmark models (torch runs in a child process; this one stays torch-free)."""
     work = cache / f"models-{device}"
-    if not (work / "unbatched" / "resnet18" / "1" / "model.onnx").exists():
+    if not all((work / "unbatched" / name / "1" / "model.onnx").exists() for name in MODELS):
         kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
         subprocess.run([sys.executable, "-m", "benchmarks.models", str(work), kind], check=True, cwd=ROOT)
     return work
@@ -91,6 +102,7 @@ class PeerProcess:
     def __init__(self, python: Path, model_dir: Path, log: Path) -> None:
         grpc_port, http_port = free_ports(2)
         self.target = f"127.0.0.1:{grpc_port}"
+        self.http_target = f"127.0.0.1:{http_port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with log.open("wb") as sink:
             self._process = subprocess.Popen(
@@ -161,6 +173,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     raw = measure_raw(pipeline, jpeg, RAW_BATCH_SIZES, seconds)
     expected = pipeline([jpeg], k=1)[0].labels[0]
     tensors = {"images": pipeline.preprocess([jpeg])}  # the v2 tensors-in / logits-out comparison
+    logits_bytes = pipeline.infer(tensors["images"]).nbytes
     del pipeline
     print(f"  raw: batch 1 p50 {raw.p50_ms_batch1:.2f} ms; best {raw.best_images_per_s:.0f} img/s at batch "
           f"{raw.best_batch_size}", file=sys.stderr, flush=True)
@@ -175,11 +188,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
                 system=system, model=model, metrics_url=server.metrics_url, server_pid=server.process.pid,
             ))
             if repository == "batching":
-                points += asyncio.run(measure_system(
-                    server.target, v2_tensor_target(model, tensors), settings.plan,
-                    system="ninefold-v2-tensors", model=model, metrics_url=server.metrics_url,
-                    server_pid=server.process.pid,
-                ))
+                points += transport_points(server, model, tensors, logits_bytes, settings.plan)
     if peer is not None:
         process = PeerProcess(peer, models_dir / "batching" / model, logs / f"kserve-{model}.log")
         try:
@@ -193,9 +202,29 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
                 process.target, v2_tensor_target(f"{model}_tensors", tensors), settings.plan,
                 system="kserve-v2-tensors", model=model, server_pid=process.pid,
             ))
+            points += asyncio.run(measure_system(
+                process.http_target, v2_http_tensor_target(f"{model}_tensors", tensors), settings.plan,
+                system="kserve-http-tensors", model=model, server_pid=process.pid,
+            ))
         finally:
             process.stop()
     return raw, points
+
+
+def transport_points(
+    server: ServerProcess, model: str, tensors: dict[str, np.ndarray], logits_bytes: int, plan: LoadPlan
+) -> list[Point]:
+    """The same FP32 tensors in, logits out, over v2 gRPC, OIP HTTP (binary tensors) and v2 gRPC with
+    both tensors in system shared memory."""
+    def measure(address: str, target: Target | HttpTarget, system: str) -> list[Point]:
+        return asyncio.run(measure_system(address, target, plan, system=system, model=model,
+                                          metrics_url=server.metrics_url, server_pid=server.process.pid))
+
+    points = measure(server.target, v2_tensor_target(model, tensors), "ninefold-v2-tensors")
+    points += measure(server.http_target, v2_http_tensor_target(model, tensors), "ninefold-http-tensors")
+    with shared_memory_target(server.target, model, tensors, {"logits": logits_bytes}) as target:
+        points += measure(server.target, target, "ninefold-v2-shm")
+    return points
 
 
 def resident_mib(pid: int) -> float:
@@ -246,6 +275,9 @@ def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
     c1, c16 = _at(points, "ninefold", 1), _at(points, "ninefold", 16)
     off16, peer16 = _at(points, "ninefold-no-batching", 16), _at(points, "kserve", 16)
     v2_16, peer_v2_16 = _at(points, "ninefold-v2-tensors", 16), _at(points, "kserve-v2-tensors", 16)
+    http16, peer_http16 = _at(points, "ninefold-http-tensors", 16), _at(points, "kserve-http-tensors", 16)
+    v2_1, shm1, shm16 = _at(points, "ninefold-v2-tensors", 1), _at(points, "ninefold-v2-shm", 1), _at(
+        points, "ninefold-v2-shm", 16)
     p50_c1 = _median(c1, "p50_ms")
     return {
         "saturation_vs_raw": best / raw.best_images_per_s,
@@ -256,6 +288,13 @@ def ratios(raw: RawResult, points: list[Point]) -> dict[str, float | None]:
         # the same protocol on both sides: v2 ModelInfer, FP32 tensors in, logits out
         "v2_tensors_vs_peer_c16": _ratio(_median(v2_16, "throughput"), _median(peer_v2_16, "throughput")),
         "v2_tensors_p99_vs_peer_c16": _ratio(_median(v2_16, "p99_ms"), _median(peer_v2_16, "p99_ms")),
+        # OIP HTTP/REST with binary tensors: against KServe's HTTP, and against ninefold's own gRPC
+        "http_tensors_vs_peer_c16": _ratio(_median(http16, "throughput"), _median(peer_http16, "throughput")),
+        "http_vs_grpc_tensors_c16": _ratio(_median(http16, "throughput"), _median(v2_16, "throughput")),
+        # system shared memory against the same tensors in the message (> 1 = shared memory is faster)
+        "shm_p50_gain_c1": _ratio(_median(v2_1, "p50_ms"), _median(shm1, "p50_ms")),
+        "shm_throughput_gain_c16": _ratio(_median(shm16, "throughput"), _median(v2_16, "throughput")),
+        "shm_cpu_gain_c16": _ratio(_cpu(v2_16), _cpu(shm16)),
         # CPU time per request: what survives a shared machine (> 1 = ninefold costs less)
         "cpu_vs_peer_c16": _ratio(_cpu(peer16), _cpu(c16)),
         "cpu_vs_raw": _ratio(
@@ -279,7 +318,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
-    parser.add_argument("--models", default="tiny,resnet18")
+    parser.add_argument("--models", default="tiny,pool224,resnet18")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point and repeat")
     parser.add_argument("--warmup", type=float, default=1.0)

@@ -44,15 +44,19 @@ def free_ports(count: int) -> list[int]:
 
 
 class ServerProcess:
-    """A running `python -m serving --model-repository DIR` on 127.0.0.1 (gRPC `target`, `metrics_url`).
+    """A running `python -m serving --model-repository DIR` on 127.0.0.1 (gRPC `target`, OIP HTTP
+    `http_target` as host:port, `metrics_url`).
 
     Use as a context manager (`with ServerProcess.start(repo, log=path) as server:`); leaving it
     stops the server. `stop()` returns the exit status and raises if the server ignored SIGTERM.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], target: str, metrics_url: str, log_path: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], target: str, metrics_url: str, log_path: Path, http_target: str = ""
+    ) -> None:
         self.process = process
         self.target = target
+        self.http_target = http_target
         self.metrics_url = metrics_url
         self.log_path = log_path
 
@@ -72,7 +76,7 @@ class ServerProcess:
         Returns once grpc.health reports SERVING for the whole server, or, with wait_serving=False, as
         soon as it answers at all (models may still be loading). `env` adds to this process's environment.
         """
-        port, metrics_port = free_ports(2)
+        port, http_port, metrics_port = free_ports(3)
         if log is None:
             descriptor, name = tempfile.mkstemp(prefix="ninefold-server-", suffix=".log")
             os.close(descriptor)
@@ -89,13 +93,16 @@ class ServerProcess:
             str(port),
             "--metrics-port",
             str(metrics_port),
+            "--http-port",
+            str(http_port),
             *extra_args,
         ]
         log.parent.mkdir(parents=True, exist_ok=True)
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with log.open("wb") as log_file:
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
-        server = cls(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log)
+        server = cls(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log,
+                     f"127.0.0.1:{http_port}")
         try:
             server._wait_until_up(ready_timeout, wait_serving)
         except BaseException:

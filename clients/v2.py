@@ -11,6 +11,7 @@ tritonclient: ninefold's generated `inference` stubs plus the same tensor codec 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,23 @@ def infer_request(
         if output.classification:
             requested.parameters["classification"].int64_param = output.classification
     return request
+
+
+def http_infer_body(request: pb.ModelInferRequest) -> tuple[bytes, dict[str, str]]:
+    """The OIP HTTP body (JSON header, then the raw tensors: the binary-data extension) and headers that
+    carry the same tensors as `request`; every output asked for as binary data."""
+    inputs = [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "parameters": {"binary_data_size": len(raw)}}
+        for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+    ]
+    document: dict[str, object] = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    if request.id:
+        document["id"] = request.id
+    if request.outputs:
+        document["outputs"] = [{"name": o.name, "parameters": {"binary_data": True}} for o in request.outputs]
+    header = json.dumps(document).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return b"".join([header, *request.raw_input_contents]), headers
 
 
 def response_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

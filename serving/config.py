@@ -31,6 +31,7 @@ class ServerConfig:
     model_repository: Path
     host: str = "127.0.0.1"
     port: int = 8001
+    http_port: int = 8000
     metrics_port: int = 8002
     grace_seconds: float = 10.0
     strict_readiness: bool = True
@@ -79,8 +80,10 @@ def add_option(
     type: Callable[[str], Any] = str,
     choices: Sequence[Any] | None = None,
     required: bool = False,
+    aliases: Sequence[str] = (),
 ) -> None:
-    """Add `flag` whose default comes from NINEFOLD_<FLAG> when set. Booleans get --flag/--no-flag."""
+    """Add `flag` (also spelt `aliases`) whose default comes from NINEFOLD_<FLAG> when set.
+    Booleans get --flag/--no-flag."""
     variable = env_name(flag)
     if type is bool:
         value = parse_bool(env[variable]) if variable in env else default
@@ -91,6 +94,7 @@ def add_option(
     value = type(env[variable]) if variable in env else default
     parser.add_argument(
         flag,
+        *aliases,
         type=type,
         default=value,
         choices=choices,
@@ -105,34 +109,45 @@ def build_parser(
     """The `python -m serving` / `ninefold serve` command line; `extra` hooks add adapter flags."""
     parser = argparse.ArgumentParser(
         prog="ninefold serve",
-        description="Serve a model repository over gRPC (task API + Open Inference Protocol) with dynamic batching.",
+        description="Serve a model repository over gRPC (task API + Open Inference Protocol) and HTTP/REST "
+        "(Open Inference Protocol) with dynamic batching. Flags use Triton's spellings where Triton has one.",
     )
-    add_option(parser, env, "--model-repository", default=None, type=Path, required=True,
+    server = parser.add_argument_group("Server")
+    repository = parser.add_argument_group("Model repository")
+    http = parser.add_argument_group("HTTP")
+    grpc = parser.add_argument_group("GRPC")
+    metrics = parser.add_argument_group("Metrics")
+    inputs = parser.add_argument_group("Request limits")
+    backend = parser.add_argument_group("Backend (ONNX Runtime)")
+    logs = parser.add_argument_group("Logging")
+    add_option(repository, env, "--model-repository", default=None, type=Path, required=True,
                help="model repository directory (Triton layout, config.pbtxt per model)")
-    add_option(parser, env, "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
-    add_option(parser, env, "--port", default=8001, type=int, help="gRPC port")
-    add_option(parser, env, "--metrics-port", default=8002, type=int, help="Prometheus /metrics HTTP port; 0 = off")
-    add_option(parser, env, "--grace-seconds", default=10.0, type=float,
+    add_option(server, env, "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
+    add_option(grpc, env, "--port", default=8001, type=int, aliases=("--grpc-port",), help="gRPC port")
+    add_option(http, env, "--http-port", default=8000, type=int,
+               help="Open Inference Protocol HTTP/REST port; 0 = off")
+    add_option(metrics, env, "--metrics-port", default=8002, type=int, help="Prometheus /metrics HTTP port; 0 = off")
+    add_option(server, env, "--grace-seconds", default=10.0, type=float,
                help="on SIGTERM/SIGINT, how long in-flight requests may take to finish before exit")
-    add_option(parser, env, "--strict-readiness", default=True, type=bool,
+    add_option(server, env, "--strict-readiness", default=True, type=bool,
                help="health service \"\" (and v2 ServerReady) is SERVING only when every model is ready, as "
                "Triton's; --no-strict-readiness: when at least one is (default: strict)")
-    add_option(parser, env, "--max-message-bytes", default=64 * 1024 * 1024, type=int,
-               help="largest gRPC message accepted or sent")
-    add_option(parser, env, "--max-image-pixels", default=40_000_000, type=int,
+    add_option(grpc, env, "--max-message-bytes", default=64 * 1024 * 1024, type=int,
+               help="largest gRPC message accepted or sent (and largest HTTP request body)")
+    add_option(inputs, env, "--max-image-pixels", default=40_000_000, type=int,
                help="largest width*height of one input image (decompression-bomb guard)")
-    add_option(parser, env, "--max-images-per-request", default=64, type=int, help="most images in one request")
-    add_option(parser, env, "--ort-threads", default=0, type=int,
+    add_option(inputs, env, "--max-images-per-request", default=64, type=int, help="most images in one request")
+    add_option(backend, env, "--ort-threads", default=0, type=int,
                help="ONNX Runtime intra-op threads per CPU instance; 0 = cores / instances of the model, "
                "or 1 for a model whose batch-1 run takes under 2 ms")
-    add_option(parser, env, "--spin-wait", default=False, type=bool,
+    add_option(backend, env, "--spin-wait", default=False, type=bool,
                help="let ONNX Runtime threads spin between runs (lower latency, burns CPU while idle)")
-    add_option(parser, env, "--tensorrt-cache-dir", default=None, type=Path,
+    add_option(backend, env, "--tensorrt-cache-dir", default=None, type=Path,
                help="TensorRT EP engine cache directory (default: trt_cache/ beside each model file)")
-    add_option(parser, env, "--tensorrt-fp16", default=True, type=bool, help="allow fp16 in the TensorRT EP")
-    add_option(parser, env, "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    add_option(backend, env, "--tensorrt-fp16", default=True, type=bool, help="allow fp16 in the TensorRT EP")
+    add_option(logs, env, "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                type=str.upper, help="log verbosity")
-    add_option(parser, env, "--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
+    add_option(server, env, "--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
                help="event loop implementation")
     for hook in extra:
         hook(parser, env)

@@ -2,7 +2,7 @@
 
 Every layer below the transport raises these (never grpc codes): the batcher, the repository,
 the task layer. The transport maps them to status codes in ONE table
-(`serving.api.status.GRPC_CODES`). Messages must say what was wrong and what to change, and
+(`serving.api.status.CODES`: gRPC and HTTP). Messages must say what was wrong and what to change, and
 must never contain stack traces, file system paths of the server or internal state.
 
 `reason` is the label value of `nv_inference_request_failure{reason=...}`.

@@ -1,4 +1,4 @@
-"""The gRPC server process: transports over the core, health, reflection, metrics, draining.
+"""The server process: gRPC and HTTP transports over the core, health, reflection, metrics, draining.
 
 Start-up order: bind and start gRPC first (so probes get NOT_SERVING instead of connection
 refused while models load), load every model (warm-up included), then report SERVING.
@@ -8,7 +8,9 @@ included; --no-strict-readiness: at least one), see `ModelManager.serving`;
 SERVING while the process answers at all (the kubelet's liveness probe: a restart would not mend a
 model that fails to load).
 SIGTERM/SIGINT: every health service but "liveness" NOT_SERVING, new requests refused (UNAVAILABLE), in-flight
-requests finish, and the process exits 0 within --grace-seconds.
+requests finish, and the process exits 0 within --grace-seconds. The OIP HTTP/REST routes the
+adapters added are served on --http-port (0 = off) from the same loop, started after gRPC and
+stopped with it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import signal
 import time
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.api import ServingContext, available_adapters
+from serving.api.http_server import start_http
+from serving.api.shm import SharedMemoryRegistry
 from serving.api.status import DomainErrorInterceptor
 from serving.config import ServerConfig
 from serving.cpus import cpu_budget
@@ -97,7 +102,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     reporter = HealthReporter(health_servicer, models)
     await health_servicer.set(LIVENESS_SERVICE, _SERVING)
     services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
-    context = ServingContext(models=models, config=config)
+    context = ServingContext(models=models, config=config, regions=SharedMemoryRegistry(config.max_message_bytes))
     for adapter in available_adapters():
         services += list(adapter.register(server, context))
     reflection.enable_server_reflection(services, server)
@@ -110,9 +115,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 2
     await reporter.update()
     await server.start()
+    http = await _start_http(context)
+    if http is None and config.http_port:
+        await server.stop(None)
+        return 2
     if config.metrics_port:
         start_metrics_server(config.host, config.metrics_port, models)
-    log.info("listening on %s (metrics on :%s); loading %s", address, config.metrics_port, config.model_repository)
+    log.info("listening on %s (HTTP on :%s, metrics on :%s); loading %s", address, config.http_port or "off",
+             config.metrics_port, config.model_repository)
     log_cpu_budget(config.ort_threads)
 
     started = time.perf_counter()
@@ -129,8 +139,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
             log.warning("health \"\" stays NOT_SERVING: not ready: %s (every model must be; "
                         "--no-strict-readiness serves with some)", ", ".join(models.unready()))
     await stopping
-    await drain(server, models, reporter, config.grace_seconds)
+    await drain(server, models, reporter, config.grace_seconds, http)
     loading.cancel()
+    context.regions.close()
     return 0
 
 
@@ -141,13 +152,33 @@ def log_cpu_budget(ort_threads: int) -> None:
     log.info("CPU budget %s; ONNX Runtime intra-op threads per CPU instance: %s", budget.describe(), threads)
 
 
-async def drain(server: grpc.aio.Server, models: ModelManager, reporter: HealthReporter, grace: float) -> None:
+async def _start_http(context: ServingContext) -> web.AppRunner | None:
+    """The HTTP listener when --http-port is set (None when off or the port is taken, which is logged)."""
+    config = context.config
+    if not config.http_port:
+        return None
+    try:
+        return await start_http(context.http_routes, config.host, config.http_port, config.max_message_bytes,
+                                config.grace_seconds)
+    except OSError as error:
+        log.error("cannot listen on %s:%s for HTTP (%s); is another server using the port?",
+                  config.host, config.http_port, error)
+        return None
+
+
+async def drain(
+    server: grpc.aio.Server,
+    models: ModelManager,
+    reporter: HealthReporter,
+    grace: float,
+    http: web.AppRunner | None = None,
+) -> None:
     """NOT_SERVING, refuse new requests, let in-flight ones finish, release the models, all within `grace`."""
     deadline = time.monotonic() + grace
     log.info("shutting down: refusing new requests, finishing in-flight ones (grace %.1f s)", grace)
     models.begin_drain()
     await reporter.update()
-    await server.stop(grace)
+    await asyncio.gather(server.stop(grace), http.cleanup() if http else asyncio.sleep(0))
     try:
         await asyncio.wait_for(models.close(), timeout=max(0.1, deadline - time.monotonic()))
     except asyncio.TimeoutError:

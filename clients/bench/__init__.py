@@ -16,16 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from clients.bench.loadgen import Call, Samples, run_closed_loop, run_open_loop
 from clients.bench.report import Point, write_results
 from clients.bench.scrape import average_batch_size, process_cpu_seconds, read_batch_counters
 from clients.bench.stats import combine, summarise
-from clients.bench.targets import Target, classify_target, make_call, v2_image_target
-
-#: One HTTP/2 connection carries every concurrent stream; no per-call channel set-up.
-_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+from clients.bench.targets import HttpTarget, Target, classify_target, open_call, v2_image_target
 
 
 @dataclass(frozen=True)
@@ -42,7 +37,7 @@ class LoadPlan:
 
 async def measure_system(
     server: str,
-    target: Target,
+    target: Target | HttpTarget,
     plan: LoadPlan,
     *,
     system: str,
@@ -58,8 +53,7 @@ async def measure_system(
     """
     points: list[Point] = []
     loads = [("closed", float(c)) for c in plan.concurrencies] + [("open", r) for r in plan.rates]
-    async with grpc.aio.insecure_channel(server, options=_CHANNEL_OPTIONS) as channel:
-        call = make_call(channel, target, plan.timeout_s)
+    async with open_call(server, target, plan.timeout_s) as call:
         for mode, load in loads:
             runs, batch_sizes, cpu_us = [], [], []
             for _ in range(plan.repeats):

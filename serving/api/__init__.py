@@ -8,16 +8,21 @@ Each adapter is a module listed in ADAPTERS that exposes
         # its own flags, via serving.config.add_option; values land in context.config.extras
 
 Servicers stay thin: request -> core (`context.models`) -> response. They raise
-serving.errors exceptions; `serving.api.status` maps them to gRPC codes for every adapter.
+serving.errors exceptions; `serving.api.status` maps them to gRPC codes (and HTTP statuses) for every
+adapter. An adapter that also speaks HTTP appends aiohttp routes to `context.http_routes`; the
+server serves them on --http-port (serving.api.http_server).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
+from aiohttp import web
+
+from serving.api.shm import SharedMemoryRegistry
 from serving.config import ServerConfig
 from serving.models import ModelManager
 
@@ -29,10 +34,13 @@ ADAPTERS = ("serving.api.vision", "serving.api.inference")
 
 @dataclass(frozen=True)
 class ServingContext:
-    """What an adapter gets: the model manager and the server configuration (with its own flags in extras)."""
+    """What an adapter gets: the model manager, the server configuration (with its own flags in extras), the
+    server's one system shared memory registry, and the HTTP routes the adapters add."""
 
     models: ModelManager
     config: ServerConfig
+    regions: SharedMemoryRegistry
+    http_routes: list[web.RouteDef] = field(default_factory=list)
 
 
 def available_adapters() -> list[ModuleType]:

@@ -2,8 +2,10 @@
 
 A thin servicer: each RPC asks the ModelManager and converts with serving.api.v2_infer (requests,
 responses) or serving.api.v2_messages (metadata, config, statistics, index). Domain errors raised
-here become status codes in serving.api.status, like every adapter's. Shared-memory, trace and log
-RPCs answer UNIMPLEMENTED with a message saying what to do instead.
+here become status codes in serving.api.status, like every adapter's. System shared memory uses
+the server's one registry (serving.api.shm); CUDA shared-memory, trace and log RPCs answer
+UNIMPLEMENTED with a message saying what to do instead. The same servicer answers OIP over HTTP
+(serving.api.http_routes adds its routes to the context).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import grpc
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from serving.api import ServingContext
+from serving.api import ServingContext, http_routes
 from serving.api import status as status_table
+from serving.api.shm import SharedMemoryRegistry
 from serving.api.v2_infer import InputLimits, infer, parse_version
 from serving.api.v2_messages import EXTENSIONS, model_config, model_metadata, model_statistics, repository_index
 from serving.config import add_option
@@ -41,11 +44,12 @@ STREAM_IN_FLIGHT = 64
 
 def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Model control flags (Triton's names): off by default; explicit mode needs a token."""
-    add_option(parser, env, "--model-control-mode", default="none", choices=MODES,
+    group = parser.add_argument_group("Model control")
+    add_option(group, env, "--model-control-mode", default="none", choices=MODES,
                help="'explicit' enables RepositoryModelLoad/Unload for callers presenting the token")
-    add_option(parser, env, "--load-model", default="",
+    add_option(group, env, "--load-model", default="",
                help="explicit mode: models to load at start, comma-separated, or '*' for all (default: none)")
-    add_option(parser, env, "--model-control-token", default="",
+    add_option(group, env, "--model-control-token", default="",
                help="bearer token required by RepositoryModelLoad/Unload (prefer the environment variable)")
 
 
@@ -62,8 +66,9 @@ def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
     context.models.startup_models = control.startup_models
     limits = InputLimits(ImageLimits(max_pixels=context.config.max_image_pixels),
                          context.config.max_images_per_request)
-    servicer = InferenceServicer(context.models, control, limits)
+    servicer = InferenceServicer(context.models, control, limits, context.regions)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    context.http_routes.extend(http_routes.routes(servicer))
     return (SERVICE_NAME,)
 
 
@@ -75,10 +80,13 @@ def _deadline(context: Context) -> float | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService`: health, metadata, inference, statistics, repository control."""
 
-    def __init__(self, models: ModelManager, control: ModelControl, limits: InputLimits) -> None:
+    def __init__(
+        self, models: ModelManager, control: ModelControl, limits: InputLimits, regions: SharedMemoryRegistry
+    ) -> None:
         self._models = models
         self._control = control
         self._limits = limits
+        self._regions = regions
 
     # ------------------------------------------------------------------ health and metadata
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
@@ -113,7 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ inference
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await infer(request, self._models, self._limits, _deadline(context))
+        return await infer(request, self._models, self._limits, _deadline(context), self._regions)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -128,7 +136,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await infer(request, self._models, self._limits, deadline)
+                response = await infer(request, self._models, self._limits, deadline, self._regions)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as error:  # noqa: BLE001 - every failure becomes this request's error_message
                 code, message = status_table.status_of(error)
@@ -199,15 +207,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._models.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    # ------------------------------------------------------------------ system shared memory
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self._regions.status(request.name):
+            response.regions[region.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size))
+        return response
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._regions.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     # ------------------------------------------------------------------ not served
-    async def SystemSharedMemoryStatus(self, request: object, context: Context) -> None:
-        await _unimplemented(context, _SHARED_MEMORY)
-
-    async def SystemSharedMemoryRegister(self, request: object, context: Context) -> None:
-        await _unimplemented(context, _SHARED_MEMORY)
-
-    async def SystemSharedMemoryUnregister(self, request: object, context: Context) -> None:
-        await _unimplemented(context, _SHARED_MEMORY)
 
     async def CudaSharedMemoryStatus(self, request: object, context: Context) -> None:
         await _unimplemented(context, _SHARED_MEMORY)
@@ -225,7 +247,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await _unimplemented(context, "log settings are not supported; set --log-level at start-up")
 
 
-_SHARED_MEMORY = "shared memory is not supported; send tensors in the request"
+_SHARED_MEMORY = "CUDA shared memory is not supported; use system shared memory or send tensors in the request"
 
 
 async def _unimplemented(context: Context, message: str) -> None:

@@ -1,4 +1,5 @@
-"""The one table from domain errors to gRPC status codes, applied to every RPC by an interceptor.
+"""The one table from domain errors to gRPC status codes and HTTP statuses, applied to every RPC by an
+interceptor and to every HTTP route by serving.api.http_server.
 
 A handler raises serving.errors exceptions; the client gets the mapped code and the error's
 message. Any other exception is logged with its traceback and answered INTERNAL with a generic
@@ -10,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -18,28 +19,43 @@ from serving import errors
 
 log = logging.getLogger(__name__)
 
-GRPC_CODES: dict[type[errors.ServingError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.Internal: grpc.StatusCode.INTERNAL,
+class Codes(NamedTuple):
+    """How one domain error reads on each transport."""
+
+    grpc: grpc.StatusCode
+    http: int
+
+
+CODES: dict[type[errors.ServingError], Codes] = {
+    errors.InvalidArgument: Codes(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    errors.NotFound: Codes(grpc.StatusCode.NOT_FOUND, 404),
+    errors.FailedPrecondition: Codes(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    errors.Unavailable: Codes(grpc.StatusCode.UNAVAILABLE, 503),
+    errors.NotReady: Codes(grpc.StatusCode.UNAVAILABLE, 503),
+    errors.ResourceExhausted: Codes(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    errors.DeadlineExceeded: Codes(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    errors.Unauthenticated: Codes(grpc.StatusCode.UNAUTHENTICATED, 401),
+    errors.Internal: Codes(grpc.StatusCode.INTERNAL, 500),
 }
+_INTERNAL = Codes(grpc.StatusCode.INTERNAL, 500)
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
-def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The code and client-facing message for any exception (domain errors by table, else INTERNAL)."""
+def codes_of(error: BaseException) -> tuple[Codes, str]:
+    """Both transports' codes and the client-facing message for any exception (domain errors by table,
+    else INTERNAL / 500 with a generic message)."""
     for kind in type(error).__mro__:
-        code = GRPC_CODES.get(kind)  # type: ignore[call-overload]
-        if code is not None:
-            return code, str(error)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+        codes = CODES.get(kind)  # type: ignore[call-overload]
+        if codes is not None:
+            return codes, str(error)
+    return _INTERNAL, INTERNAL_MESSAGE
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC code and client-facing message for any exception."""
+    codes, message = codes_of(error)
+    return codes.grpc, message
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:

@@ -5,7 +5,9 @@ Everything a client sent is checked before any array is built (serving.api.v2_co
 models whose input is `images` also take that input as BYTES, one encoded JPEG/PNG/WebP image
 per element (shape [B] or [B, 1]), decoded and preprocessed by the task layer exactly as the
 task API does. An output requested with parameter `classification` = k answers Triton's
-classification extension (serving.api.v2_classification).
+classification extension (serving.api.v2_classification). An input or output with parameters
+`shared_memory_region` / `shared_memory_byte_size` / `shared_memory_offset` is read from or written
+to a registered system shared memory region (serving.api.shm) instead of the message.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
+from serving.api.shm import SharedMemoryRef, SharedMemoryRegistry
 from serving.api.v2_classification import top_k_strings
 from serving.api.v2_codec import WireSpec, datatype_of, decode_input, encode_raw
 from serving.deferred import DeferredRows
-from serving.errors import InvalidArgument, ResourceExhausted
+from serving.errors import InvalidArgument, NotFound, ResourceExhausted
 from serving.images import EncodedImage, ImageLimits
 from serving.models import ModelManager, ServedModel
 from serving.tasks.common import prepare_images, preprocessing_from
@@ -27,7 +30,7 @@ from serving.tensors import TensorSpec
 
 #: The input name a task model's images arrive under (docs/MODEL_REPOSITORY.md).
 IMAGE_INPUT = "images"
-_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+SHM_REGION, SHM_BYTE_SIZE, SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,12 @@ class InputLimits:
 
 @dataclass(frozen=True)
 class RequestedOutput:
-    """An output to return; `classification` > 0 asks for the top-k "score:index:label" strings."""
+    """An output to return; `classification` > 0 asks for the top-k "score:index:label" strings;
+    `shared_memory` says where to write it instead of the response."""
 
     name: str
     classification: int = 0
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass(frozen=True)
@@ -79,24 +84,31 @@ def takes_encoded_images(model: ServedModel) -> bool:
     )
 
 
-async def decode_request(request: pb.ModelInferRequest, manager: ModelManager, limits: InputLimits) -> DecodedRequest:
+async def decode_request(
+    request: pb.ModelInferRequest, manager: ModelManager, limits: InputLimits, regions: SharedMemoryRegistry
+) -> DecodedRequest:
     """Find the model and decode every input; raises the core's domain errors (NotFound, InvalidArgument...)."""
     model = manager.get(request.model_name, parse_version(request.model_version))
     try:
-        inputs = await _decode_inputs(request, model, limits)
+        inputs = await _decode_inputs(request, model, limits, regions)
         outputs = _requested_outputs(request.outputs, model)
-    except (InvalidArgument, ResourceExhausted) as error:
+    except (InvalidArgument, ResourceExhausted, NotFound) as error:  # NotFound: an unknown shared memory region
         model.record_failure(error.reason)
         raise
     return DecodedRequest(model=model, inputs=inputs, outputs=outputs, id=request.id)
 
 
 async def _decode_inputs(
-    request: pb.ModelInferRequest, model: ServedModel, limits: InputLimits
+    request: pb.ModelInferRequest, model: ServedModel, limits: InputLimits, regions: SharedMemoryRegistry
 ) -> dict[str, np.ndarray | DeferredRows]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input")
+    """raw_input_contents holds one entry per input that is not in shared memory, in input order."""
+    raw = list(request.raw_input_contents)
+    in_memory = {t.name: _shared_memory_ref(f"input '{t.name}'", t.parameters) for t in request.inputs}
+    carried = sum(ref is None for ref in in_memory.values())
+    if raw and len(raw) != carried:
+        raise InvalidArgument(
+            f"{len(raw)} raw_input_contents for {carried} inputs not in shared memory; send one per such input"
+        )
     if raw and any(tensor.HasField("contents") for tensor in request.inputs):
         raise InvalidArgument("use either raw_input_contents or contents for every input, not both")
     declared = {t.name: t for t in model.inputs}
@@ -106,10 +118,14 @@ async def _decode_inputs(
             f"model '{model.name}' takes inputs {sorted(declared)}, the request has {names}"
         )
     decoded: dict[str, np.ndarray | DeferredRows] = {}
-    for index, tensor in enumerate(request.inputs):
-        _refuse_shared_memory(f"input '{tensor.name}'", tensor.parameters)
-        payload = raw[index] if raw else None
-        contents = tensor.contents if tensor.HasField("contents") else None
+    payloads = iter(raw)
+    for tensor in request.inputs:
+        ref = in_memory[tensor.name]
+        if ref is not None:
+            payload: bytes | None = regions.read(ref, f"input '{tensor.name}'")
+        else:
+            payload = next(payloads, None)
+        contents = tensor.contents if tensor.HasField("contents") and ref is None else None
         if tensor.datatype == "BYTES" and tensor.name == IMAGE_INPUT and takes_encoded_images(model):
             decoded[tensor.name] = await _decode_images(tensor, payload, contents, model, limits)
             continue
@@ -159,13 +175,13 @@ def _requested_outputs(
             raise InvalidArgument(f"model '{model.name}' has no output '{output.name}'; it has {declared}")
         if any(earlier.name == output.name for earlier in outputs):
             raise InvalidArgument(f"output '{output.name}' is requested twice; ask for each output once")
-        _refuse_shared_memory(f"output '{output.name}'", output.parameters)
         count = 0
         if "classification" in output.parameters:
             count = _int_parameter(output.parameters["classification"], f"output '{output.name}' classification")
             if count < 1:
                 raise InvalidArgument(f"output '{output.name}': classification count must be at least 1, got {count}")
-        outputs.append(RequestedOutput(output.name, count))
+        window = _shared_memory_ref(f"output '{output.name}'", output.parameters)
+        outputs.append(RequestedOutput(output.name, count, window))
     return tuple(outputs)
 
 
@@ -176,13 +192,27 @@ def _int_parameter(parameter: pb.InferParameter, what: str) -> int:
     raise InvalidArgument(f"{what} must be an integer parameter, got {choice or 'nothing'}")
 
 
-def _refuse_shared_memory(what: str, parameters: Mapping[str, pb.InferParameter]) -> None:
-    if any(key in parameters for key in _SHARED_MEMORY):
-        raise InvalidArgument(f"{what}: shared memory is not supported; send the tensor in the request")
+def _shared_memory_ref(what: str, parameters: Mapping[str, pb.InferParameter]) -> SharedMemoryRef | None:
+    """The tensor's shared memory window from its parameters, or None when it travels in the message."""
+    if SHM_REGION not in parameters:
+        if SHM_BYTE_SIZE in parameters or SHM_OFFSET in parameters:
+            raise InvalidArgument(f"{what}: {SHM_BYTE_SIZE}/{SHM_OFFSET} given without {SHM_REGION}")
+        return None
+    region = parameters[SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidArgument(f"{what}: {SHM_REGION} must be a string parameter")
+    if SHM_BYTE_SIZE not in parameters:
+        raise InvalidArgument(f"{what}: {SHM_REGION} needs {SHM_BYTE_SIZE}")
+    size = _int_parameter(parameters[SHM_BYTE_SIZE], f"{what} {SHM_BYTE_SIZE}")
+    offset = _int_parameter(parameters[SHM_OFFSET], f"{what} {SHM_OFFSET}") if SHM_OFFSET in parameters else 0
+    return SharedMemoryRef(region.string_param, offset, size)
 
 
-def encode_response(request: DecodedRequest, outputs: Mapping[str, np.ndarray]) -> pb.ModelInferResponse:
-    """Requested outputs as raw_output_contents, in the order they were requested."""
+def encode_response(
+    request: DecodedRequest, outputs: Mapping[str, np.ndarray], regions: SharedMemoryRegistry
+) -> pb.ModelInferResponse:
+    """Requested outputs as raw_output_contents, in the order they were requested. An output written to
+    shared memory gets an empty raw entry (so the others keep their positions) and its window as parameters."""
     model = request.model
     response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
     labelled = {t.name for t in model.outputs if t.label_filename}
@@ -192,16 +222,28 @@ def encode_response(request: DecodedRequest, outputs: Mapping[str, np.ndarray]) 
             labels = model.labels if wanted.name in labelled else ()
             array = top_k_strings(wanted.name, array, wanted.classification, labels, model.max_batch_size > 0)
         datatype = datatype_of(array)
-        response.outputs.add(name=wanted.name, datatype=datatype, shape=array.shape)
-        response.raw_output_contents.append(encode_raw(array, datatype))
+        tensor = response.outputs.add(name=wanted.name, datatype=datatype, shape=array.shape)
+        data = encode_raw(array, datatype)
+        ref = wanted.shared_memory
+        if ref is not None:
+            regions.write(ref, data, f"output '{wanted.name}'")
+            tensor.parameters[SHM_REGION].string_param = ref.region
+            tensor.parameters[SHM_BYTE_SIZE].int64_param = len(data)
+            tensor.parameters[SHM_OFFSET].int64_param = ref.offset
+            data = b""
+        response.raw_output_contents.append(data)
     return response
 
 
 async def infer(
-    request: pb.ModelInferRequest, manager: ModelManager, limits: InputLimits, deadline: float | None
+    request: pb.ModelInferRequest,
+    manager: ModelManager,
+    limits: InputLimits,
+    deadline: float | None,
+    regions: SharedMemoryRegistry,
 ) -> pb.ModelInferResponse:
     """Decode, run through the model's batcher, encode. Raises the core's domain errors."""
-    decoded = await decode_request(request, manager, limits)
+    decoded = await decode_request(request, manager, limits, regions)
     outputs = await decoded.model.infer(decoded.inputs, deadline)
-    return encode_response(decoded, outputs)
+    return encode_response(decoded, outputs, regions)
 

@@ -16,7 +16,8 @@ from serving.models import ModelState, RepositoryEntry, ServedModel
 from serving.stats import Duration, ModelStatsSnapshot
 
 #: Extensions of the protocol that ninefold implements (ServerMetadata.extensions, Triton's names).
-EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
+EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics", "system_shared_memory",
+              "binary_tensor_data")
 
 
 def model_metadata(model: ServedModel, versions: Sequence[int]) -> pb.ModelMetadataResponse:

@@ -6,18 +6,21 @@ Speed is not asserted here (shared, noisy machine); `make bench` measures it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.raw import RawResult
-from benchmarks.suite import ratios
+from benchmarks.suite import ratios, transport_points
+from clients.bench import LoadPlan
 from clients.bench.report import Point
 from clients.bench.stats import PointSummary, combine
 from clients.server_process import ServerProcess
-from tests.serving.tiny_repository import write_tiny_repository
+from tests.serving.tiny_repository import SIZE, write_tiny_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +87,28 @@ def test_summary_ratios_compare_systems_at_the_same_load() -> None:
     assert figures["p99_vs_peer_c16"] == pytest.approx(0.5)
     assert figures["cpu_vs_peer_c16"] == pytest.approx(1.5)
     assert figures["cpu_vs_raw"] == pytest.approx(0.5)
+
+
+def test_transport_ratios_compare_http_and_shared_memory_with_v2_grpc() -> None:
+    raw = RawResult(p50_ms_batch1=1.0, p99_ms_batch1=1.5, images_per_s={1: 800.0})
+    points = [
+        _point("ninefold-v2-tensors", 1, 500, 2.0, 3.0), _point("ninefold-v2-tensors", 16, 800, 20.0, 30.0, 400.0),
+        _point("ninefold-v2-shm", 1, 600, 1.6, 2.0), _point("ninefold-v2-shm", 16, 1000, 16.0, 20.0, 320.0),
+        _point("ninefold-http-tensors", 16, 600, 26.0, 40.0), _point("kserve-http-tensors", 16, 300, 50.0, 90.0),
+    ]
+    figures = ratios(raw, points)
+    assert figures["shm_p50_gain_c1"] == pytest.approx(1.25)
+    assert figures["shm_throughput_gain_c16"] == pytest.approx(1.25)
+    assert figures["shm_cpu_gain_c16"] == pytest.approx(1.25)
+    assert figures["http_tensors_vs_peer_c16"] == pytest.approx(2.0)
+    assert figures["http_vs_grpc_tensors_c16"] == pytest.approx(0.75)
+
+
+def test_transport_points_run_v2_grpc_http_and_shared_memory_without_errors(server: ServerProcess) -> None:
+    images = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    plan = LoadPlan(concurrencies=(2,), duration_s=0.5, warmup_s=0.1, repeats=1)
+    points = transport_points(server, "tiny_classify", {"images": images}, 4 * 4, plan)
+    assert [p.system for p in points] == ["ninefold-v2-tensors", "ninefold-http-tensors", "ninefold-v2-shm"]
+    for point in points:
+        assert point.result.median.completed > 0 and point.result.median.errors == {}, point
+    assert not list(Path("/dev/shm").glob(f"ninefold_bench_{os.getpid()}_*"))  # regions removed afterwards

@@ -79,3 +79,26 @@ def v2_server(v2_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def triton(v2_server: ServerProcess, tmp_path: Path) -> TritonRunner:
     return TritonRunner(v2_server.target, tmp_path)
+
+
+@dataclass(frozen=True)
+class CurlAnswer:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def curl(url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> CurlAnswer:
+    """One HTTP request with the `curl` command line tool (POST when there is a body)."""
+    command = ["curl", "--silent", "--show-error", "--max-time", "60", "--output", "-",
+               "--write-out", "\n%{http_code}", url]
+    for key, value in (headers or {}).items():
+        command += ["--header", f"{key}: {value}"]
+    if body is not None:
+        command += ["--data-binary", "@-"]
+    done = subprocess.run(command, input=body or b"", capture_output=True, timeout=90)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    payload, _, status = done.stdout.rpartition(b"\n")
+    return CurlAnswer(int(status), payload)

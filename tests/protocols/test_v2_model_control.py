@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from clients.server_process import ServerProcess
 from tests.protocols.conftest import CONTROL_TOKEN, TritonRunner
@@ -157,3 +159,22 @@ def test_explicit_mode_without_a_token_refuses_to_start(control_repository: Path
     assert done.returncode != 0
     assert "needs a bearer token of at least 16 characters" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_http_load_and_unload_follow_the_same_token_rule(control_server: ServerProcess) -> None:
+    http = httpclient.InferenceServerClient(control_server.http_target)
+    bearer = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+    try:
+        for headers in (None, {"Authorization": "Bearer wrong-token-0123456789"}):
+            with pytest.raises(InferenceServerException, match="authorization: Bearer <token>") as refused:
+                http.unload_model("simple", headers=headers)
+            assert refused.value.status() == "401"
+        with pytest.raises(InferenceServerException, match="is not a plain folder name"):
+            http.load_model("..", headers=bearer)
+        http.unload_model("simple", headers=bearer)
+        assert not http.is_model_ready("simple")
+        http.load_model("simple", headers=bearer)
+        assert http.is_model_ready("simple")
+        assert [m["state"] for m in http.get_model_repository_index() if m["name"] == "simple"] == ["READY"]
+    finally:
+        http.close()

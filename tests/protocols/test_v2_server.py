@@ -73,11 +73,12 @@ def test_every_model_exposes_its_signature_and_config(triton: TritonRunner) -> N
     assert all(entry["state"] == "READY" and entry["version"] == "1" for entry in index)
 
 
-def _inputs_for(metadata: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs of a batch of BATCH for a model's signature (token ids kept valid)."""
+def inputs_for(metadata: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs of a batch of BATCH for a model's signature (token ids kept valid); the shape's
+    dimensions may be strings (gRPC metadata as JSON) or numbers (HTTP)."""
     arrays = {}
     for tensor in metadata["inputs"]:
-        shape = [BATCH if dim == "-1" else int(dim) for dim in tensor["shape"]]
+        shape = [BATCH if int(dim) == -1 else int(dim) for dim in tensor["shape"]]
         if tensor["datatype"] == "FP32":
             arrays[tensor["name"]] = rng.standard_normal(shape).astype(np.float32)
         else:
@@ -91,7 +92,7 @@ def test_infer_on_every_model_with_a_batch_of_several(triton: TritonRunner) -> N
     rng = np.random.default_rng(7)
     arrays, plan = {}, []
     for name in ALL_MODELS:
-        inputs = _inputs_for(metadata[name], rng)
+        inputs = inputs_for(metadata[name], rng)
         arrays.update({f"{name}.{key}": value for key, value in inputs.items()})
         plan.append({"op": "infer", "model": name, "id": f"req-{name}",
                      "inputs": [{"name": t["name"], "datatype": t["datatype"], "array": f"{name}.{t['name']}"}

@@ -59,7 +59,7 @@ def _classification(parameter: pb.InferParameter) -> Callable[[pb.ModelInferRequ
         (lambda r: r.inputs[0].contents.fp32_contents.append(1.0), "either raw_input_contents or contents"),
         (lambda r: r.raw_input_contents.append(b""), "2 raw_input_contents for 1 inputs"),
         (lambda r: r.inputs[0].parameters["shared_memory_region"].CopyFrom(pb.InferParameter(string_param="r")),
-         "shared memory is not supported"),
+         "shared_memory_region needs shared_memory_byte_size"),
         (_classification(pb.InferParameter(int64_param=0)), "classification count must be at least 1, got 0"),
         (_classification(pb.InferParameter(string_param="3")), "must be an integer parameter, got string_param"),
     ],
@@ -77,9 +77,9 @@ def test_malformed_payloads_are_invalid_arguments(stub: pb_grpc.GRPCInferenceSer
 
 def test_rpcs_ninefold_does_not_serve_are_unimplemented(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as failure:
-        stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(), timeout=TIMEOUT_S)
+        stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest(), timeout=TIMEOUT_S)
     assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "send tensors in the request" in failure.value.details()
+    assert "use system shared memory" in failure.value.details()
 
 
 def test_a_stream_longer_than_the_in_flight_window_is_answered_whole(

@@ -13,8 +13,10 @@ Steps ({"op": ..., ...}):
   model_ready / model_metadata / model_config {"model", "version"?}
   statistics {"model"?}
   load / unload {"model", "token"?}
-  infer {"model", "inputs": [{"name", "datatype", "array"} | {"name", "datatype", "shape", "raw_hex"}],
-         "outputs"?: [{"name", "class_count"?}], "id"?, "version"?}
+  infer {"model", "inputs": [{"name", "datatype", "array"} | {"name", "datatype", "shape", "raw_hex"}
+                            | {"name", "datatype", "shape", "shm": {"region", "byte_size", "offset"?}}],
+         "outputs"?: [{"name", "class_count"?, "shm"?}], "id"?, "version"?}
+  shm_register {"name", "key", "byte_size", "offset"?} | shm_status {"name"?} | shm_unregister {"name"?}
   stream {"requests": [infer step, ...]}  one ModelStreamInfer stream, responses in arrival order
   concurrent {"requests": [infer step, ...]}  all sent at once with async_infer
 """
@@ -41,7 +43,10 @@ def _status(error: InferenceServerException) -> str:
 def _inputs(step: dict, arrays: Any) -> list[grpcclient.InferInput]:
     inputs = []
     for spec in step["inputs"]:
-        if "raw_hex" in spec:  # a deliberately malformed payload: declared shape, bytes as given
+        if "shm" in spec:  # the tensor is in a registered system shared memory region
+            tensor = grpcclient.InferInput(spec["name"], spec["shape"], spec["datatype"])
+            tensor.set_shared_memory(spec["shm"]["region"], spec["shm"]["byte_size"], spec["shm"].get("offset", 0))
+        elif "raw_hex" in spec:  # a deliberately malformed payload: declared shape, bytes as given
             tensor = grpcclient.InferInput(spec["name"], spec["shape"], spec["datatype"])
             tensor._raw_content = bytes.fromhex(spec["raw_hex"])
         else:
@@ -55,16 +60,25 @@ def _inputs(step: dict, arrays: Any) -> list[grpcclient.InferInput]:
 def _outputs(step: dict) -> list[grpcclient.InferRequestedOutput] | None:
     if "outputs" not in step:
         return None
-    return [grpcclient.InferRequestedOutput(o["name"], class_count=o.get("class_count", 0)) for o in step["outputs"]]
+    outputs = []
+    for spec in step["outputs"]:
+        output = grpcclient.InferRequestedOutput(spec["name"], class_count=spec.get("class_count", 0))
+        if "shm" in spec:
+            output.set_shared_memory(spec["shm"]["region"], spec["shm"]["byte_size"], spec["shm"].get("offset", 0))
+        outputs.append(output)
+    return outputs
 
 
 def _result(result: grpcclient.InferResult, index: str, out: dict[str, np.ndarray]) -> dict:
     response = result.get_response()
     described = []
     for tensor in response.outputs:
-        array = result.as_numpy(tensor.name)
-        out[f"{index}/{tensor.name}"] = array
-        described.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)})
+        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if "shared_memory_region" in tensor.parameters:  # the data is in the region, not the response
+            entry["parameters"] = {k: MessageToDict(v) for k, v in tensor.parameters.items()}
+        else:
+            out[f"{index}/{tensor.name}"] = result.as_numpy(tensor.name)
+        described.append(entry)
     return {"model_name": response.model_name, "model_version": response.model_version, "id": response.id,
             "outputs": described}
 
@@ -123,6 +137,10 @@ def run_step(client: grpcclient.InferenceServerClient, step: dict, arrays: Any, 
         "statistics": lambda: client.get_inference_statistics(model, version, as_json=True),
         "load": lambda: client.load_model(model, headers=headers),
         "unload": lambda: client.unload_model(model, headers=headers),
+        "shm_register": lambda: client.register_system_shared_memory(
+            step["name"], step["key"], step["byte_size"], step.get("offset", 0)),
+        "shm_status": lambda: client.get_system_shared_memory_status(step.get("name", ""), as_json=True),
+        "shm_unregister": lambda: client.unregister_system_shared_memory(step.get("name", "")),
     }
     if op in simple:
         return simple[op]()

@@ -1,4 +1,4 @@
-"""The one table from domain errors to gRPC status codes."""
+"""The one table from domain errors to gRPC status codes and HTTP statuses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from serving import errors
-from serving.api.status import GRPC_CODES, INTERNAL_MESSAGE, status_of
+from serving.api.status import CODES, INTERNAL_MESSAGE, codes_of, status_of
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,16 @@ def test_unexpected_errors_are_internal_without_details() -> None:
 def test_every_domain_error_has_a_code() -> None:
     kinds = {errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition, errors.Unavailable, errors.NotReady,
              errors.ResourceExhausted, errors.DeadlineExceeded, errors.Unauthenticated, errors.Internal}
-    assert set(GRPC_CODES) == kinds
+    assert set(CODES) == kinds
     assert {cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.ServingError)} \
         == kinds | {errors.ServingError}
+
+
+@pytest.mark.parametrize(
+    ("error", "http"),
+    [(errors.InvalidArgument("bad"), 400), (errors.NotFound("no"), 404), (errors.NotReady("loading"), 503),
+     (errors.ResourceExhausted("full"), 429), (errors.Unauthenticated("token"), 401), (KeyError("/x"), 500)],
+)
+def test_the_same_table_gives_http_statuses(error: Exception, http: int) -> None:
+    codes, message = codes_of(error)
+    assert codes.http == http and message == status_of(error)[1]
