@@ -67,3 +67,10 @@ class Internal(ServingError):
 
 class NotReady(Unavailable):
     """The model exists but is not ready: still loading, failed to load, or unloading."""
+
+
+class RejectedInput(InvalidArgument):
+    """The backend failed on this request's values while the requests batched with it succeeded
+    (found by running the failed batch again in halves, serving.batching)."""
+
+    reason = "rejected_input"

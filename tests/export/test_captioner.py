@@ -143,8 +143,10 @@ def test_a_numpy_loop_over_the_two_graphs_captions_held_out_scenes(small_reposit
     folder = small_repository / "captioner_small"
     parameters = _parameters(folder)
     assert parameters["task"] == "caption" and parameters["decoder_model"] == "captioner_small_decoder"
-    assert _parameters(small_repository / "captioner_small_decoder")["task"] == "caption_decoder"
+    decoder_parameters = _parameters(small_repository / "captioner_small_decoder")
+    assert decoder_parameters["task"] == "caption_decoder"
     tokens = (folder / parameters["vocabulary"]).read_text().splitlines()
+    assert json.loads(decoder_parameters["input_ranges"]) == {"token": [0, len(tokens) - 1]}
     preprocessing = json.loads(parameters["preprocessing"])
     start, end, max_length = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
     scenes = make_scenes(32, preprocessing["size"][0], seed=4242)

@@ -44,6 +44,20 @@ def batch_dropping_graph() -> onnx.GraphProto:
     )
 
 
+def lookup_graph(rows: int = 4, width: int = FEATURES) -> onnx.GraphProto:
+    """y = table[token], token INT64 [B, 1] -> y FP32 [B, width] with table[i] = i: an embedding lookup,
+    which ONNX Runtime refuses to run for a token outside 0..rows-1 (the whole batch fails)."""
+    table = np.repeat(np.arange(rows, dtype=np.float32)[:, None], width, axis=1)
+    return helper.make_graph(
+        [helper.make_node("Squeeze", ["token", "axis"], ["flat"]),
+         helper.make_node("Gather", ["table", "flat"], ["y"])],
+        "lookup",
+        [helper.make_tensor_value_info("token", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1], np.int64), "axis")],
+    )
+
+
 def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
     """`iterations` (width x width) MatMuls in one Loop node: tens to hundreds of ms per item on a CPU,
     so a request reliably keeps its instance busy while a test sends others; one node, so it loads in
