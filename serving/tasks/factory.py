@@ -8,14 +8,11 @@ latent size. It is cached per ServedModel object, so a reloaded model gets a fre
 
 from __future__ import annotations
 
+import functools
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
-import numpy as np
-
-from serving.deferred import DeferredRows
 from serving.errors import Unavailable
 from serving.images import ImageLimits
 from serving.models import ModelManager, ServedModel
@@ -28,19 +25,6 @@ from serving.tasks.warp import Warper
 
 Task = Classifier | Detector | Captioner | Generator | Warper
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ModelByName:
-    """A TensorModel that looks its model up on every call, so it follows reloads and readiness."""
-
-    models: ModelManager
-    name: str
-
-    async def infer(
-        self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
-    ) -> Mapping[str, np.ndarray]:
-        return await self.models.get(self.name).infer(inputs, deadline)
 
 
 class TaskFactory:
@@ -89,7 +73,7 @@ class TaskFactory:
             raise Unavailable(f"model '{name}': start_token, end_token and max_length must be integers") from None
         return Captioner(
             model=model,
-            decoder=ModelByName(self._models, parameters["decoder_model"]),
+            decoder=functools.partial(self._models.get, parameters["decoder_model"]),
             preprocessing=preprocessing_from(parameters, name),
             vocabulary=tuple(vocabulary_file.read_text().splitlines()),
             start_token=start,
