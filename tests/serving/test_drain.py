@@ -33,7 +33,7 @@ from tests.serving.vision_helpers import raw_image
 
 GRACE_S = 60.0
 #: Identity products per decoder step: a few hundred ms on a CPU, so a caption outlasts SIGTERM's arrival.
-DECODER_LOOP = 30_000
+DECODER_LOOP = 50_000
 SLOW_WIDTH = 1024
 CAPTIONS = 20
 V2_REQUESTS = 30
