@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.api import ServingContext, available_adapters
 from serving.api.status import DomainErrorInterceptor
 from serving.config import ServerConfig
+from serving.heap import start_trimming
 from serving.metrics import start_metrics_server
 from serving.models import ModelManager
 from serving.placement import discover_gpus
@@ -82,6 +83,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    trimming = start_trimming()
     models = ModelManager(config.model_repository, config.backend_settings(), discover_gpus())
     server = grpc.aio.server(
         interceptors=[DomainErrorInterceptor()], options=channel_options(config.max_message_bytes)
@@ -120,6 +122,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     await stopping
     await drain(server, models, reporter, config.grace_seconds)
     loading.cancel()
+    if trimming is not None:
+        trimming.set()
     return 0
 
 
