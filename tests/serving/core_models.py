@@ -58,12 +58,10 @@ def lookup_graph(rows: int = 4, width: int = FEATURES) -> onnx.GraphProto:
     )
 
 
-def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
-    """`iterations` (width x width) MatMuls in one Loop node: tens to hundreds of ms per item on a CPU,
-    so a request reliably keeps its instance busy while a test sends others; one node, so it loads in
-    milliseconds. FP32 [B, width] -> [B, width]."""
-    rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+def matmul_loop(source: str, target: str, weight: np.ndarray, iterations: int) -> tuple[onnx.NodeProto, list]:
+    """A Loop node computing `target` = `source` @ `weight`, `iterations` times over (FP32 [B, width]), and
+    its initializers (named w, trips, keep_going): slow on purpose, and exact when `weight` is the identity."""
+    width = weight.shape[0]
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("MatMul", ["h_in", "w"], ["h_out"])],
@@ -74,16 +72,26 @@ def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width])],
     )
+    initializers = [
+        numpy_helper.from_array(weight.astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "keep_going"),
+    ]
+    return helper.make_node("Loop", ["trips", "keep_going", source], [target], body=body), initializers
+
+
+def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
+    """`iterations` (width x width) MatMuls in one Loop node: tens to hundreds of ms per item on a CPU,
+    so a request reliably keeps its instance busy while a test sends others; one node, so it loads in
+    milliseconds. FP32 [B, width] -> [B, width]."""
+    rng = np.random.default_rng(0)
+    loop, initializers = matmul_loop("x", "y", rng.standard_normal((width, width)) / np.sqrt(width), iterations)
     return helper.make_graph(
-        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
+        [loop],
         "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        initializer=[
-            numpy_helper.from_array(weight, "w"),
-            numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
-            numpy_helper.from_array(np.array(True), "keep_going"),
-        ],
+        initializer=initializers,
     )
 
 

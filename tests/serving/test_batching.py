@@ -191,18 +191,26 @@ def tokens(value: int) -> dict[str, np.ndarray]:
     return {"token": np.array([[value]], dtype=np.int64)}
 
 
-@on_event_loop
-async def test_a_request_the_model_cannot_take_fails_alone_and_its_batch_neighbours_succeed(tmp_path: Path) -> None:
-    runner = GatedRunner(save(lookup_graph(rows=4), tmp_path / "lookup.onnx"))
+async def lookups_in_one_batch(path: Path, values: list[int]) -> tuple[GatedRunner, ModelStatistics, list]:
+    """Submit one token per value while the lookup model's instance is busy (so they leave as one batch);
+    return the runner, the statistics and each request's result or error."""
+    runner = GatedRunner(save(lookup_graph(rows=4), path))
     batcher, stats = batcher_for(BatchPolicy(max_batch_size=16), runner)
     busy = asyncio.ensure_future(batcher.submit(tokens(0), 1))
     await runner.wait_started()
-    values = [10**9 if index == 6 else index % 4 for index in range(16)]  # one poisoned among 15 good
     batch = [asyncio.ensure_future(batcher.submit(tokens(value), 1)) for value in values]
     await asyncio.sleep(0)
     runner.gate.set()
     await busy
     outcomes = await asyncio.gather(*batch, return_exceptions=True)
+    await batcher.close()
+    return runner, stats, outcomes
+
+
+@on_event_loop
+async def test_a_request_the_model_cannot_take_fails_alone_and_its_batch_neighbours_succeed(tmp_path: Path) -> None:
+    values = [10**9 if index == 6 else index % 4 for index in range(16)]  # one poisoned among 15 good
+    runner, stats, outcomes = await lookups_in_one_batch(tmp_path / "lookup.onnx", values)
     assert runner.batch_sizes[:2] == [1, 16]  # all sixteen ran as one batch first
     failed = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)]
     assert failed == [6]
@@ -211,23 +219,13 @@ async def test_a_request_the_model_cannot_take_fails_alone_and_its_batch_neighbo
         float(value) for value in values if value < 4
     ]
     assert stats.snapshot().inference_count == 1 + 15
-    await batcher.close()
 
 
 @on_event_loop
 async def test_a_batch_that_fails_in_every_part_fails_as_a_backend_error(tmp_path: Path) -> None:
-    runner = GatedRunner(save(lookup_graph(rows=4), tmp_path / "lookup.onnx"))
-    batcher, _ = batcher_for(BatchPolicy(max_batch_size=16), runner)
-    busy = asyncio.ensure_future(batcher.submit(tokens(0), 1))
-    await runner.wait_started()
-    batch = [asyncio.ensure_future(batcher.submit(tokens(-5), 1)) for _ in range(3)]
-    await asyncio.sleep(0)
-    runner.gate.set()
-    await busy
-    outcomes = await asyncio.gather(*batch, return_exceptions=True)
+    runner, _, outcomes = await lookups_in_one_batch(tmp_path / "lookup.onnx", [-5, -5, -5])
     assert runner.batch_sizes == [1, 3, 1, 2, 1, 1]  # the batch, then its halves down to single requests
     assert all(type(outcome) is Internal and outcome.reason == "backend" for outcome in outcomes)
-    await batcher.close()
 
 
 @on_event_loop

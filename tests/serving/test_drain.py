@@ -19,14 +19,13 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from clients.server_process import ServerProcess
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from tests.serving.conftest import start_server
-from tests.serving.core_models import slow_graph, tensor_config, write_model
+from tests.serving.core_models import matmul_loop, slow_graph, tensor_config, write_model
 from tests.serving.test_server import infer_request, metric, slow_rows
 from tests.serving.tiny_repository import write_tiny_repository
 from tests.serving.vision_helpers import raw_image
@@ -45,23 +44,10 @@ def slow_down_decoder(path: Path) -> None:
     """The tiny decoder's `h_out` = h times the 2x2 identity DECODER_LOOP times: the same answer, later."""
     model = onnx.load(str(path))
     graph = model.graph
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("MatMul", ["h_in", "identity"], ["h_next"])],
-        "step",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["B", 2])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_next", TensorProto.FLOAT, ["B", 2])],
-    )
     graph.node.remove(next(node for node in graph.node if list(node.output) == ["h_out"]))
-    graph.node.append(helper.make_node("Loop", ["trips", "keep_going", "h"], ["h_out"], body=body))
-    graph.initializer.extend([
-        numpy_helper.from_array(np.eye(2, dtype=np.float32), "identity"),
-        numpy_helper.from_array(np.array(DECODER_LOOP, np.int64), "trips"),
-        numpy_helper.from_array(np.array(True), "keep_going"),
-    ])
+    loop, initializers = matmul_loop("h", "h_out", np.eye(2), DECODER_LOOP)
+    graph.node.append(loop)
+    graph.initializer.extend(initializers)
     onnx.save(model, str(path))
 
 

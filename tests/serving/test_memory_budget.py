@@ -81,7 +81,7 @@ def classify(server: ServerProcess, images: list[bytes]) -> grpc.RpcError | pb.C
             return error
 
 
-def test_a_2_kb_request_of_64_huge_webps_is_refused_from_its_headers(repository: Path, huge_webp: bytes) -> None:
+def test_a_100_kb_request_of_64_huge_webps_is_refused_from_its_headers(repository: Path, huge_webp: bytes) -> None:
     with vision_server(repository) as server:
         before = reset_peak(server)
         answer = classify(server, [huge_webp] * 64)
