@@ -158,9 +158,9 @@ class CaptionOptions:
 class Captioner:
     """An encoder model, its decoder-step model, and the caption vocabulary.
 
-    `decoder` looks the decoder model up. A request calls it once, when it starts, and runs every
-    step on the model it got: a draining server refuses new lookups, and a request it admitted
-    must still finish (a reloaded decoder takes the requests that start after the reload).
+    `decoder` looks the decoder model up; a request calls it once, when it starts, and runs every
+    step through what it got (serving.tasks.factory.StartedModel: a draining server refuses new
+    lookups, and a request it admitted must still finish).
     """
 
     model: TensorModel  # the encoder: images -> initial decoder state

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TypeVar
 
+import numpy as np
+
+from serving.deferred import DeferredRows
 from serving.errors import Unavailable
 from serving.images import ImageLimits
 from serving.models import ModelManager, ServedModel
@@ -25,6 +29,24 @@ from serving.tasks.warp import Warper
 
 Task = Classifier | Detector | Captioner | Generator | Warper
 T = TypeVar("T")
+
+
+class StartedModel:
+    """A TensorModel looked up by name once, when a request starts, and used for all of its calls (a
+    caption's decoder steps): a draining server refuses new lookups, and a request it admitted must
+    still finish. Looked up again only when that version stopped serving (a reload replaced it)."""
+
+    def __init__(self, models: ModelManager, name: str) -> None:
+        self._models = models
+        self._name = name
+        self._model = models.get(name)
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
+    ) -> Mapping[str, np.ndarray]:
+        if not self._model.ready:
+            self._model = self._models.get(self._name)
+        return await self._model.infer(inputs, deadline)
 
 
 class TaskFactory:
@@ -73,7 +95,7 @@ class TaskFactory:
             raise Unavailable(f"model '{name}': start_token, end_token and max_length must be integers") from None
         return Captioner(
             model=model,
-            decoder=functools.partial(self._models.get, parameters["decoder_model"]),
+            decoder=functools.partial(StartedModel, self._models, parameters["decoder_model"]),
             preprocessing=preprocessing_from(parameters, name),
             vocabulary=tuple(vocabulary_file.read_text().splitlines()),
             start_token=start,
