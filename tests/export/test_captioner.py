@@ -68,6 +68,12 @@ def test_encoder_and_decoder_step_shapes(config) -> None:
     assert torch.allclose(logprobs.exp().sum(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_the_decoder_graph_takes_only_token_ids_of_its_vocabulary() -> None:
+    vocabulary = synthetic_vocabulary()
+    _, decoder = get_family("captioner").graphs(Captioner(TINY, vocabulary).eval(), TINY, seed=0)
+    assert json.loads(decoder.parameters["input_ranges"]) == {"token": [0, len(vocabulary.tokens) - 1]}
+
+
 def test_sequence_teacher_forcing_equals_stepping_one_token_at_a_time() -> None:
     torch.manual_seed(0)
     model = Captioner(TINY, synthetic_vocabulary()).eval()
@@ -143,10 +149,8 @@ def test_a_numpy_loop_over_the_two_graphs_captions_held_out_scenes(small_reposit
     folder = small_repository / "captioner_small"
     parameters = _parameters(folder)
     assert parameters["task"] == "caption" and parameters["decoder_model"] == "captioner_small_decoder"
-    decoder_parameters = _parameters(small_repository / "captioner_small_decoder")
-    assert decoder_parameters["task"] == "caption_decoder"
+    assert _parameters(small_repository / "captioner_small_decoder")["task"] == "caption_decoder"
     tokens = (folder / parameters["vocabulary"]).read_text().splitlines()
-    assert json.loads(decoder_parameters["input_ranges"]) == {"token": [0, len(tokens) - 1]}
     preprocessing = json.loads(parameters["preprocessing"])
     start, end, max_length = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
     scenes = make_scenes(32, preprocessing["size"][0], seed=4242)
