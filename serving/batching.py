@@ -15,7 +15,11 @@ A request is a dict of arrays sharing a batch axis 0 (`items` rows). The batcher
   time, so idle = least busy), in that instance's own thread: ONNX Runtime and TensorRT release
   the GIL, so instances compute in parallel while the event loop keeps serving;
 * checks that every output has as many rows as the batch, splits outputs back per request
-  (views, no copies), and on a failed batch fails every request of it and keeps going.
+  (views, no copies);
+* isolates a failure: when the backend fails on a batch of several requests, it runs each half
+  again (halves of halves, down to single requests), so only a request the model cannot take
+  fails (RejectedInput, reason "rejected_input") and its neighbours get their answers; a request
+  that fails alone, or a batch whose every part fails, is Internal (reason "backend").
 
 It imports neither grpc nor a runtime: a `Runner` is anything with
 `infer(dict[str, ndarray]) -> dict[str, ndarray]`. All queue state lives on the event-loop
@@ -38,7 +42,14 @@ from typing import Protocol
 import numpy as np
 
 from serving.deferred import DeferredRows
-from serving.errors import DeadlineExceeded, Internal, ResourceExhausted, ServingError, Unavailable
+from serving.errors import (
+    DeadlineExceeded,
+    Internal,
+    RejectedInput,
+    ResourceExhausted,
+    ServingError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -330,18 +341,70 @@ class DynamicBatcher:
             if not running:
                 return _Outcome([failures[request] for request in batch])
             gathered = time.perf_counter_ns()
-            outputs = instance.runner.infer(inputs)
+            try:
+                outputs = instance.runner.infer(inputs)
+            except ServingError:
+                raise
+            except Exception:  # a runtime error: find the request(s) it comes from
+                ran = self._run_in_halves(instance, running, inputs)
+                timings = (gathered - started, time.perf_counter_ns() - gathered, 0)
+                return self._isolated(batch, failures, running, ran, timings)
             inferred = time.perf_counter_ns()
             split = iter(self._split(outputs, running, items))
         except ServingError as error:
             return _Outcome([error] * len(batch))
-        except Exception:
-            log.exception("instance %s failed on a batch of %d", instance.name, total)
-            failed = Internal(f"model '{self.name}' failed to run this batch; see the server log")
-            return _Outcome([failed] * len(batch))
         results = [failures[request] if request in failures else next(split) for request in batch]
         timings = (gathered - started, inferred - gathered, time.perf_counter_ns() - inferred)
         return _Outcome(results, len(running), items, timings)
+
+    def _run_in_halves(
+        self, instance: _Instance, requests: list[_Request], inputs: dict[str, np.ndarray]
+    ) -> list[dict[str, np.ndarray] | ServingError]:
+        """After the backend failed on `requests` (their rows, in order, are `inputs`): run each half
+        again, halves of halves down to single requests, so that a request the model cannot take
+        fails alone and the others get their answers. A request that fails alone is Internal here."""
+        if len(requests) == 1:
+            log.exception("instance %s failed on a request of %d item(s)", instance.name, requests[0].items)
+            return [Internal(f"model '{self.name}' failed to run this batch; see the server log")]
+        log.warning("instance %s failed on a batch of %d requests; running it again in halves",
+                    instance.name, len(requests))
+        middle = len(requests) // 2
+        rows = sum(request.items for request in requests[:middle])
+        results: list[dict[str, np.ndarray] | ServingError] = []
+        for part, part_inputs in (
+            (requests[:middle], {name: array[:rows] for name, array in inputs.items()}),
+            (requests[middle:], {name: array[rows:] for name, array in inputs.items()}),
+        ):
+            try:
+                outputs = instance.runner.infer(part_inputs)
+                results += self._split(outputs, part, sum(request.items for request in part))
+            except ServingError as error:
+                results += [error] * len(part)
+            except Exception:
+                results += self._run_in_halves(instance, part, part_inputs)
+        return results
+
+    def _isolated(
+        self,
+        batch: list[_Request],
+        failures: dict[_Request, ServingError],
+        running: list[_Request],
+        ran: list[dict[str, np.ndarray] | ServingError],
+        timings: tuple[int, int, int],
+    ) -> _Outcome:
+        """The outcome of a batch run again in halves. When some of its requests succeeded the model
+        works, so each one that failed alone is RejectedInput (its values); otherwise all stay Internal."""
+        computed = [request for request, result in zip(running, ran, strict=True) if isinstance(result, dict)]
+        if computed:
+            rejected = RejectedInput(
+                f"model '{self.name}' could not compute this request while the requests batched with it "
+                "succeeded: its input values are ones this model cannot take (the server log has the "
+                "runtime's message)"
+            )
+            ran = [rejected if isinstance(result, Internal) else result for result in ran]
+        results = iter(ran)
+        outcomes = [failures[request] if request in failures else next(results) for request in batch]
+        return _Outcome(outcomes, len(computed), sum(request.items for request in computed), timings)
 
     def _split(
         self, outputs: dict[str, np.ndarray], batch: list[_Request], total: int

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.backends import BackendSettings
+from serving.images import ImageLimits
 
 ENV_PREFIX = "NINEFOLD_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -37,6 +38,8 @@ class ServerConfig:
     strict_readiness: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_request_image_pixels: int = 160_000_000
+    max_decoding_bytes: int = 1024 * 1024 * 1024
     max_images_per_request: int = 64
     ort_threads: int = 0
     spin_wait: bool = False
@@ -52,6 +55,15 @@ class ServerConfig:
             spin_wait=self.spin_wait,
             tensorrt_cache_dir=self.tensorrt_cache_dir,
             tensorrt_fp16=self.tensorrt_fp16,
+        )
+
+    def image_limits(self) -> ImageLimits:
+        """The limits every transport decodes request images under."""
+        return ImageLimits(
+            max_pixels=self.max_image_pixels,
+            max_encoded_bytes=self.max_message_bytes,
+            max_request_pixels=self.max_request_image_pixels,
+            max_decoding_bytes=self.max_decoding_bytes,
         )
 
 
@@ -136,6 +148,11 @@ def build_parser(
                help="largest gRPC message accepted or sent (and largest HTTP request body)")
     add_option(inputs, env, "--max-image-pixels", default=40_000_000, type=int,
                help="largest width*height of one input image (decompression-bomb guard)")
+    add_option(inputs, env, "--max-request-image-pixels", default=160_000_000, type=int,
+               help="largest width*height summed over the images of one request")
+    add_option(inputs, env, "--max-decoding-bytes", default=1024 * 1024 * 1024, type=int,
+               help="memory that decoding request images may hold at once, summed over all requests "
+               "(RESOURCE_EXHAUSTED past it)")
     add_option(inputs, env, "--max-images-per-request", default=64, type=int, help="most images in one request")
     add_option(backend, env, "--ort-threads", default=0, type=int,
                help="ONNX Runtime intra-op threads per CPU instance; 0 = cores / instances of the model, "

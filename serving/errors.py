@@ -69,19 +69,26 @@ class NotReady(Unavailable):
     """The model exists but is not ready: still loading, failed to load, or unloading."""
 
 
+class RejectedInput(InvalidArgument):
+    """The backend failed on this request's values while the requests batched with it succeeded
+    (found by running the failed batch again in halves, serving.batching)."""
+
+    reason = "rejected_input"
+
+
 CANCELLED = "cancelled"
 """The `reason` of a request whose caller went away (asyncio cancellation, not a ServingError)."""
 
 FAILURE_REASONS: tuple[str, ...] = tuple(sorted({
     error.reason
-    for error in (InvalidArgument, NotFound, FailedPrecondition, Unavailable, ResourceExhausted,
+    for error in (InvalidArgument, RejectedInput, NotFound, FailedPrecondition, Unavailable, ResourceExhausted,
                   DeadlineExceeded, Unauthenticated, Internal)
 } | {CANCELLED}))
 """Every `reason` a request can fail with; /metrics shows each model's failure series for all of
 them from load on (0 until it happens), so a healthy model's failure ratio reads 0, not "no data"."""
 
 CLIENT_REASONS: frozenset[str] = frozenset({
-    InvalidArgument.reason, ResourceExhausted.reason, NotFound.reason, FailedPrecondition.reason,
+    InvalidArgument.reason, RejectedInput.reason, ResourceExhausted.reason, NotFound.reason, FailedPrecondition.reason,
     Unauthenticated.reason, DeadlineExceeded.reason, CANCELLED,
 })
 """Failures the caller causes or can fix (bad input, over a limit, unknown model, its own deadline or

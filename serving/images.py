@@ -3,7 +3,9 @@
 Two phases so that limits are enforced before any pixel is decoded (decompression bombs):
 `open_image` reads only the header (simplejpeg for JPEG, Pillow for the rest: the size without
 decoding) and checks the byte and pixel limits; `decode_resized` then decodes and resizes to the
-model's input size.
+model's input size, and frees the decoded original before it returns. `decoding_bytes` estimates,
+from the header, the memory that decoding takes at its peak (serving.decoding_budget holds the
+server-wide sum under a limit).
 `normalise` (or `normalise_into`, image by image) writes decoded images into one contiguous float32
 NCHW array.
 
@@ -33,10 +35,14 @@ _TURBO_COLORSPACES = ("YCbCr", "Gray", "RGB")
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Per-image limits. `max_pixels` bounds width * height (checked from the header)."""
+    """Limits on images, all checked from the headers before decoding. `max_pixels` bounds width * height
+    of one image, `max_request_pixels` their sum over a request, `max_decoding_bytes` the memory the
+    server's decoding holds at once, summed over every request (serving.decoding_budget)."""
 
     max_pixels: int = 40_000_000
     max_encoded_bytes: int = 32 * 1024 * 1024
+    max_request_pixels: int = 160_000_000
+    max_decoding_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -190,16 +196,67 @@ def decode_resized(image: OpenedImage, size: tuple[int, int]) -> np.ndarray:
         return _resize_raw(pixels, size)
     source = image.source
     try:
-        if source.format == "JPEG" and (image.width > 2 * width or image.height > 2 * height):
+        if source.format == "JPEG" and _jpeg_scale(image, size) > 1:
             source.draft("RGB", (width, height))
-        rgb = source if source.mode == "RGB" else _to_rgb(source)
-        if rgb.size != (width, height):
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(rgb)
+        source.load()
+        vars(source).pop("_decoder", None)  # Pillow's WebP decoder: libwebp's two full-size canvases
+        return np.asarray(_resized_rgb(source, (width, height)))
     except (OSError, ValueError, SyntaxError) as error:
         raise InvalidArgument(
             f"image {image.index}: corrupt or truncated {source.format} data ({error})"
         ) from None
+    finally:
+        source.close()  # the decoded original (up to hundreds of MB) goes now, not with the request
+
+
+#: Bytes per pixel Pillow keeps for a decoded image of these modes (every other mode: 4, RGB included).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Bytes per pixel a format's decoder holds besides Pillow's image while it loads: libwebp's two RGBA
+#: canvases and the frame's copy (a 39 Mpx lossless WebP peaks at 15 bytes a pixel, measured).
+_DECODER_BYTES = {"WEBP": 12}
+_RGB_BYTES = 4
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+#: Modes resized as they are and turned into RGB at the model's size: no full-size RGB copy. (Palette
+#: images cannot be: Pillow resizes them with nearest neighbour only; RGBA and LA resize premultiplied.)
+_RESIZED_BEFORE_RGB = ("RGB", "L", "I", *_SIXTEEN_BIT)
+
+
+def _resized_rgb(source: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`source` resized to `size` (W, H) as RGB. Grey and 16-bit images are resized in their own mode first,
+    so the only full-size copy is the decoded image itself; other modes become RGB at full size, and the
+    decoded original is dropped before resizing."""
+    if source.mode in _RESIZED_BEFORE_RGB:
+        gap = None if source.mode in _SIXTEEN_BIT else 3.0  # Pillow cannot reduce() 16-bit images
+        small = source if source.size == size else source.resize(size, Image.Resampling.BILINEAR, reducing_gap=gap)
+        return small if small.mode == "RGB" else _to_rgb(small)
+    rgb = _to_rgb(source)
+    source.close()
+    return rgb if rgb.size == size else rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def decoding_bytes(image: OpenedImage, size: tuple[int, int]) -> int:
+    """An upper estimate of the memory `decode_resized(image, size)` holds at its peak, from the header:
+    the pixels as the decoder produces them (a JPEG at its reduced DCT scale) plus the full-size copy a
+    conversion or resize makes of them. Raw images add their resized copy (the request holds the rest)."""
+    if isinstance(image.source, np.ndarray):
+        return 0 if (image.height, image.width) == size else image.pixels * _RGB_BYTES
+    if isinstance(image.source, bytes):  # libjpeg-turbo's RGB, then Pillow's copy of it to resize
+        return _jpeg_pixels(image, size) * (3 + _RGB_BYTES)
+    mode = image.source.mode
+    pixels = _jpeg_pixels(image, size) if image.source.format == "JPEG" else image.pixels
+    copy = 0 if mode in _RESIZED_BEFORE_RGB else _RGB_BYTES
+    return pixels * (_MODE_BYTES.get(mode, 4) + max(copy, _DECODER_BYTES.get(image.source.format or "", 0)))
+
+
+def _jpeg_scale(image: OpenedImage, size: tuple[int, int]) -> int:
+    """The DCT scale (1, 2, 4 or 8) a JPEG is decoded at for `size` (H, W): the largest that still covers it."""
+    fits = min(image.height // size[0], image.width // size[1])
+    return next(scale for scale in (8, 4, 2, 1) if scale <= max(fits, 1))
+
+
+def _jpeg_pixels(image: OpenedImage, size: tuple[int, int]) -> int:
+    scale = _jpeg_scale(image, size)
+    return -(-image.width // scale) * -(-image.height // scale)
 
 
 def _to_rgb(source: Image.Image) -> Image.Image:

@@ -31,6 +31,7 @@ from serving.backends import Backend, BackendSettings, open_backend, select_back
 from serving.batching import DynamicBatcher, Tensors
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
+from serving.input_ranges import InputRange, input_ranges
 from serving.placement import Gpu, Placement, PlacementError, place
 from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
@@ -78,6 +79,7 @@ class ServedModel:
         self.statistics = ModelStatistics(spec.name, version, spec.task)
         self._batcher: DynamicBatcher | None = None
         self._backends: list[Backend] = []
+        self._ranges: tuple[InputRange, ...] = ()
         self._reshape_in = {t.name: tuple(t.reshape.shape) for t in spec.config.input if t.reshape.shape}
 
     # ------------------------------------------------------------------ description
@@ -139,9 +141,11 @@ class ServedModel:
         deadline: absolute `time.monotonic()` seconds, None = none; a request still queued at its
           deadline fails with DeadlineExceeded and is never computed.
         Returns every declared output by name, (B, *dims) arrays (read-only views of the batch).
-        Raises InvalidArgument, NotReady, ResourceExhausted (queue full), DeadlineExceeded,
-        Internal (the backend failed; details in the server log). Counts one request in the stats
-        unless `counted` is False (a caller that counts the whole request itself: the task API).
+        Raises InvalidArgument (also for values outside the config's `input_ranges`; RejectedInput
+        when the backend failed on this request alone in its batch), NotReady, ResourceExhausted
+        (queue full), DeadlineExceeded, Internal (the backend failed; details in the server log).
+        Counts one request in the stats unless `counted` is False (a caller that counts the whole
+        request itself: the task API).
         """
         started = time.perf_counter_ns()
         try:
@@ -205,6 +209,10 @@ class ServedModel:
                     raise InvalidArgument(f"inputs of model '{self.name}' disagree on the batch size")
         if items < 1:
             raise InvalidArgument(f"a request to model '{self.name}' needs at least one item")
+        for allowed in self._ranges:  # rows the server decoded itself (DeferredRows) are in range
+            value = inputs[allowed.name]
+            if isinstance(value, np.ndarray):
+                allowed.check(value, self.name)
         return items
 
     def _reshaped(self, inputs: Tensors, items: int) -> Tensors:
@@ -222,9 +230,10 @@ class ServedModel:
         return reshaped
 
     # ------------------------------------------------------------------ lifecycle (manager only)
-    def _attach(self, placements: Sequence[Placement], backends: list[Backend], batcher: DynamicBatcher) -> None:
-        self.placements = tuple(placements)
-        self._backends = backends
+    def _attach(self, loaded: _Loaded, batcher: DynamicBatcher) -> None:
+        self.placements = tuple(loaded.placements)
+        self._backends = loaded.backends
+        self._ranges = loaded.ranges
         self._batcher = batcher
 
     def _fail(self, reason: str) -> None:
@@ -248,6 +257,7 @@ class _Loaded:
     placements: list[Placement]
     backends: list[Backend] = field(default_factory=list)
     spec: ModelSpec | None = None
+    ranges: tuple[InputRange, ...] = ()
 
 
 Listener = Callable[[], None]
@@ -487,7 +497,7 @@ class ModelManager:
         model.spec = loaded.spec
         batcher = DynamicBatcher(f"{model.name}:{model.version}", loaded.spec.policy, loaded.backends, model.statistics)
         batcher.start(loop)
-        model._attach(loaded.placements, loaded.backends, batcher)
+        model._attach(loaded, batcher)
         model.state = ModelState.READY
         log.info(
             "model %s version %d ready: %d instance(s) on %s in %.2f s",
@@ -531,6 +541,7 @@ class ModelManager:
         try:
             open_all(threads)
             resolved = reconcile(spec, loaded.backends[0])
+            ranges = input_ranges(resolved)
             for backend in loaded.backends:
                 warm_up(resolved, backend)
             automatic = threads > 1 and self.settings.intra_op_threads == 0 and cpu_instances == len(placements)
@@ -546,7 +557,7 @@ class ModelManager:
             for backend in loaded.backends:
                 backend.close()
             raise
-        return replace(loaded, spec=resolved)
+        return replace(loaded, spec=resolved, ranges=ranges)
 
     def _notify(self) -> None:
         for listener in self._listeners:

@@ -31,6 +31,7 @@ from serving.api.shm import SharedMemoryRegistry
 from serving.api.status import DomainErrorInterceptor
 from serving.config import ServerConfig
 from serving.cpus import cpu_budget
+from serving.heap import start_trimming
 from serving.metrics import start_metrics_server
 from serving.models import ModelManager
 from serving.placement import discover_gpus
@@ -92,6 +93,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
+    trimming = start_trimming()
     models = ModelManager(config.model_repository, config.backend_settings(), discover_gpus(),
                           strict_readiness=config.strict_readiness)
     server = grpc.aio.server(
@@ -142,6 +144,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     await drain(server, models, reporter, config.grace_seconds, http)
     loading.cancel()
     context.regions.close()
+    if trimming is not None:
+        trimming.set()
     return 0
 
 

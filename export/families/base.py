@@ -254,3 +254,17 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 def preprocessing_parameter(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> str:
     """The config.pbtxt ``preprocessing`` parameter: JSON {"size": [H, W], "mean": [...], "std": [...]}."""
     return json.dumps({"size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]})
+
+
+def input_ranges_parameter(ranges: Mapping[str, tuple[float, float]]) -> str:
+    """The config.pbtxt ``input_ranges`` parameter: JSON {"input": [low, high]}, the values the graph can take
+    (the server refuses others before batching, so that they cannot fail a whole batch)."""
+    return json.dumps({name: [low, high] for name, (low, high) in ranges.items()})
+
+
+def pixel_range(mean: Sequence[float], std: Sequence[float], margin: float = 1.0) -> tuple[float, float]:
+    """What ``(pixel / 255 - mean) / std`` spans over pixels 0..255 and every channel, widened by `margin`
+    (a client's own resampling may overshoot a little): the ``images`` entry of ``input_ranges``."""
+    low = min(-m / s for m, s in zip(mean, std, strict=True))
+    high = max((1 - m) / s for m, s in zip(mean, std, strict=True))
+    return round(low - margin, 3), round(high + margin, 3)

@@ -29,6 +29,7 @@ from export.families.base import (
     ParityCheck,
     Quality,
     TensorSpec,
+    input_ranges_parameter,
     load_state_dict_strict,
     preprocessing_parameter,
 )
@@ -418,6 +419,8 @@ class CaptionerFamily:
             max_batch_size=captioner_config.max_batch_size,
             task="caption_decoder",
             suffix=DECODER_SUFFIX,
+            # The embedding lookup fails a whole batch on a token id outside the vocabulary.
+            parameters={"input_ranges": input_ranges_parameter({"token": (0, len(vocabulary.tokens) - 1)})},
         )
         return (encoder, decoder)
 

@@ -42,7 +42,9 @@ from export.families.base import (
     TensorSpec,
     Tolerance,
     WeightsError,
+    input_ranges_parameter,
     load_state_dict_strict,
+    pixel_range,
     preprocessing_parameter,
 )
 from export.families.detection.agreement import Agreement, compare_detections, unpad
@@ -250,7 +252,11 @@ class FasterRCNNFamily:
                 max_batch_size=_own(config).max_batch_size,
                 task=self.task,
                 parameters={
-                    "preprocessing": preprocessing_parameter((side, side), transform.image_mean, transform.image_std)
+                    "preprocessing": preprocessing_parameter((side, side), transform.image_mean, transform.image_std),
+                    # RoiAlign fails a whole batch on non-finite boxes, which NaN or huge inputs produce.
+                    "input_ranges": input_ranges_parameter(
+                        {"images": pixel_range(transform.image_mean, transform.image_std)}
+                    ),
                 },
                 labels=SHAPES if _own(config).small is not None else class_names(num_classes),
             ),

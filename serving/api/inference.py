@@ -29,7 +29,6 @@ from serving.api.v2_infer import InputLimits, infer, parse_version
 from serving.api.v2_messages import EXTENSIONS, model_config, model_metadata, model_statistics, repository_index
 from serving.config import add_option
 from serving.errors import InvalidArgument, NotFound, Unavailable
-from serving.images import ImageLimits
 from serving.model_control import MODES, ModelControl
 from serving.models import ModelManager
 
@@ -64,8 +63,7 @@ def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
     except ValueError as error:
         raise SystemExit(f"ninefold serve: {error}") from None
     context.models.startup_models = control.startup_models
-    limits = InputLimits(ImageLimits(max_pixels=context.config.max_image_pixels),
-                         context.config.max_images_per_request)
+    limits = InputLimits(context.config.image_limits(), context.config.max_images_per_request)
     servicer = InferenceServicer(context.models, control, limits, context.regions)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     context.http_routes.extend(http_routes.routes(servicer))

@@ -28,6 +28,7 @@ class Codes(NamedTuple):
 
 CODES: dict[type[errors.ServingError], Codes] = {
     errors.InvalidArgument: Codes(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    errors.RejectedInput: Codes(grpc.StatusCode.INVALID_ARGUMENT, 400),
     errors.NotFound: Codes(grpc.StatusCode.NOT_FOUND, 404),
     errors.FailedPrecondition: Codes(grpc.StatusCode.FAILED_PRECONDITION, 400),
     errors.Unavailable: Codes(grpc.StatusCode.UNAVAILABLE, 503),

@@ -252,8 +252,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
 def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
     """Add the Vision servicer to `server`; return its service name (for reflection)."""
     config = context.config
-    limits = ImageLimits(max_pixels=config.max_image_pixels, max_encoded_bytes=config.max_message_bytes)
     vision_pb2_grpc.add_VisionServicer_to_server(
-        VisionServicer(context.models, limits, config.max_images_per_request), server
+        VisionServicer(context.models, config.image_limits(), config.max_images_per_request), server
     )
     return [pb.DESCRIPTOR.services_by_name["Vision"].full_name]

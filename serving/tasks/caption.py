@@ -156,10 +156,15 @@ class CaptionOptions:
 
 @dataclass(frozen=True)
 class Captioner:
-    """An encoder model, its decoder-step model, and the caption vocabulary."""
+    """An encoder model, its decoder-step model, and the caption vocabulary.
+
+    `decoder` looks the decoder model up; a request calls it once, when it starts, and runs every
+    step through what it got (serving.tasks.factory.StartedModel: a draining server refuses new
+    lookups, and a request it admitted must still finish).
+    """
 
     model: TensorModel  # the encoder: images -> initial decoder state
-    decoder: TensorModel
+    decoder: Callable[[], TensorModel]
     preprocessing: Preprocessing
     vocabulary: tuple[str, ...]
     start_token: int
@@ -186,10 +191,11 @@ class Captioner:
         self, images: Sequence[ImageInput], options: CaptionOptions, deadline: float | None
     ) -> list[Caption]:
         settings = self.settings(options)
+        decoder = self.decoder()
         batch = await prepare_images(images, self.preprocessing, self.limits)
         encoded = await self.model.infer({"images": batch.tensor}, deadline)
         initial = DecoderState(h=encoded["h"], c=encoded["c"])
-        sequences = await beam_search(decoder_step(self.decoder, deadline), initial, settings)
+        sequences = await beam_search(decoder_step(decoder, deadline), initial, settings)
         return [
             Caption(text=self.text(sequence.tokens), log_probability=sequence.log_probability)
             for sequence in sequences

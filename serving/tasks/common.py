@@ -9,14 +9,16 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.decoding_budget import DECODING
 from serving.deferred import DeferredRows, RowWriter
-from serving.errors import Unavailable
+from serving.errors import ResourceExhausted, Unavailable
 from serving.images import (
     ImageInput,
     ImageLimits,
     OpenedImage,
     Preprocessing,
     decode_resized,
+    decoding_bytes,
     normalise_into,
     open_image,
 )
@@ -62,9 +64,12 @@ async def prepare_images(
     images into one batch. A request with few pixels is not decoded here: its rows are deferred to
     the model's instance thread, which decodes the whole batch's images straight into the batch
     buffer (one hop per batch instead of work on the event loop; docs/PERFORMANCE.md). Heavier
-    requests decode now, in at most IMAGE_WORKERS parallel pieces. Errors name the image's index
-    (a deferred image's decoding error fails its request when the batch is assembled)."""
-    opened = [open_image(image, index, limits) for index, image in enumerate(images)]
+    requests decode now, in at most IMAGE_WORKERS parallel pieces, within the server's decoding
+    budget (serving.decoding_budget; fewer pieces when more would not fit). Each image is freed as
+    soon as it is in the batch. Errors name the image's index (a deferred image's decoding error
+    fails its request when the batch is assembled); ResourceExhausted for a request over the pixel
+    limit or the budget."""
+    opened = _open_all(images, limits)
     size = preprocessing.size
     pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, size))
     sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
@@ -84,9 +89,26 @@ async def prepare_images(
 
         return run
 
-    pieces = min(IMAGE_WORKERS, len(opened))
-    await run_image_jobs([piece(opened[start::pieces]) for start in range(pieces)], pixels)
+    costs = [decoding_bytes(image, size) for image in opened]
+    with DECODING.reserve(costs, IMAGE_WORKERS, limits.max_decoding_bytes) as pieces:
+        await run_image_jobs([piece(opened[start::pieces]) for start in range(pieces)], pixels)
     return ImageBatch(tensor=tensor, original_sizes=sizes)
+
+
+def _open_all(images: Sequence[ImageInput], limits: ImageLimits) -> list[OpenedImage]:
+    """Every image opened (header only), stopping at the first that takes the request over its pixel
+    budget: ResourceExhausted then."""
+    opened: list[OpenedImage] = []
+    total = 0
+    for index, image in enumerate(images):
+        opened.append(open_image(image, index, limits))
+        total += opened[-1].pixels
+        if total > limits.max_request_pixels:
+            raise ResourceExhausted(
+                f"images 0 to {index} of the request hold {total} pixels together; the limit is "
+                f"{limits.max_request_pixels} per request: send fewer or smaller images"
+            )
+    return opened
 
 
 def json_parameter(parameters: Mapping[str, str], key: str, model: str) -> object:

@@ -8,9 +8,10 @@ latent size. It is cached per ServedModel object, so a reloaded model gets a fre
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -30,17 +31,22 @@ Task = Classifier | Detector | Captioner | Generator | Warper
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ModelByName:
-    """A TensorModel that looks its model up on every call, so it follows reloads and readiness."""
+class StartedModel:
+    """A TensorModel looked up by name once, when a request starts, and used for all of its calls (a
+    caption's decoder steps): a draining server refuses new lookups, and a request it admitted must
+    still finish. Looked up again only when that version stopped serving (a reload replaced it)."""
 
-    models: ModelManager
-    name: str
+    def __init__(self, models: ModelManager, name: str) -> None:
+        self._models = models
+        self._name = name
+        self._model = models.get(name)
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
     ) -> Mapping[str, np.ndarray]:
-        return await self.models.get(self.name).infer(inputs, deadline)
+        if not self._model.ready:
+            self._model = self._models.get(self._name)
+        return await self._model.infer(inputs, deadline)
 
 
 class TaskFactory:
@@ -89,7 +95,7 @@ class TaskFactory:
             raise Unavailable(f"model '{name}': start_token, end_token and max_length must be integers") from None
         return Captioner(
             model=model,
-            decoder=ModelByName(self._models, parameters["decoder_model"]),
+            decoder=functools.partial(StartedModel, self._models, parameters["decoder_model"]),
             preprocessing=preprocessing_from(parameters, name),
             vocabulary=tuple(vocabulary_file.read_text().splitlines()),
             start_token=start,

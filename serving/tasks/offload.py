@@ -9,6 +9,7 @@ release the GIL while they decode, resize and compute, so the pool's threads run
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +42,17 @@ async def run_image_work(work: Callable[[], T], pixels: int) -> T:
 
 async def run_image_jobs(jobs: Sequence[Callable[[], None]], pixels: int) -> None:
     """Run independent parts of one request's image work: one after another inline when `pixels` is
-    small, else side by side in the image pool. The first failure propagates."""
+    small, else side by side in the image pool. The first failure propagates, but only once every
+    job has stopped, also when the caller is cancelled: running jobs hold decoded images that the
+    caller's decoding budget counts until it returns (serving.decoding_budget)."""
     if pixels <= INLINE_PIXEL_BUDGET:
         for job in jobs:
             job()
         return
-    loop = asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(_image_pool(), job) for job in jobs))
+    pool = _image_pool()
+    running = [pool.submit(job) for job in jobs]
+    try:
+        await asyncio.gather(*(asyncio.wrap_future(future) for future in running))
+    finally:  # a job not started yet was cancelled with the caller; one already decoding finishes
+        if not all(future.done() for future in running):
+            await asyncio.get_running_loop().run_in_executor(None, concurrent.futures.wait, running)

@@ -68,6 +68,12 @@ def test_encoder_and_decoder_step_shapes(config) -> None:
     assert torch.allclose(logprobs.exp().sum(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_the_decoder_graph_takes_only_token_ids_of_its_vocabulary() -> None:
+    vocabulary = synthetic_vocabulary()
+    _, decoder = get_family("captioner").graphs(Captioner(TINY, vocabulary).eval(), TINY, seed=0)
+    assert json.loads(decoder.parameters["input_ranges"]) == {"token": [0, len(vocabulary.tokens) - 1]}
+
+
 def test_sequence_teacher_forcing_equals_stepping_one_token_at_a_time() -> None:
     torch.manual_seed(0)
     model = Captioner(TINY, synthetic_vocabulary()).eval()

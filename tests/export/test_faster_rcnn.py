@@ -142,6 +142,8 @@ def test_small_export_has_dynamic_batch_and_parity(small_detector: FasterRCNN, t
     transform = small_detector.transform
     for batch in (1, 2, 3, 8):
         images = normalise_pixels(scene_pixels(batch, side, seed=10 + batch), transform.image_mean, transform.image_std)
+        low, high = json.loads(graph.parameters["input_ranges"])["images"]  # the server refuses values outside
+        assert low <= images.min() and images.max() <= high
         out = onnx_export.run_session(session, {"images": images})
         assert out["boxes"].shape == (batch, small_detector.roi_heads.detections_per_img, 4)
         with torch.no_grad():

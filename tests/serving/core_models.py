@@ -44,12 +44,24 @@ def batch_dropping_graph() -> onnx.GraphProto:
     )
 
 
-def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
-    """`iterations` (width x width) MatMuls in one Loop node: tens to hundreds of ms per item on a CPU,
-    so a request reliably keeps its instance busy while a test sends others; one node, so it loads in
-    milliseconds. FP32 [B, width] -> [B, width]."""
-    rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+def lookup_graph(rows: int = 4, width: int = FEATURES) -> onnx.GraphProto:
+    """y = table[token], token INT64 [B, 1] -> y FP32 [B, width] with table[i] = i: an embedding lookup,
+    which ONNX Runtime refuses to run for a token outside 0..rows-1 (the whole batch fails)."""
+    table = np.repeat(np.arange(rows, dtype=np.float32)[:, None], width, axis=1)
+    return helper.make_graph(
+        [helper.make_node("Squeeze", ["token", "axis"], ["flat"]),
+         helper.make_node("Gather", ["table", "flat"], ["y"])],
+        "lookup",
+        [helper.make_tensor_value_info("token", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1], np.int64), "axis")],
+    )
+
+
+def matmul_loop(source: str, target: str, weight: np.ndarray, iterations: int) -> tuple[onnx.NodeProto, list]:
+    """A Loop node computing `target` = `source` @ `weight`, `iterations` times over (FP32 [B, width]), and
+    its initializers (named w, trips, keep_going): slow on purpose, and exact when `weight` is the identity."""
+    width = weight.shape[0]
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("MatMul", ["h_in", "w"], ["h_out"])],
@@ -60,16 +72,26 @@ def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width])],
     )
+    initializers = [
+        numpy_helper.from_array(weight.astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "keep_going"),
+    ]
+    return helper.make_node("Loop", ["trips", "keep_going", source], [target], body=body), initializers
+
+
+def slow_graph(width: int = 1024, iterations: int = 600) -> onnx.GraphProto:
+    """`iterations` (width x width) MatMuls in one Loop node: tens to hundreds of ms per item on a CPU,
+    so a request reliably keeps its instance busy while a test sends others; one node, so it loads in
+    milliseconds. FP32 [B, width] -> [B, width]."""
+    rng = np.random.default_rng(0)
+    loop, initializers = matmul_loop("x", "y", rng.standard_normal((width, width)) / np.sqrt(width), iterations)
     return helper.make_graph(
-        [helper.make_node("Loop", ["trips", "keep_going", "x"], ["y"], body=body)],
+        [loop],
         "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
-        initializer=[
-            numpy_helper.from_array(weight, "w"),
-            numpy_helper.from_array(np.array(iterations, dtype=np.int64), "trips"),
-            numpy_helper.from_array(np.array(True), "keep_going"),
-        ],
+        initializer=initializers,
     )
 
 

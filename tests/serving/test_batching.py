@@ -20,10 +20,10 @@ from serving.backends import BackendSettings
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.batching import BatchPolicy, DynamicBatcher
 from serving.deferred import DeferredRows
-from serving.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted
+from serving.errors import DeadlineExceeded, Internal, InvalidArgument, RejectedInput, ResourceExhausted
 from serving.placement import CPU
 from serving.stats import ModelStatistics
-from tests.serving.core_models import batch_dropping_graph, doubler_graph, save
+from tests.serving.core_models import batch_dropping_graph, doubler_graph, lookup_graph, save
 
 
 class GatedRunner:
@@ -185,6 +185,47 @@ async def test_a_failed_batch_fails_its_requests_and_the_next_batch_runs(doubler
     assert result["y"].shape == (2, 4)
     assert stats.snapshot().execution_count == 1
     await batcher.close()
+
+
+def tokens(value: int) -> dict[str, np.ndarray]:
+    return {"token": np.array([[value]], dtype=np.int64)}
+
+
+async def lookups_in_one_batch(path: Path, values: list[int]) -> tuple[GatedRunner, ModelStatistics, list]:
+    """Submit one token per value while the lookup model's instance is busy (so they leave as one batch);
+    return the runner, the statistics and each request's result or error."""
+    runner = GatedRunner(save(lookup_graph(rows=4), path))
+    batcher, stats = batcher_for(BatchPolicy(max_batch_size=16), runner)
+    busy = asyncio.ensure_future(batcher.submit(tokens(0), 1))
+    await runner.wait_started()
+    batch = [asyncio.ensure_future(batcher.submit(tokens(value), 1)) for value in values]
+    await asyncio.sleep(0)
+    runner.gate.set()
+    await busy
+    outcomes = await asyncio.gather(*batch, return_exceptions=True)
+    await batcher.close()
+    return runner, stats, outcomes
+
+
+@on_event_loop
+async def test_a_request_the_model_cannot_take_fails_alone_and_its_batch_neighbours_succeed(tmp_path: Path) -> None:
+    values = [10**9 if index == 6 else index % 4 for index in range(16)]  # one poisoned among 15 good
+    runner, stats, outcomes = await lookups_in_one_batch(tmp_path / "lookup.onnx", values)
+    assert runner.batch_sizes[:2] == [1, 16]  # all sixteen ran as one batch first
+    failed = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)]
+    assert failed == [6]
+    assert isinstance(outcomes[6], RejectedInput) and outcomes[6].reason == "rejected_input"
+    assert [float(outcome["y"][0, 0]) for outcome in outcomes if isinstance(outcome, dict)] == [
+        float(value) for value in values if value < 4
+    ]
+    assert stats.snapshot().inference_count == 1 + 15
+
+
+@on_event_loop
+async def test_a_batch_that_fails_in_every_part_fails_as_a_backend_error(tmp_path: Path) -> None:
+    runner, _, outcomes = await lookups_in_one_batch(tmp_path / "lookup.onnx", [-5, -5, -5])
+    assert runner.batch_sizes == [1, 3, 1, 2, 1, 1]  # the batch, then its halves down to single requests
+    assert all(type(outcome) is Internal and outcome.reason == "backend" for outcome in outcomes)
 
 
 @on_event_loop

@@ -33,6 +33,17 @@ def test_environment_variables_set_values_and_flags_win() -> None:
     assert (settings.intra_op_threads, settings.spin_wait) == (3, True)
 
 
+def test_image_limits_come_from_flags_and_environment_variables() -> None:
+    env = {"NINEFOLD_MAX_REQUEST_IMAGE_PIXELS": "5000000", "NINEFOLD_MAX_DECODING_BYTES": "300000000"}
+    limits = load_config(["--model-repository", "r", "--max-image-pixels", "1000000"], env=env).image_limits()
+    assert (limits.max_pixels, limits.max_request_pixels, limits.max_decoding_bytes) == (
+        1_000_000, 5_000_000, 300_000_000
+    )
+    defaults = load_config(["--model-repository", "r"], env={}).image_limits()
+    assert (defaults.max_request_pixels, defaults.max_decoding_bytes) == (160_000_000, 1024 * 1024 * 1024)
+    assert defaults.max_encoded_bytes == 64 * 1024 * 1024  # --max-message-bytes
+
+
 def test_a_missing_repository_or_a_bad_value_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as missing:
         load_config([], env={})

@@ -34,7 +34,8 @@ def test_unexpected_errors_are_internal_without_details() -> None:
 
 def test_every_domain_error_has_a_code() -> None:
     kinds = {errors.InvalidArgument, errors.NotFound, errors.FailedPrecondition, errors.Unavailable, errors.NotReady,
-             errors.ResourceExhausted, errors.DeadlineExceeded, errors.Unauthenticated, errors.Internal}
+             errors.ResourceExhausted, errors.DeadlineExceeded, errors.Unauthenticated, errors.Internal,
+             errors.RejectedInput}
     assert set(CODES) == kinds
     assert {cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.ServingError)} \
         == kinds | {errors.ServingError}

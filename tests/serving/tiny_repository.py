@@ -195,7 +195,7 @@ def _write_captioner(repository: Path) -> None:
         [("token", "TYPE_INT64", (1,)), ("h", "TYPE_FP32", (state,)), ("c", "TYPE_FP32", (state,))],
         [("logprobs", "TYPE_FP32", (len(CAPTION_VOCABULARY),)), ("h_out", "TYPE_FP32", (state,)),
          ("c_out", "TYPE_FP32", (state,))],
-        {},
+        {"input_ranges": json.dumps({"token": [0, len(CAPTION_VOCABULARY) - 1]})},
     ))
 
 
