@@ -93,6 +93,8 @@ def gpu_tests(out: Path) -> str:
                          "tests/serving/test_gpu_path.py"], out / "gpu_tests.log")
     import xml.etree.ElementTree as ElementTree
 
+    if not report.is_file():  # pytest did not run (not installed?): its log says why
+        return f"failed (exit {status}, no report; see gpu_tests.log)"
     suite = ElementTree.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
     counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
@@ -229,9 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import onnxruntime
 
-    gpus = discover_gpus() if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else ()
+    has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    gpus = discover_gpus() if has_cuda else ()
     summary = Summary(environment(gpus))
-    no_gpu = f"{SKIPPED} (no GPU: CUDA EP {'present' if gpus else 'or NVML GPU missing'})"
+    why = "NVML lists none (nvidia-ml-py missing?)" if has_cuda else "this onnxruntime has no CUDA EP"
+    no_gpu = f"{SKIPPED} (no GPU: {why})"
     concurrencies = (1, 16) if args.quick else tuple(int(c) for c in args.concurrency.split(","))
     plan = LoadPlan(concurrencies=concurrencies, duration_s=1.0 if args.quick else args.duration,
                     warmup_s=0.5 if args.quick else 1.0, repeats=1 if args.quick else args.repeats)
