@@ -102,7 +102,7 @@ def check_providers(device: Device, actual: Sequence[str], model_path: Path) -> 
         raise ValueError(
             f"{model_path.name} was placed on {device.label} but ONNX Runtime runs it with {list(actual)} "
             "only: the CUDA EP did not start (CUDA 13 / cuDNN 9 libraries missing? install the `gpu` extra, "
-            "see the server log); use KIND_CPU or KIND_AUTO to serve it on the CPU"
+            "see the server log); use KIND_CPU to serve it on the CPU"
         )
 
 
