@@ -6,6 +6,8 @@ A request is a dict of arrays sharing a batch axis 0 (`items` rows). The batcher
   free (measured here: waiting to fill a batch halves throughput at low concurrency);
 * batches what queued while every instance was busy, up to `max_batch_size` items, taking
   only requests whose per-item shapes and dtypes match the first one (others keep their place);
+* with a ladder (fixed-shape GPU instances, serving.ladder) cuts a batch back to a batch size it
+  fills exactly rather than pad it far;
 * waits up to `max_queue_delay` only when preferred batch sizes are configured and the queue
   is within a quarter of the next preferred size (so a nearly full batch is worth the wait);
 * fails at once with ResourceExhausted when `max_queue_size` requests are already waiting;
@@ -50,6 +52,7 @@ from serving.errors import (
     ServingError,
     Unavailable,
 )
+from serving.ladder import requests_to_take
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +138,24 @@ class DynamicBatcher:
     """The queue in front of one model version's instances.
 
     `submit` must be awaited on the loop the batcher was started on. Results are views into the
-    batch's output arrays: treat them as read-only.
+    batch's output arrays: treat them as read-only. With a `ladder` (the batch sizes fixed-shape
+    instances run, serving.ladder) a batch is cut back to a rung it fills rather than padded far.
     """
 
     def __init__(
-        self, name: str, policy: BatchPolicy, runners: Sequence[Runner], observer: BatchObserver
+        self,
+        name: str,
+        policy: BatchPolicy,
+        runners: Sequence[Runner],
+        observer: BatchObserver,
+        ladder: Sequence[int] = (),
     ) -> None:
         if not runners:
             raise ValueError("a batcher needs at least one runner")
         self.name = name
         self.policy = policy
         self._observer = observer
+        self._ladder = tuple(ladder)
         self._instances = [_Instance(f"{name}#{index}", runner) for index, runner in enumerate(runners)]
         self._idle: deque[_Instance] = deque()
         self._queue: deque[_Request] = deque()
@@ -278,12 +288,17 @@ class DynamicBatcher:
                 if len(kept) >= _MAX_SKIPPED:
                     break
                 continue
-            self._queued_items -= request.items
-            self._observer.on_dequeued(time.perf_counter_ns() - request.enqueued_ns)
             batch.append(request)
             total += request.items
+        if self._ladder and len(batch) > 1:
+            take = requests_to_take([request.items for request in batch], self._ladder)
+            kept[:0] = batch[take:]  # they lead the next batch
+            del batch[take:]
+        for request in batch:
+            self._queued_items -= request.items
+            self._observer.on_dequeued(time.perf_counter_ns() - request.enqueued_ns)
         self._queue.extendleft(reversed(kept))
-        return batch, total
+        return batch, sum(request.items for request in batch)
 
     def _is_live(self, request: _Request, now: float) -> bool:
         """False (and the request finished) when its caller left or its deadline passed."""

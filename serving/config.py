@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.backends import BackendSettings
+from serving.backends import FIXED_SHAPES_MODES, BackendSettings
 from serving.images import ImageLimits
 
 ENV_PREFIX = "NINEFOLD_"
@@ -45,6 +45,7 @@ class ServerConfig:
     spin_wait: bool = False
     tensorrt_cache_dir: Path | None = None
     tensorrt_fp16: bool = True
+    fixed_shapes: str = "gpu"
     log_level: str = "INFO"
     event_loop: str = "uvloop"
     extras: Mapping[str, Any] = field(default_factory=dict)
@@ -55,6 +56,7 @@ class ServerConfig:
             spin_wait=self.spin_wait,
             tensorrt_cache_dir=self.tensorrt_cache_dir,
             tensorrt_fp16=self.tensorrt_fp16,
+            fixed_shapes=self.fixed_shapes,
         )
 
     def image_limits(self) -> ImageLimits:
@@ -162,6 +164,9 @@ def build_parser(
     add_option(backend, env, "--tensorrt-cache-dir", default=None, type=Path,
                help="TensorRT EP engine cache directory (default: trt_cache/ beside each model file)")
     add_option(backend, env, "--tensorrt-fp16", default=True, type=bool, help="allow fp16 in the TensorRT EP")
+    add_option(backend, env, "--fixed-shapes", default="gpu", choices=FIXED_SHAPES_MODES,
+               help="which ONNX Runtime instances run only fixed batch sizes (1, 2, 4, ... max_batch_size, one "
+               "warmed session each; batches padded up): gpu, all (CPU too) or off")
     add_option(logs, env, "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                type=str.upper, help="log verbosity")
     add_option(server, env, "--event-loop", default="uvloop", choices=("uvloop", "asyncio"),

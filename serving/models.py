@@ -28,10 +28,12 @@ import numpy as np
 from protos.inference import model_config_pb2 as mc
 from serving import repository
 from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
+from serving.backends.fixed_shapes import batcher_ladder, warm_batch_sizes
 from serving.batching import DynamicBatcher, Tensors
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
 from serving.input_ranges import InputRange, input_ranges
+from serving.ladder import batch_ladder
 from serving.placement import Gpu, Placement, PlacementError, place
 from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
@@ -495,7 +497,13 @@ class ModelManager:
             return
         assert loaded.spec is not None
         model.spec = loaded.spec
-        batcher = DynamicBatcher(f"{model.name}:{model.version}", loaded.spec.policy, loaded.backends, model.statistics)
+        batcher = DynamicBatcher(
+            f"{model.name}:{model.version}",
+            loaded.spec.policy,
+            loaded.backends,
+            model.statistics,
+            ladder=batcher_ladder(loaded.backends),
+        )
         batcher.start(loop)
         model._attach(loaded, batcher)
         model.state = ModelState.READY
@@ -528,6 +536,7 @@ class ModelManager:
 
         threads = intra_op_threads(self.settings, cpu_instances)
         trt = tensorrt_installed()
+        ladder = batch_ladder(spec.policy.max_batch_size, spec.policy.preferred_batch_sizes)
         loaded = _Loaded(placements)
 
         def open_all(threads: int) -> None:
@@ -535,7 +544,8 @@ class ModelManager:
                 choice = select_backend(
                     spec.platform, spec.config.default_model_filename, files, placement.device, trt
                 )
-                backend = open_backend(choice, version_dir / choice.filename, placement.device, self.settings, threads)
+                path = version_dir / choice.filename
+                backend = open_backend(choice, path, placement.device, self.settings, threads, ladder)
                 loaded.backends.append(backend)
 
         try:
@@ -543,7 +553,7 @@ class ModelManager:
             resolved = reconcile(spec, loaded.backends[0])
             ranges = input_ranges(resolved)
             for backend in loaded.backends:
-                warm_up(resolved, backend)
+                warm_up(resolved, backend, warm_batch_sizes(backend))
             automatic = threads > 1 and self.settings.intra_op_threads == 0 and cpu_instances == len(placements)
             if automatic and (run_s := _batch_one_seconds(resolved, loaded.backends[0])) < LIGHT_MODEL_RUN_S:
                 log.info("model %s: %.2f ms a batch-1 run: one ONNX Runtime thread", model.name, 1e3 * run_s)
@@ -552,7 +562,7 @@ class ModelManager:
                 loaded.backends.clear()
                 open_all(1)
                 for backend in loaded.backends:
-                    warm_up(resolved, backend)
+                    warm_up(resolved, backend, warm_batch_sizes(backend))
         except BaseException:
             for backend in loaded.backends:
                 backend.close()
@@ -626,11 +636,13 @@ def _batch_one_seconds(spec: ModelSpec, backend: Backend) -> float:
     return best
 
 
-def warm_up(spec: ModelSpec, backend: Backend) -> None:
-    """One inference of zeros (batch 1; dynamic sizes -> 1) so the first request pays no lazy setup."""
-    lead = (1,) if spec.policy.batches else ()
-    feeds = {}
-    for tensor in spec.inputs:
-        shape = lead + tuple(1 if dim == -1 else dim for dim in tensor.shape)
-        feeds[tensor.name] = np.zeros(shape, dtype=tensor.dtype)
-    backend.infer(feeds)
+def warm_up(spec: ModelSpec, backend: Backend, batch_sizes: Sequence[int] = (1,)) -> None:
+    """One inference of zeros per batch size (dynamic dims -> 1) so the first request pays no lazy
+    setup; a fixed-shape instance warms every rung of its ladder before the model is READY."""
+    for size in batch_sizes if spec.policy.batches else (1,):
+        lead = (size,) if spec.policy.batches else ()
+        feeds = {}
+        for tensor in spec.inputs:
+            shape = lead + tuple(1 if dim == -1 else dim for dim in tensor.shape)
+            feeds[tensor.name] = np.zeros(shape, dtype=tensor.dtype)
+        backend.infer(feeds)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import TypeAlias
 
 import grpc
@@ -34,7 +37,19 @@ from serving.models import ModelManager
 
 log = logging.getLogger(__name__)
 
-SERVER_VERSION = package_version("ninefold")
+
+def server_version() -> str:
+    """The installed package's version, else (run from a source tree, nothing installed) pyproject.toml's."""
+    try:
+        return package_version("ninefold")
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        text = pyproject.read_text() if pyproject.is_file() else ""
+        match = re.search(r'^version = "([^"]+)"', text, re.MULTILINE)
+        return match.group(1) if match else "0+unknown"
+
+
+SERVER_VERSION = server_version()
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 Context: TypeAlias = grpc.aio.ServicerContext
 #: Requests of one ModelStreamInfer stream in flight (read, not yet answered on the wire); no more are read meanwhile.

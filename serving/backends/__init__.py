@@ -6,8 +6,10 @@ model file and a device (`select_backend` is the pure rule, unit-tested without 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,12 +44,18 @@ class BackendSettings:
     spin_wait: let ONNX Runtime's pool threads spin between runs (lower latency, burns a core).
     tensorrt_cache_dir: where the TensorRT EP keeps built engines (None = next to the model file).
     tensorrt_fp16: allow fp16 kernels in TensorRT (EP and nothing else; .plan engines are fixed).
+    fixed_shapes: which ONNX Runtime instances run only the batch ladder's sizes (serving.ladder):
+      "gpu" (GPU instances), "all" (CPU ones too) or "off".
     """
 
     intra_op_threads: int = 0
     spin_wait: bool = False
     tensorrt_cache_dir: Path | None = None
     tensorrt_fp16: bool = True
+    fixed_shapes: str = "gpu"
+
+
+FIXED_SHAPES_MODES = ("gpu", "all", "off")
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,53 @@ def tensorrt_installed() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
+#: The TensorRT library ONNX Runtime's TensorRT EP links (onnxruntime-gpu 1.31: TensorRT 10).
+NVINFER = "libnvinfer.so.10"
+
+
+@functools.cache
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's library can be loaded in this process, so that asking ONNX Runtime for its
+    TensorRT EP cannot fail. The GPU wheel lists that EP whether TensorRT exists or not; a pip-installed
+    TensorRT is found by importing its Python package, which loads the library from its wheel."""
+    try:
+        ctypes.CDLL(NVINFER)
+        return True
+    except OSError:
+        pass
+    if not tensorrt_installed():
+        return False
+    try:
+        import tensorrt  # type: ignore[import-not-found]  # noqa: F401  # loads libnvinfer from its wheel
+    except Exception:
+        return False
+    try:
+        ctypes.CDLL(NVINFER)  # already in the process: found by its soname
+    except OSError:
+        return False
+    return True
+
+
 def open_backend(
-    choice: BackendChoice, path: Path, device: Device, settings: BackendSettings, threads: int
+    choice: BackendChoice,
+    path: Path,
+    device: Device,
+    settings: BackendSettings,
+    threads: int,
+    ladder: Sequence[int] = (),
 ) -> Backend:
-    """Load `path` with the chosen runtime on `device`. Imports the runtime lazily."""
+    """Load `path` with the chosen runtime on `device`. Imports the runtime lazily.
+
+    With a `ladder` (and serving.backends.fixed_shapes.runs_fixed_shapes saying so) the instance is one
+    session per batch size of the ladder.
+    """
     if choice.runtime == "tensorrt":
         from serving.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(path, device)
+    from serving.backends.fixed_shapes import open_fixed_shapes, runs_fixed_shapes
     from serving.backends.onnxruntime import OnnxRuntimeBackend
 
+    if ladder and runs_fixed_shapes(settings, device, choice.runtime):
+        return open_fixed_shapes(ladder, lambda: OnnxRuntimeBackend(path, device, settings, threads))
     return OnnxRuntimeBackend(path, device, settings, threads)

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ import numpy as np
 import onnxruntime as ort
 
 from protos.inference import model_config_pb2 as mc
-from serving.backends import BackendSettings
+from serving.backends import BackendSettings, tensorrt_loadable
 from serving.cpus import available_cpus
 from serving.placement import Device
 from serving.tensors import TensorSpec
+
+log = logging.getLogger(__name__)
 
 #: ONNX Runtime's tensor type strings -> Triton config enum.
 _ORT_TYPES = {
@@ -39,12 +43,18 @@ _ORT_TYPES = {
 
 
 def providers_for(
-    device: Device, available: Sequence[str], settings: BackendSettings, model_path: Path
+    device: Device,
+    available: Sequence[str],
+    settings: BackendSettings,
+    model_path: Path,
+    tensorrt_loads: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Execution providers (with options) in priority order for one instance.
 
-    GPU: TensorRT EP (engine + timing cache, fp16 per settings) when the wheel has it, then the
-    CUDA EP on the same device, then CPU for unsupported ops. CPU: the CPU EP only.
+    GPU: TensorRT EP (engine + timing cache, fp16 per settings) when the wheel has it and TensorRT's
+    library loads (`tensorrt_loads`: the GPU wheel lists the EP even where TensorRT is missing, and
+    every session would first fail on it), then the CUDA EP on the same device, then CPU for
+    unsupported ops. CPU: the CPU EP only.
     Raises ValueError when a GPU instance is asked of a wheel without CUDA.
     """
     if device.gpu is None:
@@ -53,7 +63,7 @@ def providers_for(
         raise ValueError("this onnxruntime has no CUDAExecutionProvider; install the `gpu` extra")
     device_id = device.gpu.index
     providers: list[tuple[str, dict[str, Any]]] = []
-    if "TensorrtExecutionProvider" in available:
+    if "TensorrtExecutionProvider" in available and tensorrt_loads:
         cache = settings.tensorrt_cache_dir or model_path.parent / "trt_cache"
         providers.append(
             (
@@ -82,6 +92,34 @@ def intra_op_threads(settings: BackendSettings, cpu_instances: int, cores: int |
     return max(1, cores // max(1, cpu_instances))
 
 
+#: The providers that mean "this session computes on the GPU".
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def check_providers(device: Device, actual: Sequence[str], model_path: Path) -> None:
+    """Refuse a GPU instance whose session fell back to the CPU (ONNX Runtime does so silently when
+    the CUDA EP cannot start, e.g. missing CUDA/cuDNN libraries). Raises ValueError saying so."""
+    if device.gpu is not None and not any(name in actual for name in GPU_PROVIDERS):
+        raise ValueError(
+            f"{model_path.name} was placed on {device.label} but ONNX Runtime runs it with {list(actual)} "
+            "only: the CUDA EP did not start (CUDA 13 / cuDNN 9 libraries missing? install the `gpu` extra, "
+            "see the server log); use KIND_CPU to serve it on the CPU"
+        )
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA/cuDNN libraries of the nvidia-* wheels once, before the first GPU session
+    (onnxruntime-gpu >= 1.21 has `preload_dlls`; a pip-only CUDA host has them nowhere else)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as error:  # the CUDA EP may still find the libraries; check_providers says if not
+        log.warning("onnxruntime.preload_dlls() failed: %s", error)
+
+
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) else -1 for dim in arg.shape)
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, mc.TYPE_INVALID), shape)
@@ -98,13 +136,18 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spin_wait else "0")
         options.log_severity_level = 3
-        providers = providers_for(device, ort.get_available_providers(), settings, path)
+        if device.gpu is not None:
+            preload_cuda_libraries()
+        available = ort.get_available_providers()
+        providers = providers_for(device, available, settings, path, device.gpu is not None and tensorrt_loadable())
         self._session = ort.InferenceSession(
             str(path),
             sess_options=options,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],
         )
+        self.providers = tuple(self._session.get_providers())
+        check_providers(device, self.providers, path)
         self.inputs = tuple(_spec(arg) for arg in self._session.get_inputs())
         self.outputs = tuple(_spec(arg) for arg in self._session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]

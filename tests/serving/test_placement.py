@@ -11,7 +11,7 @@ from google.protobuf import text_format
 
 from protos.inference import model_config_pb2 as mc
 from serving.backends import BackendSettings, engine_file_for, select_backend
-from serving.backends.onnxruntime import intra_op_threads, providers_for
+from serving.backends.onnxruntime import check_providers, intra_op_threads, providers_for
 from serving.placement import CPU, Device, Gpu, PlacementError, place, visible_gpus
 
 H100 = [Gpu(0, "GPU-aaaa", "H100", (9, 0)), Gpu(1, "GPU-bbbb", "H100", (9, 0))]
@@ -78,7 +78,7 @@ def test_cuda_visible_devices_filters_and_renumbers() -> None:
 def test_gpu_instances_get_tensorrt_then_cuda_then_cpu_on_their_device(tmp_path: Path) -> None:
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     settings = BackendSettings(tensorrt_cache_dir=tmp_path / "cache", tensorrt_fp16=True)
-    providers = providers_for(Device(H100[1]), available, settings, tmp_path / "1" / "model.onnx")
+    providers = providers_for(Device(H100[1]), available, settings, tmp_path / "1" / "model.onnx", True)
     assert [name for name, _ in providers] == available
     trt, cuda = providers[0][1], providers[1][1]
     assert trt["device_id"] == 1 and cuda["device_id"] == 1
@@ -91,8 +91,22 @@ def test_without_tensorrt_ep_a_gpu_instance_uses_cuda_and_the_cache_defaults_bes
                               BackendSettings(), tmp_path / "model.onnx")
     assert [name for name, _ in providers] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     with_trt = providers_for(Device(H100[0]), ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
-                             BackendSettings(), tmp_path / "model.onnx")
+                             BackendSettings(), tmp_path / "model.onnx", tensorrt_loads=True)
     assert with_trt[0][1]["trt_engine_cache_path"] == str(tmp_path / "trt_cache" / "sm90")
+
+
+def test_the_tensorrt_ep_is_asked_for_only_when_tensorrt_loads(tmp_path: Path) -> None:
+    """The GPU wheel lists the TensorRT EP even where libnvinfer is missing (issue 12's H100)."""
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = providers_for(Device(H100[0]), listed, BackendSettings(), tmp_path / "m.onnx", tensorrt_loads=False)
+    assert [name for name, _ in providers] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_a_gpu_instance_that_fell_back_to_the_cpu_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"placed on gpu0 but ONNX Runtime runs it with \['CPUExecutionProvider'\]"):
+        check_providers(Device(H100[0]), ["CPUExecutionProvider"], tmp_path / "model.onnx")
+    check_providers(Device(H100[0]), ["CUDAExecutionProvider", "CPUExecutionProvider"], tmp_path / "model.onnx")
+    check_providers(CPU, ["CPUExecutionProvider"], tmp_path / "model.onnx")
 
 
 def test_cpu_instances_use_the_cpu_provider_and_a_cpu_wheel_refuses_gpu_instances(tmp_path: Path) -> None:

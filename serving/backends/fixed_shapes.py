@@ -1,0 +1,78 @@
+"""One backend per rung of the batch ladder, behind the Backend protocol: a GPU instance that only
+ever runs fixed batch shapes (why: serving.ladder).
+
+A batch of `n` rows runs on the session of the smallest rung >= n, padded with zero rows; the
+padding rows are dropped from every output, so callers see exactly the rows they sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from serving.backends import Backend, BackendSettings
+from serving.ladder import pad_rows, rung_for
+from serving.placement import Device
+
+
+class FixedShapeBackend:
+    """A backend per batch size; each sees a single input shape for its whole life."""
+
+    def __init__(self, rungs: Mapping[int, Backend]) -> None:
+        if not rungs:
+            raise ValueError("a fixed-shape backend needs at least one batch size")
+        self.ladder = tuple(sorted(rungs))
+        self._rungs = dict(rungs)
+        first = self._rungs[self.ladder[0]]
+        self.inputs = first.inputs
+        self.outputs = first.outputs
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on the rung that holds the batch; outputs keep only the batch's own rows."""
+        items = next(iter(inputs.values())).shape[0]
+        rung = rung_for(items, self.ladder)
+        if rung == items:
+            return self._rungs[rung].infer(inputs)
+        outputs = self._rungs[rung].infer(pad_rows(inputs, rung))
+        # An output without the batch axis is left whole: the batcher names that model error.
+        return {
+            name: array[:items] if array.ndim and array.shape[0] == rung else array
+            for name, array in outputs.items()
+        }
+
+    def close(self) -> None:
+        for backend in self._rungs.values():
+            backend.close()
+
+
+def runs_fixed_shapes(settings: BackendSettings, device: Device, runtime: str) -> bool:
+    """Whether an instance gets the ladder: ONNX Runtime instances on a GPU (settings.fixed_shapes
+    "gpu", the default), on every device ("all"), or none ("off"). A TensorRT engine has its own
+    optimisation profile and keeps dynamic shapes."""
+    if runtime != "onnxruntime" or settings.fixed_shapes == "off":
+        return False
+    return settings.fixed_shapes == "all" or device.is_gpu
+
+
+def open_fixed_shapes(ladder: Sequence[int], open_one: Callable[[], Backend]) -> FixedShapeBackend:
+    """A FixedShapeBackend of one fresh backend per rung; closes what it opened when one fails."""
+    opened: dict[int, Backend] = {}
+    try:
+        for rung in ladder:
+            opened[rung] = open_one()
+    except BaseException:
+        for backend in opened.values():
+            backend.close()
+        raise
+    return FixedShapeBackend(opened)
+
+
+def warm_batch_sizes(backend: Backend) -> tuple[int, ...]:
+    """The batch sizes a warm-up runs so the first request pays no setup: every rung, else 1."""
+    return backend.ladder if isinstance(backend, FixedShapeBackend) else (1,)
+
+
+def batcher_ladder(backends: Sequence[Backend]) -> tuple[int, ...]:
+    """The ladder the model's batcher fills: that of its fixed-shape instances (all share one), else none."""
+    return next((b.ladder for b in backends if isinstance(b, FixedShapeBackend)), ())
