@@ -10,6 +10,11 @@ must never contain stack traces, file system paths of the server or internal sta
 
 from __future__ import annotations
 
+import time
+
+#: `reason` of a request whose caller went away before it finished.
+CANCELLED = "cancelled"
+
 
 class ServingError(Exception):
     """Base of every error a client may see. `str(error)` is the client-facing message."""
@@ -67,3 +72,11 @@ class Internal(ServingError):
 
 class NotReady(Unavailable):
     """The model exists but is not ready: still loading, failed to load, or unloading."""
+
+
+def cancellation_reason(deadline: float | None) -> str:
+    """The failure `reason` of a request whose handler was cancelled: gRPC cancels a call both when its
+    client goes away and when its deadline (absolute time.monotonic() seconds) passes; they count apart."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return DeadlineExceeded.reason
+    return CANCELLED

@@ -30,7 +30,7 @@ from serving import repository
 from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
 from serving.batching import DynamicBatcher, Tensors
 from serving.deferred import DeferredRows
-from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
+from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable, cancellation_reason
 from serving.placement import Gpu, Placement, PlacementError, place
 from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
@@ -158,7 +158,7 @@ class ServedModel:
             raise
         except asyncio.CancelledError:
             if counted:
-                self.record_request(time.perf_counter_ns() - started, "cancelled")
+                self.record_request(time.perf_counter_ns() - started, cancellation_reason(deadline))
             raise
         if counted:
             self.record_request(time.perf_counter_ns() - started)
@@ -199,12 +199,15 @@ class ServedModel:
                     f"input '{spec.name}' of model '{self.name}' must have shape {want}, got {list(array.shape)}"
                 )
             if batches:
+                if array.shape[0] < 1:
+                    raise InvalidArgument(
+                        f"input '{spec.name}' of model '{self.name}' has batch size 0 (shape {list(array.shape)}); "
+                        "send at least one item"
+                    )
                 if index == 0:
                     items = array.shape[0]
                 elif array.shape[0] != items:
                     raise InvalidArgument(f"inputs of model '{self.name}' disagree on the batch size")
-        if items < 1:
-            raise InvalidArgument(f"a request to model '{self.name}' needs at least one item")
         return items
 
     def _reshaped(self, inputs: Tensors, items: int) -> Tensors:
@@ -298,6 +301,8 @@ class ModelManager:
         if not versions:
             if name in self._errors:
                 raise NotReady(f"model '{name}' failed to load: {self._errors[name]}")
+            if self._on_disk(name):  # Triton: a known but unloaded model is UNAVAILABLE, not unknown
+                raise NotReady(f"model '{name}' is in the repository but not loaded; load it (RepositoryModelLoad)")
             raise NotFound(f"model '{name}' is not in the repository; ListModels shows what is served")
         if version:
             model = versions.get(version)
@@ -310,6 +315,10 @@ class ModelManager:
             detail = f": {model.reason}" if model.reason else f" ({model.state.value})"
             raise NotReady(f"model '{name}' version {model.version} is not ready{detail}")
         return model
+
+    def _on_disk(self, name: str) -> bool:
+        """Whether the repository holds a model folder `name` (looked up only for names not loaded)."""
+        return any(source.name == name for source in repository.discover(self.repository))
 
     def default_for(self, task: str) -> ServedModel:
         """The model a request without a name gets for `task`.
@@ -437,7 +446,10 @@ class ModelManager:
             log.error("model %s cannot load: %s", source.name, error)
             if source.name not in self._models:
                 self._errors[source.name] = str(error)
-            return
+                return
+            raise NotReady(
+                f"model '{source.name}' could not be reloaded ({error}); the loaded versions keep serving"
+            ) from None
         fresh = {version: ServedModel(source, spec, version) for version in versions}
         previous = self._models.get(source.name)
         if previous is None:
@@ -451,8 +463,8 @@ class ModelManager:
             await asyncio.gather(*(model._close() for model in previous.values()))
         else:
             log.error("model %s: the reload failed; the loaded versions keep serving", source.name)
+            reasons = "; ".join(m.reason for m in fresh.values() if m.reason)  # before _close() overwrites them
             await asyncio.gather(*(model._close() for model in fresh.values()))
-            reasons = "; ".join(m.reason for m in fresh.values() if m.reason)
             raise NotReady(f"model '{source.name}' could not be reloaded ({reasons}); the loaded versions keep serving")
 
     async def _load_version(self, model: ServedModel) -> None:

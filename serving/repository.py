@@ -66,10 +66,15 @@ def discover(repository: Path) -> list[ModelSource]:
         raise ConfigError(f"model repository '{repository}' is not a directory")
     sources = []
     for directory in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = tuple(sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()))
+        versions = tuple(sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and is_version_name(p.name)))
         if versions or (directory / CONFIG_FILE).exists():
             sources.append(ModelSource(directory.name, directory, versions))
     return sources
+
+
+def is_version_name(name: str) -> bool:
+    """A version folder's name: ASCII digits only (str.isdigit also takes "١", which int() reads as 1)."""
+    return name.isascii() and name.isdigit()
 
 
 def read_config(source: ModelSource) -> mc.ModelConfig:
