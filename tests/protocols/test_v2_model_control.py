@@ -128,6 +128,25 @@ def test_explicit_mode_loads_nothing_at_start_unless_asked(control_repository: P
     np.testing.assert_array_equal(result.outputs["4/OUTPUT0"], 2 * ints)
 
 
+def test_a_failed_reload_says_why_and_the_loaded_version_keeps_serving(
+    control_server: ServerProcess, control_repository: Path, tmp_path: Path
+) -> None:
+    folder = write_plain_triton_model(control_repository, "reloaded")
+    ints = np.arange(16, dtype=np.int32).reshape(1, 16)
+    load = {"op": "load", "model": "reloaded", "token": CONTROL_TOKEN}
+    infer = {"op": "infer", "model": "reloaded", "inputs": [{"name": "INPUT0", "datatype": "INT32", "array": "a"},
+                                                            {"name": "INPUT1", "datatype": "INT32", "array": "a"}]}
+    runner = TritonRunner(control_server.target, tmp_path)
+    assert runner.run([load], {"a": ints}).steps[0]["ok"]
+    (folder / "1" / "model.onnx").write_bytes(b"not an ONNX file")
+    broken_model = runner.run([load, infer], {"a": ints}).steps
+    (folder / "config.pbtxt").write_text("this is { not a config")
+    broken_config = runner.run([load, infer], {"a": ints}).steps
+    _refused(broken_model[0], "UNAVAILABLE", "could not be reloaded (the runtime could not load the model")
+    _refused(broken_config[0], "UNAVAILABLE", "could not be reloaded (reloaded/config.pbtxt")
+    assert broken_model[1]["ok"] and broken_config[1]["ok"], "the version loaded before keeps serving"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
