@@ -34,6 +34,9 @@ class ServerConfig:
     metrics_port: int = 8002
     grace_seconds: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 64
     ort_threads: int = 0
@@ -78,8 +81,12 @@ def add_option(
     type: Callable[[str], Any] = str,
     choices: Sequence[Any] | None = None,
     required: bool = False,
+    aliases: Sequence[str] = (),
 ) -> None:
-    """Add `flag` whose default comes from NINEFOLD_<FLAG> when set. Booleans get --flag/--no-flag."""
+    """Add `flag` whose default comes from NINEFOLD_<FLAG> when set. Booleans get --flag/--no-flag.
+
+    `aliases`: other spellings of the flag (Triton's), same value, no environment variable of their own.
+    """
     variable = env_name(flag)
     if type is bool:
         value = parse_bool(env[variable]) if variable in env else default
@@ -90,6 +97,7 @@ def add_option(
     value = type(env[variable]) if variable in env else default
     parser.add_argument(
         flag,
+        *aliases,
         type=type,
         default=value,
         choices=choices,
@@ -115,6 +123,12 @@ def build_parser(
                help="on SIGTERM/SIGINT, how long in-flight requests may take to finish before exit")
     add_option(parser, env, "--max-message-bytes", default=64 * 1024 * 1024, type=int,
                help="largest gRPC message accepted or sent")
+    add_option(parser, env, "--tls-cert", default=None, type=Path, aliases=("--grpc-server-cert",),
+               help="PEM certificate (chain) of the gRPC port; with --tls-key the port speaks TLS only")
+    add_option(parser, env, "--tls-key", default=None, type=Path, aliases=("--grpc-server-key",),
+               help="PEM private key of --tls-cert")
+    add_option(parser, env, "--tls-client-ca", default=None, type=Path, aliases=("--grpc-root-cert",),
+               help="PEM CA certificate(s): clients must present a certificate it signed (mutual TLS)")
     add_option(parser, env, "--max-image-pixels", default=40_000_000, type=int,
                help="largest width*height of one input image (decompression-bomb guard)")
     add_option(parser, env, "--max-images-per-request", default=64, type=int, help="most images in one request")
