@@ -32,7 +32,7 @@ from serving.batching import DynamicBatcher, Tensors
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable, cancellation_reason
 from serving.placement import Gpu, Placement, PlacementError, place
-from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
+from serving.repository import DECODER_TASK, ConfigError, FileReader, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
 from serving.tensors import TensorSpec
 
@@ -67,10 +67,11 @@ class ServedModel:
     axis when max_batch_size > 0), max_batch_size, instance_count, placements, state, reason.
     """
 
-    def __init__(self, source: ModelSource, spec: ModelSpec, version: int) -> None:
+    def __init__(self, source: ModelSource, spec: ModelSpec, version: int, files: FileReader) -> None:
         self.name = spec.name
         self.version = version
         self.directory = source.directory
+        self.files = files  # read anything else of the model folder (a vocabulary) through this
         self.spec = spec
         self.placements: tuple[Placement, ...] = ()
         self.state = ModelState.LOADING
@@ -289,6 +290,8 @@ class ModelManager:
         self.loaded = False
         self.draining = False
         self.startup_models: frozenset[str] | None = None
+        #: How model files are read; model control's explicit mode confines them to the repository.
+        self.files = repository.UNCONFINED
 
     # ------------------------------------------------------------------ queries
     def get(self, name: str, version: int = 0) -> ServedModel:
@@ -439,8 +442,8 @@ class ModelManager:
         """Load every served version of one folder; on a reload the old versions serve until the new
         ones are ready, and stay when none of the new ones is (as Triton does)."""
         try:
-            config = repository.read_config(source)
-            spec = repository.model_spec(source, config)
+            config = repository.read_config(source, self.files)
+            spec = repository.model_spec(source, config, self.files)
             versions = repository.served_versions(source, config)
         except ConfigError as error:
             log.error("model %s cannot load: %s", source.name, error)
@@ -450,7 +453,7 @@ class ModelManager:
             raise NotReady(
                 f"model '{source.name}' could not be reloaded ({error}); the loaded versions keep serving"
             ) from None
-        fresh = {version: ServedModel(source, spec, version) for version in versions}
+        fresh = {version: ServedModel(source, spec, version, self.files) for version in versions}
         previous = self._models.get(source.name)
         if previous is None:
             self._errors.pop(source.name, None)
@@ -517,12 +520,19 @@ class ModelManager:
         trt = tensorrt_installed()
         loaded = _Loaded(placements)
 
+        contents: dict[str, bytes] = {}  # each file read (and checked) once, for every instance
+
         def open_all(threads: int) -> None:
             for placement in placements:
                 choice = select_backend(
                     spec.platform, spec.config.default_model_filename, files, placement.device, trt
                 )
-                backend = open_backend(choice, version_dir / choice.filename, placement.device, self.settings, threads)
+                path = version_dir / choice.filename
+                if choice.filename not in contents:
+                    contents[choice.filename] = self.files.read_bytes(path)
+                backend = open_backend(
+                    choice, path, placement.device, self.settings, threads, contents[choice.filename]
+                )
                 loaded.backends.append(backend)
 
         try:

@@ -29,6 +29,7 @@ from serving.errors import InvalidArgument, NotFound, Unavailable
 from serving.images import ImageLimits
 from serving.model_control import MODES, ModelControl
 from serving.models import ModelManager
+from serving.repository import FileReader
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
     except ValueError as error:
         raise SystemExit(f"ninefold serve: {error}") from None
     context.models.startup_models = control.startup_models
+    if control.enabled:  # loads on request: every file read must stay inside the repository
+        context.models.files = FileReader.confined(context.config.model_repository)
     limits = InputLimits(ImageLimits(max_pixels=context.config.max_image_pixels),
                          context.config.max_images_per_request)
     servicer = InferenceServicer(context.models, control, limits)

@@ -111,13 +111,15 @@ def tensorrt_installed() -> bool:
 
 
 def open_backend(
-    choice: BackendChoice, path: Path, device: Device, settings: BackendSettings, threads: int
+    choice: BackendChoice, path: Path, device: Device, settings: BackendSettings, threads: int,
+    content: bytes | None = None,
 ) -> Backend:
-    """Load `path` with the chosen runtime on `device`. Imports the runtime lazily."""
+    """Load `path` (or `content`, its bytes already read) with the chosen runtime on `device`. Imports the
+    runtime lazily."""
     if choice.runtime == "tensorrt":
         from serving.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path, device)
+        return TensorRTBackend(path, device, content)
     from serving.backends.onnxruntime import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(path, device, settings, threads)
+    return OnnxRuntimeBackend(path, device, settings, threads, content)
