@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 REPO   ?= model_repository
 
-.PHONY: install install-tools demo test test-fast export serve proto lint bench clean
+.PHONY: install install-tools demo test test-fast export serve proto lint bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,5 +48,11 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.suite --out bench_results $(BENCH_ARGS)
 
+## Soak and overload on the small families (not part of `make test`; loopback; the load itself <= 10 min):
+## mixed tasks at 80% of measured saturation, then at 2x; docs/RELIABILITY.md explains the figures.
+soak: install
+	$(BIN)/python -m clients.demo_repository --model-repository $(REPO)
+	$(BIN)/python -m benchmarks.soak --model-repository $(REPO) --out soak_results $(SOAK_ARGS)
+
 clean:
-	rm -rf $(REPO) demo_output bench_results .pytest_cache
+	rm -rf $(REPO) demo_output bench_results soak_results .pytest_cache

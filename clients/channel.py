@@ -7,14 +7,21 @@ sends each call to the next one, so long-lived gRPC connections do not pin all w
 gRPC re-resolves the name when a connection drops (and at most every
 `grpc.dns_min_time_between_resolutions_ms`), so pods that come and go are followed.
 With a single address (`localhost:8001`, a ClusterIP Service) round robin is simply one connection.
+
+A server started with --tls-cert/--tls-key speaks TLS only: pass `TlsFiles` (the CA that signed its
+certificate; for mutual TLS also this client's certificate and key) and the channel is a secure one.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import grpc.aio
+
+from clients.errors import InputError
 
 DEFAULT_TARGET = "localhost:8001"
 DEFAULT_TIMEOUT_S = 10.0
@@ -56,11 +63,39 @@ CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
 )
 
 
-def insecure_channel(target: str = DEFAULT_TARGET) -> grpc.Channel:
-    """A blocking channel to `target` with CHANNEL_OPTIONS (connects lazily, on the first call)."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS connection: `ca` verifies the server's certificate (None: the system's roots);
+    `cert` and `key` identify this client to a server that asks for a client certificate (mutual TLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Reads the files now; raises InputError for a certificate without its key, OSError for a missing file."""
+        if (self.cert is None) != (self.key is None):
+            raise InputError("a TLS client certificate needs its key and the key its certificate")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert)
+        )
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def open_channel(target: str = DEFAULT_TARGET, tls: TlsFiles | None = None) -> grpc.Channel:
+    """A blocking channel to `target` with CHANNEL_OPTIONS (connects lazily, on the first call);
+    a TLS one when `tls` is given."""
+    if tls is not None:
+        return grpc.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
-def insecure_aio_channel(target: str = DEFAULT_TARGET) -> grpc.aio.Channel:
-    """An asyncio channel to `target` with CHANNEL_OPTIONS; create it inside the running event loop."""
+def open_aio_channel(target: str = DEFAULT_TARGET, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to `target` with CHANNEL_OPTIONS, TLS when `tls` is given; create it inside the
+    running event loop."""
+    if tls is not None:
+        return grpc.aio.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from clients import formatting
-from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
+from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles
 from clients.client import VisionClient
 from clients.errors import ClientError
 from clients.formatting import Output
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_stage(args_list[0], args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
-        with VisionClient(args.server, timeout=args.timeout) as client:
+        with VisionClient(args.server, timeout=args.timeout, tls=_tls(args)) as client:
             for output in args.handler(client, args):
                 print(json.dumps(output.json) if args.json else output.text, flush=True)
     except (ClientError, OSError) as error:
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, help="deadline of each call, seconds"
     )
     connection.add_argument("--json", action="store_true", help="print one JSON object per request")
+    connection.add_argument("--tls", action="store_true", help="connect with TLS (implied by the --tls-* files)")
+    connection.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate (default: system)")
+    connection.add_argument("--tls-cert", type=Path, help="PEM client certificate, for a server requiring mutual TLS")
+    connection.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     model = OneLineParser(add_help=False, parents=[connection])
     model.add_argument("--model", default="", help="model name (default: the task's default model)")
     model.add_argument("--version", type=_non_negative_int, default=0, help="model version (0 = newest ready)")
@@ -180,6 +184,11 @@ def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    files = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    return files if args.tls or files != TlsFiles() else None
 
 
 def _run_stage(name: str, argv: list[str]) -> int:

@@ -9,7 +9,8 @@ Every call has a deadline (the client's `timeout`, 10 s by default, or the call'
 `timeout=`); a failed call raises `VisionError` with the gRPC status code and the server's
 message; an argument the client will not send raises `InputError` before any traffic.
 `target` is `host:port` or, for a Kubernetes headless Service, `dns:///svc.ns.svc.cluster.local:8001`
-(calls rotate over the pods; see clients/channel.py).
+(calls rotate over the pods; see clients/channel.py). `tls=TlsFiles(ca=..., cert=..., key=...)` connects
+to a server started with --tls-cert (and, for mutual TLS, --tls-client-ca).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import calls
 from clients.calls import Call
-from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, insecure_aio_channel, insecure_channel
+from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles, open_aio_channel, open_channel
 from clients.errors import InputError, VisionError
 from clients.images import ImagesInput
 from clients.results import Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
@@ -42,11 +43,16 @@ class VisionClient:
     """Blocking client; thread-safe (calls from several threads share one channel)."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, timeout: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        channel: grpc.Channel | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.target = target
         self.timeout = _positive_timeout(timeout)
-        self._channel = channel or insecure_channel(target)
+        self._channel = channel or open_channel(target, tls)
         self._stub = vision_pb2_grpc.VisionStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -149,10 +155,11 @@ class AsyncVisionClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         channel: grpc.aio.Channel | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.target = target
         self.timeout = _positive_timeout(timeout)
-        self._channel = channel or insecure_aio_channel(target)
+        self._channel = channel or open_aio_channel(target, tls)
         self._stub = vision_pb2_grpc.VisionStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -20,6 +20,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients.channel import TlsFiles, open_channel
 from clients.errors import ClientError
 
 READY_TIMEOUT_S = 300.0
@@ -52,13 +53,15 @@ class ServerProcess:
     """
 
     def __init__(
-        self, process: subprocess.Popen[bytes], target: str, metrics_url: str, log_path: Path, http_target: str = ""
+        self, process: subprocess.Popen[bytes], target: str, metrics_url: str, log_path: Path, http_target: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         self.process = process
         self.target = target
         self.http_target = http_target
         self.metrics_url = metrics_url
         self.log_path = log_path
+        self.tls = tls
 
     @classmethod
     def start(
@@ -70,11 +73,13 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
         wait_serving: bool = True,
+        tls: TlsFiles | None = None,
     ) -> ServerProcess:
         """Start the server with its output in `log` (None: a new temporary file, kept for reading).
 
         Returns once grpc.health reports SERVING for the whole server, or, with wait_serving=False, as
         soon as it answers at all (models may still be loading). `env` adds to this process's environment.
+        `tls`: how this launcher's own health checks connect to a server started with --tls-* flags.
         """
         port, http_port, metrics_port = free_ports(3)
         if log is None:
@@ -102,7 +107,7 @@ class ServerProcess:
         with log.open("wb") as log_file:
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
         server = cls(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log,
-                     f"127.0.0.1:{http_port}")
+                     f"127.0.0.1:{http_port}", tls)
         try:
             server._wait_until_up(ready_timeout, wait_serving)
         except BaseException:
@@ -112,7 +117,7 @@ class ServerProcess:
 
     def health(self, service: str = "") -> int:
         """grpc.health.v1 status of `service` right now (health_pb2.HealthCheckResponse.SERVING, ...)."""
-        with grpc.insecure_channel(self.target) as channel:
+        with open_channel(self.target, self.tls) as channel:
             request = health_pb2.HealthCheckRequest(service=service)
             return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
 

@@ -37,6 +37,9 @@ class ServerConfig:
     grace_seconds: float = 10.0
     strict_readiness: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     max_image_pixels: int = 40_000_000
     max_request_image_pixels: int = 160_000_000
     max_decoding_bytes: int = 1024 * 1024 * 1024
@@ -96,8 +99,10 @@ def add_option(
     required: bool = False,
     aliases: Sequence[str] = (),
 ) -> None:
-    """Add `flag` (also spelt `aliases`) whose default comes from NINEFOLD_<FLAG> when set.
-    Booleans get --flag/--no-flag."""
+    """Add `flag` whose default comes from NINEFOLD_<FLAG> when set. Booleans get --flag/--no-flag.
+
+    `aliases`: other spellings of the flag (Triton's), same value, no environment variable of their own.
+    """
     variable = env_name(flag)
     if type is bool:
         value = parse_bool(env[variable]) if variable in env else default
@@ -148,6 +153,12 @@ def build_parser(
                "Triton's; --no-strict-readiness: when at least one is (default: strict)")
     add_option(grpc, env, "--max-message-bytes", default=64 * 1024 * 1024, type=int,
                help="largest gRPC message accepted or sent (and largest HTTP request body)")
+    add_option(grpc, env, "--tls-cert", default=None, type=Path, aliases=("--grpc-server-cert",),
+               help="PEM certificate (chain) of the gRPC port; with --tls-key the port speaks TLS only")
+    add_option(grpc, env, "--tls-key", default=None, type=Path, aliases=("--grpc-server-key",),
+               help="PEM private key of --tls-cert")
+    add_option(grpc, env, "--tls-client-ca", default=None, type=Path, aliases=("--grpc-root-cert",),
+               help="PEM CA certificate(s): clients must present a certificate it signed (mutual TLS)")
     add_option(inputs, env, "--max-image-pixels", default=40_000_000, type=int,
                help="largest width*height of one input image (decompression-bomb guard)")
     add_option(inputs, env, "--max-request-image-pixels", default=160_000_000, type=int,

@@ -10,6 +10,11 @@ must never contain stack traces, file system paths of the server or internal sta
 
 from __future__ import annotations
 
+import time
+
+#: `reason` of a request whose caller went away before it finished.
+CANCELLED = "cancelled"
+
 
 class ServingError(Exception):
     """Base of every error a client may see. `str(error)` is the client-facing message."""
@@ -76,9 +81,6 @@ class RejectedInput(InvalidArgument):
     reason = "rejected_input"
 
 
-CANCELLED = "cancelled"
-"""The `reason` of a request whose caller went away (asyncio cancellation, not a ServingError)."""
-
 FAILURE_REASONS: tuple[str, ...] = tuple(sorted({
     error.reason
     for error in (InvalidArgument, RejectedInput, NotFound, FailedPrecondition, Unavailable, ResourceExhausted,
@@ -94,3 +96,11 @@ CLIENT_REASONS: frozenset[str] = frozenset({
 """Failures the caller causes or can fix (bad input, over a limit, unknown model, its own deadline or
 cancellation); the rest (`backend`, `unavailable`) are server faults. The alerts and the dashboard
 (k8s/monitoring) split failures by this set; tests/deploy checks that they name exactly it."""
+
+
+def cancellation_reason(deadline: float | None) -> str:
+    """The failure `reason` of a request whose handler was cancelled: gRPC cancels a call both when its
+    client goes away and when its deadline (absolute time.monotonic() seconds) passes; they count apart."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return DeadlineExceeded.reason
+    return CANCELLED

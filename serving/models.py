@@ -31,11 +31,11 @@ from serving.backends import Backend, BackendSettings, open_backend, select_back
 from serving.backends.fixed_shapes import batcher_ladder, warm_batch_sizes
 from serving.batching import DynamicBatcher, Tensors
 from serving.deferred import DeferredRows
-from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
+from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable, cancellation_reason
 from serving.input_ranges import InputRange, input_ranges
 from serving.ladder import batch_ladder
 from serving.placement import Gpu, Placement, PlacementError, place
-from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
+from serving.repository import DECODER_TASK, ConfigError, FileReader, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
 from serving.tensors import TensorSpec
 
@@ -70,10 +70,11 @@ class ServedModel:
     axis when max_batch_size > 0), max_batch_size, instance_count, placements, state, reason.
     """
 
-    def __init__(self, source: ModelSource, spec: ModelSpec, version: int) -> None:
+    def __init__(self, source: ModelSource, spec: ModelSpec, version: int, files: FileReader) -> None:
         self.name = spec.name
         self.version = version
         self.directory = source.directory
+        self.files = files  # read anything else of the model folder (a vocabulary) through this
         self.spec = spec
         self.placements: tuple[Placement, ...] = ()
         self.state = ModelState.LOADING
@@ -164,7 +165,7 @@ class ServedModel:
             raise
         except asyncio.CancelledError:
             if counted:
-                self.record_request(time.perf_counter_ns() - started, "cancelled")
+                self.record_request(time.perf_counter_ns() - started, cancellation_reason(deadline))
             raise
         if counted:
             self.record_request(time.perf_counter_ns() - started)
@@ -205,12 +206,15 @@ class ServedModel:
                     f"input '{spec.name}' of model '{self.name}' must have shape {want}, got {list(array.shape)}"
                 )
             if batches:
+                if array.shape[0] < 1:
+                    raise InvalidArgument(
+                        f"input '{spec.name}' of model '{self.name}' has batch size 0 (shape {list(array.shape)}); "
+                        "send at least one item"
+                    )
                 if index == 0:
                     items = array.shape[0]
                 elif array.shape[0] != items:
                     raise InvalidArgument(f"inputs of model '{self.name}' disagree on the batch size")
-        if items < 1:
-            raise InvalidArgument(f"a request to model '{self.name}' needs at least one item")
         for allowed in self._ranges:  # rows the server decoded itself (DeferredRows) are in range
             value = inputs[allowed.name]
             if isinstance(value, np.ndarray):
@@ -301,6 +305,8 @@ class ModelManager:
         self.loaded = False
         self.draining = False
         self.startup_models: frozenset[str] | None = None
+        #: How model files are read; model control's explicit mode confines them to the repository.
+        self.files = repository.UNCONFINED
 
     # ------------------------------------------------------------------ queries
     def get(self, name: str, version: int = 0) -> ServedModel:
@@ -313,6 +319,8 @@ class ModelManager:
         if not versions:
             if name in self._errors:
                 raise NotReady(f"model '{name}' failed to load: {self._errors[name]}")
+            if self._on_disk(name):  # Triton: a known but unloaded model is UNAVAILABLE, not unknown
+                raise NotReady(f"model '{name}' is in the repository but not loaded; load it (RepositoryModelLoad)")
             raise NotFound(f"model '{name}' is not in the repository; ListModels shows what is served")
         if version:
             model = versions.get(version)
@@ -325,6 +333,10 @@ class ModelManager:
             detail = f": {model.reason}" if model.reason else f" ({model.state.value})"
             raise NotReady(f"model '{name}' version {model.version} is not ready{detail}")
         return model
+
+    def _on_disk(self, name: str) -> bool:
+        """Whether the repository holds a model folder `name` (looked up only for names not loaded)."""
+        return any(source.name == name for source in repository.discover(self.repository))
 
     def default_for(self, task: str) -> ServedModel:
         """The model a request without a name gets for `task`.
@@ -457,15 +469,18 @@ class ModelManager:
         """Load every served version of one folder; on a reload the old versions serve until the new
         ones are ready, and stay when none of the new ones is (as Triton does)."""
         try:
-            config = repository.read_config(source)
-            spec = repository.model_spec(source, config)
+            config = repository.read_config(source, self.files)
+            spec = repository.model_spec(source, config, self.files)
             versions = repository.served_versions(source, config)
         except ConfigError as error:
             log.error("model %s cannot load: %s", source.name, error)
             if source.name not in self._models:
                 self._errors[source.name] = str(error)
-            return
-        fresh = {version: ServedModel(source, spec, version) for version in versions}
+                return
+            raise NotReady(
+                f"model '{source.name}' could not be reloaded ({error}); the loaded versions keep serving"
+            ) from None
+        fresh = {version: ServedModel(source, spec, version, self.files) for version in versions}
         previous = self._models.get(source.name)
         if previous is None:
             self._errors.pop(source.name, None)
@@ -478,8 +493,8 @@ class ModelManager:
             await asyncio.gather(*(model._close() for model in previous.values()))
         else:
             log.error("model %s: the reload failed; the loaded versions keep serving", source.name)
+            reasons = "; ".join(m.reason for m in fresh.values() if m.reason)  # before _close() overwrites them
             await asyncio.gather(*(model._close() for model in fresh.values()))
-            reasons = "; ".join(m.reason for m in fresh.values() if m.reason)
             raise NotReady(f"model '{source.name}' could not be reloaded ({reasons}); the loaded versions keep serving")
 
     async def _load_version(self, model: ServedModel) -> None:
@@ -539,13 +554,19 @@ class ModelManager:
         ladder = batch_ladder(spec.policy.max_batch_size, spec.policy.preferred_batch_sizes)
         loaded = _Loaded(placements)
 
+        contents: dict[str, bytes] = {}  # each file read (and checked) once, for every instance
+
         def open_all(threads: int) -> None:
             for placement in placements:
                 choice = select_backend(
                     spec.platform, spec.config.default_model_filename, files, placement.device, trt
                 )
                 path = version_dir / choice.filename
-                backend = open_backend(choice, path, placement.device, self.settings, threads, ladder)
+                if choice.filename not in contents:
+                    contents[choice.filename] = self.files.read_bytes(path)
+                backend = open_backend(
+                    choice, path, placement.device, self.settings, threads, ladder, contents[choice.filename]
+                )
                 loaded.backends.append(backend)
 
         try:

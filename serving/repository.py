@@ -3,11 +3,13 @@
 Layout and format are Triton's (docs/MODEL_REPOSITORY.md). Nothing here loads a runtime: the
 functions read files and return immutable descriptions, or raise ConfigError with a message that
 names the file (relative to the repository, so no server paths leak to clients) and the field.
+Every file of a model is read through a FileReader, which can confine reads to the repository.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +32,52 @@ DECODER_TASK = "caption_decoder"
 
 class ConfigError(ValueError):
     """A model folder or its config.pbtxt is unusable; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """Reads a model's files, with `confined_to` (a resolved repository root) only files inside it.
+
+    Model control promises that a load reads nothing outside the repository. Checking a path and
+    reading it later leaves a window in which a symlink can be swapped; so each file is opened once,
+    the kernel is asked where the opened file really is (/proc/self/fd, Linux), and the bytes read from
+    that same descriptor are what the loader parses or hands to the runtime.
+    """
+
+    confined_to: Path | None = None
+    repository: Path | None = None  # as the server was given it, to name files in messages
+
+    @classmethod
+    def confined(cls, repository: Path) -> FileReader:
+        return cls(repository.resolve(), repository)
+
+    def read_bytes(self, path: Path) -> bytes:
+        """The file's bytes; raises ConfigError when it cannot be read or (confined) lies outside."""
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise ConfigError(f"{self._name(path)} cannot be read ({error.strerror})") from None
+        try:
+            if self.confined_to is not None:
+                opened = Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+                if not opened.is_relative_to(self.confined_to):
+                    raise ConfigError(f"{self._name(path)} is outside the model repository (a symlink?); refused")
+            with os.fdopen(descriptor, "rb", closefd=False) as file:
+                return file.read()
+        finally:
+            os.close(descriptor)
+
+    def read_text(self, path: Path) -> str:
+        return self.read_bytes(path).decode()
+
+    def _name(self, path: Path) -> str:
+        if self.repository is not None and path.is_relative_to(self.repository):
+            return str(path.relative_to(self.repository))
+        return path.name
+
+
+#: Reads whatever a path leads to: the operator's own repository (links to an engine cache included).
+UNCONFINED = FileReader()
 
 
 @dataclass(frozen=True)
@@ -66,19 +114,24 @@ def discover(repository: Path) -> list[ModelSource]:
         raise ConfigError(f"model repository '{repository}' is not a directory")
     sources = []
     for directory in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = tuple(sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()))
+        versions = tuple(sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and is_version_name(p.name)))
         if versions or (directory / CONFIG_FILE).exists():
             sources.append(ModelSource(directory.name, directory, versions))
     return sources
 
 
-def read_config(source: ModelSource) -> mc.ModelConfig:
+def is_version_name(name: str) -> bool:
+    """A version folder's name: ASCII digits only (str.isdigit also takes "١", which int() reads as 1)."""
+    return name.isascii() and name.isdigit()
+
+
+def read_config(source: ModelSource, files: FileReader = UNCONFINED) -> mc.ModelConfig:
     """Parse `<model>/config.pbtxt`. Fields outside ninefold's subset are skipped and logged."""
     where = f"{source.name}/{CONFIG_FILE}"
     path = source.directory / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{where} is missing")
-    text = _colon_before_lists(path.read_text())
+    text = _colon_before_lists(files.read_text(path))
     config = mc.ModelConfig()
     try:
         text_format.Parse(text, config)
@@ -109,7 +162,7 @@ def _colon_before_lists(text: str) -> str:
     )
 
 
-def model_spec(source: ModelSource, config: mc.ModelConfig) -> ModelSpec:
+def model_spec(source: ModelSource, config: mc.ModelConfig, files: FileReader = UNCONFINED) -> ModelSpec:
     """Validate a parsed config against the folder it came from."""
     where = f"{source.name}/{CONFIG_FILE}"
 
@@ -143,7 +196,7 @@ def model_spec(source: ModelSource, config: mc.ModelConfig) -> ModelSpec:
                 raise fail(
                     f"output '{output.name}' label_filename '{output.label_filename}' is not a file in the model folder"
                 )
-            labels = labels or tuple(line.strip() for line in label_path.read_text().splitlines() if line.strip())
+            labels = labels or tuple(line.strip() for line in files.read_text(label_path).splitlines() if line.strip())
     return ModelSpec(
         name=source.name,
         config=config,

@@ -36,6 +36,7 @@ from serving.metrics import start_metrics_server
 from serving.models import ModelManager
 from serving.placement import discover_gpus
 from serving.repository import TASKS
+from serving.tls import TlsSettingsError, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class HealthReporter:
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     """Run the server until `stop` is set or SIGTERM/SIGINT arrives; returns the exit code."""
     stop = stop or asyncio.Event()
+    try:
+        credentials = server_credentials(config)
+    except TlsSettingsError as error:
+        log.error("%s", error)
+        return 2
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -111,7 +117,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
 
     address = f"{config.host}:{config.port}"
     try:
-        server.add_insecure_port(address)
+        if credentials is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, credentials)
     except RuntimeError as error:
         log.error("cannot listen on %s (%s); is another server using the port?", address, error)
         return 2
@@ -123,8 +132,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 2
     if config.metrics_port:
         start_metrics_server(config.host, config.metrics_port, models)
-    log.info("listening on %s (HTTP on :%s, metrics on :%s); loading %s", address, config.http_port or "off",
-             config.metrics_port, config.model_repository)
+    security = "plaintext" if credentials is None else "mutual TLS" if config.tls_client_ca else "TLS"
+    log.info("listening on %s (%s; HTTP on :%s, metrics on :%s); loading %s", address, security,
+             config.http_port or "off", config.metrics_port,
+             config.model_repository)
     log_cpu_budget(config.ort_threads)
 
     started = time.perf_counter()

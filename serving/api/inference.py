@@ -34,6 +34,7 @@ from serving.config import add_option
 from serving.errors import InvalidArgument, NotFound, Unavailable
 from serving.model_control import MODES, ModelControl
 from serving.models import ModelManager
+from serving.repository import FileReader
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
     except ValueError as error:
         raise SystemExit(f"ninefold serve: {error}") from None
     context.models.startup_models = control.startup_models
+    if control.enabled:  # loads on request: every file read must stay inside the repository
+        context.models.files = FileReader.confined(context.config.model_repository)
     limits = InputLimits(context.config.image_limits(), context.config.max_images_per_request)
     servicer = InferenceServicer(context.models, control, limits, context.regions)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
@@ -136,27 +139,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         return await infer(request, self._models, self._limits, _deadline(context), self._regions)
 
+    @status_table.per_message_errors
     async def ModelStreamInfer(
-        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+        self, requests: AsyncIterator[pb.ModelInferRequest | status_table.Undecodable], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Every request of the stream runs concurrently (so they batch together); each answer is
-        sent when ready, in completion order, its `id` echoing the request's. A failed request
-        answers with `error_message` and the stream goes on."""
+        sent when ready, in completion order, its `id` echoing the request's. A failed request, an
+        undecodable message included, answers with `error_message` and the stream goes on."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse] = asyncio.Queue()
         running: set[asyncio.Task] = set()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         deadline = _deadline(context)
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(request: pb.ModelInferRequest | status_table.Undecodable) -> None:
             try:
+                if isinstance(request, status_table.Undecodable):
+                    raise request.invalid()
                 response = await infer(request, self._models, self._limits, deadline, self._regions)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as error:  # noqa: BLE001 - every failure becomes this request's error_message
                 code, message = status_table.status_of(error)
-                if code is grpc.StatusCode.INTERNAL:
-                    log.error("ModelStreamInfer request for %s failed", request.model_name, exc_info=error)
-                failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
-                                               id=request.id)
+                if isinstance(request, status_table.Undecodable):
+                    failed = pb.ModelInferResponse()
+                else:
+                    if code is grpc.StatusCode.INTERNAL:
+                        log.error("ModelStreamInfer request for %s failed", request.model_name, exc_info=error)
+                    failed = pb.ModelInferResponse(model_name=request.model_name,
+                                                   model_version=request.model_version, id=request.id)
                 await answers.put(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
 
         async def read() -> None:
@@ -167,6 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.add_done_callback(running.discard)
 
         reader = asyncio.create_task(read())
+        getter: asyncio.Future[pb.ModelStreamInferResponse] | None = None
         try:
             while not (reader.done() and not running and answers.empty()):
                 getter = asyncio.ensure_future(answers.get())
@@ -178,8 +188,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 else:
                     getter.cancel()
             await reader  # re-raise a broken request stream
-        finally:
+        finally:  # the client left or the stream ended: nothing of this stream may stay pending
             reader.cancel()
+            if getter is not None:
+                getter.cancel()
             for task in running:
                 task.cancel()
 

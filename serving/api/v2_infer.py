@@ -25,6 +25,7 @@ from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted
 from serving.images import EncodedImage, ImageLimits
 from serving.models import ModelManager, ServedModel
+from serving.repository import is_version_name
 from serving.tasks.common import prepare_images, preprocessing_from
 from serving.tensors import TensorSpec
 
@@ -63,10 +64,10 @@ class DecodedRequest:
 
 
 def parse_version(version: str) -> int:
-    """A v2 version string ("" = newest ready, else a positive integer) as the manager's int."""
+    """A v2 version string ("" = newest ready, else a positive integer in ASCII digits) as the manager's int."""
     if not version:
         return 0
-    if not version.isdigit() or int(version) < 1:
+    if not is_version_name(version) or int(version) < 1:
         raise InvalidArgument(f"model version '{version}' is not a positive integer")
     return int(version)
 

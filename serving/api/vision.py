@@ -23,7 +23,7 @@ from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.api import ServingContext
 from serving.deferred import DeferredRows
-from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError
+from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, cancellation_reason
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
 from serving.repository import DECODER_TASK
@@ -103,8 +103,11 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             raise error
         return model
 
-    async def _run(self, model: ServedModel, kind: type[T], work: Callable[[T], Awaitable[R]]) -> R:
-        """Run `work` on `model`'s task object; count the request on `model` once, however it ends."""
+    async def _run(
+        self, model: ServedModel, kind: type[T], work: Callable[[T], Awaitable[R]], deadline: float | None
+    ) -> R:
+        """Run `work` on `model`'s task object; count the request on `model` once, however it ends
+        (a call cancelled at its `deadline` as deadline_exceeded, not cancelled)."""
         started = time.perf_counter_ns()
         try:
             result = await work(self._tasks.for_request(model, kind, _Uncounted(model)))
@@ -112,7 +115,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             model.record_request(time.perf_counter_ns() - started, error.reason)
             raise
         except asyncio.CancelledError:
-            model.record_request(time.perf_counter_ns() - started, "cancelled")
+            model.record_request(time.perf_counter_ns() - started, cancellation_reason(deadline))
             raise
         model.record_request(time.perf_counter_ns() - started)
         return result
@@ -126,7 +129,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             images = images_from_grpc(request.images, self._max_images)
             return await classifier.classify(images, request.top_k, deadline)
 
-        results = await self._run(model, Classifier, work)
+        results = await self._run(model, Classifier, work, deadline)
         return pb.ClassifyResponse(
             model=model_ref(model),
             results=[
@@ -151,7 +154,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             images = images_from_grpc(request.images, self._max_images)
             return await detector.detect(images, options, deadline)
 
-        results = await self._run(model, Detector, work)
+        results = await self._run(model, Detector, work, deadline)
         return pb.DetectResponse(
             model=model_ref(model),
             results=[
@@ -179,7 +182,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             images = images_from_grpc(request.images, self._max_images)
             return await captioner.caption(images, options, deadline)
 
-        results = await self._run(model, Captioner, work)
+        results = await self._run(model, Captioner, work, deadline)
         return pb.CaptionResponse(
             model=model_ref(model),
             results=[pb.Caption(text=c.text, log_probability=c.log_probability) for c in results],
@@ -199,7 +202,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
                 latents = latents_from_seed(request.seed, count, generator.latent_size)
             return await generator.generate(latents, deadline)
 
-        results = await self._run(model, Generator, work)
+        results = await self._run(model, Generator, work, deadline)
         return pb.GenerateResponse(
             model=model_ref(model),
             images=[pb.GeneratedImage(png=i.png, height=i.height, width=i.width) for i in results],
@@ -213,7 +216,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             images = images_from_grpc(request.images, self._max_images)
             return await warper.warp(images, deadline)
 
-        results = await self._run(model, Warper, work)
+        results = await self._run(model, Warper, work, deadline)
         return pb.WarpResponse(
             model=model_ref(model),
             results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],

@@ -152,8 +152,10 @@ def open_backend(
     settings: BackendSettings,
     threads: int,
     ladder: Sequence[int] = (),
+    content: bytes | None = None,
 ) -> Backend:
-    """Load `path` with the chosen runtime on `device`. Imports the runtime lazily.
+    """Load `path` (or `content`, its bytes already read) with the chosen runtime on `device`. Imports the
+    runtime lazily.
 
     With a `ladder` (and serving.backends.fixed_shapes.runs_fixed_shapes saying so) the instance is one
     session per batch size of the ladder.
@@ -161,10 +163,10 @@ def open_backend(
     if choice.runtime == "tensorrt":
         from serving.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path, device)
+        return TensorRTBackend(path, device, content)
     from serving.backends.fixed_shapes import open_fixed_shapes, runs_fixed_shapes
     from serving.backends.onnxruntime import OnnxRuntimeBackend
 
     if ladder and runs_fixed_shapes(settings, device, choice.runtime):
-        return open_fixed_shapes(ladder, lambda: OnnxRuntimeBackend(path, device, settings, threads))
-    return OnnxRuntimeBackend(path, device, settings, threads)
+        return open_fixed_shapes(ladder, lambda: OnnxRuntimeBackend(path, device, settings, threads, content))
+    return OnnxRuntimeBackend(path, device, settings, threads, content)

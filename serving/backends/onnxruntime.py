@@ -128,7 +128,11 @@ def _spec(arg: Any) -> TensorSpec:
 class OnnxRuntimeBackend:
     """One ONNX Runtime session on one device."""
 
-    def __init__(self, path: Path, device: Device, settings: BackendSettings, threads: int) -> None:
+    def __init__(
+        self, path: Path, device: Device, settings: BackendSettings, threads: int, content: bytes | None = None
+    ) -> None:
+        """`content`: the model's bytes when the caller already read (and checked) `path`; ONNX Runtime then
+        opens nothing itself (`path` still places the TensorRT EP's cache)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads if device.gpu is None else 1
         options.inter_op_num_threads = 1
@@ -141,7 +145,7 @@ class OnnxRuntimeBackend:
         available = ort.get_available_providers()
         providers = providers_for(device, available, settings, path, device.gpu is not None and tensorrt_loadable())
         self._session = ort.InferenceSession(
-            str(path),
+            str(path) if content is None else content,
             sess_options=options,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],

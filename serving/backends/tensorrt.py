@@ -40,7 +40,8 @@ def _check(result: Any) -> Any:
 class TensorRTBackend:
     """One deserialised engine + execution context + stream on one GPU."""
 
-    def __init__(self, path: Path, device: Device) -> None:
+    def __init__(self, path: Path, device: Device, content: bytes | None = None) -> None:
+        """`content`: the engine's bytes when the caller already read (and checked) `path`."""
         import tensorrt as trt  # type: ignore[import-not-found]
 
         if device.gpu is None:
@@ -50,7 +51,7 @@ class TensorRTBackend:
         self._device_index = device.gpu.index
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
-        self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        self._engine = runtime.deserialize_cuda_engine(path.read_bytes() if content is None else content)
         if self._engine is None:
             raise ValueError(f"TensorRT could not deserialise {path.name} (built for another GPU or TensorRT?)")
         self._context = self._engine.create_execution_context()

@@ -20,6 +20,7 @@ from serving.deferred import DeferredRows
 from serving.errors import Unavailable
 from serving.images import ImageLimits
 from serving.models import ModelManager, ServedModel
+from serving.repository import ConfigError
 from serving.tasks.caption import Captioner
 from serving.tasks.classify import Classifier
 from serving.tasks.common import TensorModel, json_parameter, preprocessing_from
@@ -93,11 +94,15 @@ class TaskFactory:
             start, end, longest = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
         except ValueError:
             raise Unavailable(f"model '{name}': start_token, end_token and max_length must be integers") from None
+        try:
+            vocabulary = tuple(model.files.read_text(vocabulary_file).splitlines())
+        except ConfigError as error:
+            raise Unavailable(f"model '{name}': {error}") from None
         return Captioner(
             model=model,
             decoder=functools.partial(StartedModel, self._models, parameters["decoder_model"]),
             preprocessing=preprocessing_from(parameters, name),
-            vocabulary=tuple(vocabulary_file.read_text().splitlines()),
+            vocabulary=vocabulary,
             start_token=start,
             end_token=end,
             max_length=longest,

@@ -43,22 +43,28 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def write_plain_triton_model(repository: Path, name: str = "simple", *, list_tensors: bool = True) -> Path:
+def write_plain_triton_model(
+    repository: Path, name: str = "simple", *, list_tensors: bool = True, swapped: bool = False
+) -> Path:
     """Triton's "simple" model: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (INT32 [B, 16]).
 
     `list_tensors=False` writes a config without input/output, as Triton users do for ONNX models
-    (the server takes the signature from the model file)."""
+    (the server takes the signature from the model file). `swapped=True` writes a look-alike: the same
+    signature, the outputs the other way round and max_batch_size 4 (which files were read shows)."""
     folder = repository / name
     tensor = [TensorProto.INT32, ["batch", 16]]
+    outputs = ["OUTPUT1", "OUTPUT0"] if swapped else ["OUTPUT0", "OUTPUT1"]
     graph = helper.make_graph(
-        [helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
-         helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"])],
+        [helper.make_node("Add", ["INPUT0", "INPUT1"], [outputs[0]]),
+         helper.make_node("Sub", ["INPUT0", "INPUT1"], [outputs[1]])],
         name,
         [helper.make_tensor_value_info(n, *tensor) for n in ("INPUT0", "INPUT1")],
         [helper.make_tensor_value_info(n, *tensor) for n in ("OUTPUT0", "OUTPUT1")],
     )
     _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), folder / "1" / "model.onnx")
     config = SIMPLE_CONFIG.replace('"simple"', f'"{name}"')
+    if swapped:
+        config = config.replace("max_batch_size: 8", "max_batch_size: 4")
     if not list_tensors:
         config = config[: config.index("input [")]
     (folder / "config.pbtxt").write_text(config)

@@ -3,8 +3,12 @@ the bearer token, name checks, no traversal, no symlink escape, and load/unload/
 
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +132,71 @@ def test_explicit_mode_loads_nothing_at_start_unless_asked(control_repository: P
     assert index["simple"]["state"] == "UNAVAILABLE" and index["simple"]["reason"] == "not loaded"
     assert steps[3]["ok"] and steps[4]["ok"], steps[3:]
     np.testing.assert_array_equal(result.outputs["4/OUTPUT0"], 2 * ints)
+
+
+def test_a_symlink_swapped_while_loading_never_loads_a_file_from_outside(
+    control_server: ServerProcess, control_repository: Path, tmp_path: Path
+) -> None:
+    """`racy` flips between a folder inside the repository and a look-alike outside it while the server
+    checks and loads it, again and again: every load either refuses or loads only the inside files."""
+    inside = write_plain_triton_model(control_repository / ".racy_inside", "racy").parent  # dot folders: no model
+    outside = write_plain_triton_model(control_repository.parent / "outside_racy", "racy", swapped=True)
+    link, spare = control_repository / "racy", control_repository / ".racy_next"
+    link.symlink_to(inside / "racy", target_is_directory=True)
+    stop = threading.Event()
+
+    def flip() -> None:
+        pauses = itertools.cycle((0.0, 0.0005, 0.002, 0.0, 0.01))
+        for target in itertools.cycle((outside, inside / "racy")):
+            if stop.is_set():
+                break
+            spare.unlink(missing_ok=True)
+            spare.symlink_to(target, target_is_directory=True)
+            os.replace(spare, link)  # atomic: `racy` always exists, pointing one way or the other
+            time.sleep(next(pauses))
+
+    ints = np.arange(16, dtype=np.int32).reshape(1, 16)
+    tries = 100
+    plan = [step for _ in range(tries) for step in (
+        {"op": "load", "model": "racy", "token": CONTROL_TOKEN},
+        {"op": "infer", "model": "racy", "inputs": [{"name": "INPUT0", "datatype": "INT32", "array": "a"},
+                                                    {"name": "INPUT1", "datatype": "INT32", "array": "a"}]},
+        {"op": "model_config", "model": "racy"},
+    )]
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        result = TritonRunner(control_server.target, tmp_path).run(plan, {"a": ints})
+    finally:
+        stop.set()
+        flipper.join()
+    loads, infers, configs = result.steps[0::3], result.steps[1::3], result.steps[2::3]
+    for index, (answer, config) in enumerate(zip(infers, configs, strict=True)):
+        if answer["ok"]:
+            np.testing.assert_array_equal(result.outputs[f"{3 * index + 1}/OUTPUT0"], 2 * ints)
+            assert config["value"]["config"]["max_batch_size"] == 8, config
+    refused = [step["message"] for step in loads if not step["ok"]]
+    assert refused, "the swap never caught a load: the test proved nothing"
+    assert all("outside the model repository" in message for message in refused), refused
+
+
+def test_a_failed_reload_says_why_and_the_loaded_version_keeps_serving(
+    control_server: ServerProcess, control_repository: Path, tmp_path: Path
+) -> None:
+    folder = write_plain_triton_model(control_repository, "reloaded")
+    ints = np.arange(16, dtype=np.int32).reshape(1, 16)
+    load = {"op": "load", "model": "reloaded", "token": CONTROL_TOKEN}
+    infer = {"op": "infer", "model": "reloaded", "inputs": [{"name": "INPUT0", "datatype": "INT32", "array": "a"},
+                                                            {"name": "INPUT1", "datatype": "INT32", "array": "a"}]}
+    runner = TritonRunner(control_server.target, tmp_path)
+    assert runner.run([load], {"a": ints}).steps[0]["ok"]
+    (folder / "1" / "model.onnx").write_bytes(b"not an ONNX file")
+    broken_model = runner.run([load, infer], {"a": ints}).steps
+    (folder / "config.pbtxt").write_text("this is { not a config")
+    broken_config = runner.run([load, infer], {"a": ints}).steps
+    _refused(broken_model[0], "UNAVAILABLE", "could not be reloaded (the runtime could not load the model")
+    _refused(broken_config[0], "UNAVAILABLE", "could not be reloaded (reloaded/config.pbtxt")
+    assert broken_model[1]["ok"] and broken_config[1]["ok"], "the version loaded before keeps serving"
 
 
 @pytest.mark.parametrize(

@@ -236,7 +236,7 @@ def test_a_failed_reload_keeps_the_loaded_model_serving(tmp_path: Path) -> None:
         await manager.load("m")
         assert manager.get("m") is not serving and not serving.ready
         await manager.unload("m")
-        with pytest.raises(NotFound):
+        with pytest.raises(NotReady, match="in the repository but not loaded"):  # Triton: UNAVAILABLE
             manager.get("m")
         with pytest.raises(NotFound, match="has no model folder named 'nope'"):
             await manager.load("nope")

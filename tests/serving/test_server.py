@@ -202,6 +202,33 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed(
     assert dropped == dropped_before + 1
 
 
+def test_a_deadline_passing_during_compute_counts_as_deadline_exceeded_a_client_cancel_as_cancelled(
+    server: ServerProcess, stub: v2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """gRPC cancels the handler in both cases; the metric's `reason` must still tell them apart."""
+
+    def failures() -> tuple[float, float]:
+        text = server.metrics()
+        return tuple(  # type: ignore[return-value]
+            metric(text, "nv_inference_request_failure", model="slow_queue", reason=reason) or 0.0
+            for reason in ("deadline_exceeded", "cancelled")
+        )
+
+    expired_before, cancelled_before = failures()
+    with pytest.raises(grpc.RpcError) as raised:  # a full batch computes far longer than 0.1 s
+        stub.ModelInfer(infer_request("slow_queue", slow_rows(8)), timeout=0.1)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    busy = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(8)), timeout=120)
+    left = stub.ModelInfer.future(infer_request("slow_queue", slow_rows(1)))  # no deadline: only a cancel ends it
+    wait_for_one_queued(server, "slow_queue")
+    left.cancel()
+    busy.result()
+    give_up = time.monotonic() + 60
+    while failures() != (expired_before + 1, cancelled_before + 1) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert failures() == (expired_before + 1, cancelled_before + 1)
+
+
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits_zero(repository: Path) -> None:
     server = start_server(repository, "--grace-seconds", "60", "--no-strict-readiness")
     try:
