@@ -105,7 +105,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     await server.start()
     if config.metrics_port:
         start_metrics_server(config.host, config.metrics_port, models)
-    log.info("listening on %s (metrics on :%s); loading %s", address, config.metrics_port, config.model_repository)
+    metrics = f"metrics on :{config.metrics_port}" if config.metrics_port else "metrics off: --metrics-port 0"
+    log.info("listening on %s (%s); loading %s", address, metrics, config.model_repository)
 
     started = time.perf_counter()
     models.add_listener(lambda: reporter.schedule_update(loop))
