@@ -81,14 +81,13 @@ def test_skip_markers_are_well_formed() -> None:
     assert not MISPLACED_MARKERS, "\n".join(f"{marker.where}: {marker.problem}" for marker in MISPLACED_MARKERS)
 
 
+def _not_run(example: Example) -> list[pytest.MarkDecorator]:
+    """A marked example is skipped, reported with its doc, line and reason."""
+    return [] if example.skip_reason is None else [pytest.mark.skip(f"{example.where}: {example.skip_reason}")]
+
+
 @pytest.mark.parametrize(
-    "example",
-    [
-        pytest.param(example, id=example.where, marks=[pytest.mark.skip(reason=example.skip_reason)])
-        if example.skip_reason is not None
-        else pytest.param(example, id=example.where)
-        for example in DOC_EXAMPLES
-    ],
+    "example", [pytest.param(example, id=example.where, marks=_not_run(example)) for example in DOC_EXAMPLES]
 )
 def test_doc_example_runs(example: Example, docs_server: ServerProcess, pictures: Path, tmp_path: Path) -> None:
     shutil.copytree(pictures, tmp_path, dirs_exist_ok=True)
