@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.docs.doc_examples import examples
+from tests.docs.doc_examples import documents, examples
 
 DOC = """# A page
 
@@ -54,3 +54,9 @@ def test_run_languages_markers_and_indentation(tmp_path: Path) -> None:
     assert [m.where for m in misplaced] == ["PAGE.md:22", "PAGE.md:27"]
     assert "directly before the opening fence" in misplaced[0].problem
     assert "exactly" in misplaced[1].problem
+
+
+def test_every_marker_in_the_docs_marks_a_block() -> None:
+    found, misplaced = examples(documents())
+    assert found, "no bash or python examples found in README.md and docs/*.md"
+    assert not misplaced, "\n".join(f"{marker.where}: {marker.problem}" for marker in misplaced)

@@ -31,7 +31,7 @@ from tests.docs.doc_examples import ROOT, Example, documents, examples
 
 pytestmark = pytest.mark.slow
 
-DOC_EXAMPLES, MISPLACED_MARKERS = examples(documents())
+DOC_EXAMPLES, _ = examples(documents())  # misplaced markers: tests/docs/test_doc_collector.py
 EXAMPLE_TIMEOUT_S = 120
 OUTPUT_TAIL_CHARS = 3000
 DOCUMENTED_CONFIG = "docs/MODEL_REPOSITORY.md"
@@ -75,10 +75,6 @@ def test_the_documented_config_pbtxt_serves_the_shipped_model(docs_server: Serve
     with VisionClient(docs_server.target) as client:
         (info,) = [model for model in client.list_models() if model.name == "resnet_small"]
     assert info.ready, f"{DOCUMENTED_CONFIG}'s config.pbtxt beside the exported resnet_small: {info.state_reason}"
-
-
-def test_skip_markers_are_well_formed() -> None:
-    assert not MISPLACED_MARKERS, "\n".join(f"{marker.where}: {marker.problem}" for marker in MISPLACED_MARKERS)
 
 
 def _not_run(example: Example) -> list[pytest.MarkDecorator]:
