@@ -15,6 +15,8 @@ certificate; for mutual TLS also this client's certificate and key) and the chan
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,12 @@ import grpc.aio
 from clients.errors import InputError
 
 DEFAULT_TARGET = "localhost:8001"
+SERVER_VARIABLE = "NINEFOLD_SERVER"
+"""Environment variable naming the server for every client command (`ninefold classify`, `ninefold bench`)."""
+NO_SERVER_HINT = (
+    "start one with `ninefold serve --model-repository DIR`, or pass --server HOST:PORT (or set NINEFOLD_SERVER)"
+)
+"""What to do when nothing answers at the target: said by every command that connects."""
 DEFAULT_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Largest request or response: several full-resolution images fit; the server has its own limit."""
@@ -61,6 +69,12 @@ CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
     ("grpc.enable_retries", 1),
     ("grpc.service_config", SERVICE_CONFIG),
 )
+
+
+
+def default_target(env: Mapping[str, str] = os.environ) -> str:
+    """The server a command talks to unless told otherwise: $NINEFOLD_SERVER, else localhost:8001."""
+    return env.get(SERVER_VARIABLE) or DEFAULT_TARGET
 
 
 @dataclass(frozen=True)

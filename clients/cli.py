@@ -2,11 +2,15 @@
 
     ninefold classify|detect|caption|warp IMAGE... [--model M] [--version V] [--server HOST:PORT] [--json]
     ninefold generate [--count N] [--seed S] --out DIR
-    ninefold models
+    ninefold models [--task TASK]
     ninefold export|serve|bench ...     (dispatched to export/, serving/, clients/bench/)
+    ninefold --version
 
 Each image is one request; `--json` prints one JSON object per request (see clients/formatting.py).
-Any failure prints one line on stderr and exits non-zero; nothing else is imported unless its
+Every failure prints one line on stderr naming the file or argument it is about, and the exit
+status is non-zero. An image that fails on its own (unreadable, not an image, too large) does not
+stop the others; anything else (no server, unknown model) stops the command, and when nothing
+answers at --server the line says how to start a server. Nothing else is imported unless its
 subcommand runs, so the client subcommands never load torch or the server.
 """
 
@@ -22,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import grpc
+
 from clients import formatting
-from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles
+from clients.channel import DEFAULT_TIMEOUT_S, NO_SERVER_HINT, SERVER_VARIABLE, TlsFiles, default_target
 from clients.client import VisionClient
-from clients.errors import ClientError
+from clients.errors import ClientError, InputError, VisionError
 from clients.formatting import Output
+from clients.version import ninefold_version
 
 PROG = "ninefold"
 EXIT_FAILURE = 1
@@ -51,8 +58,20 @@ STAGES = {
 }
 
 
-Handler = Callable[[VisionClient, argparse.Namespace], Iterator[Output]]
+@dataclass(frozen=True)
+class ImageFailure:
+    """One image's request failed for a reason of its own; the command goes on with the next image."""
+
+    message: str
+
+
+Handler = Callable[[VisionClient, argparse.Namespace], Iterator[Output | ImageFailure]]
 """A subcommand: sends its request(s), yields what to print for each, as soon as it is answered."""
+
+#: Server answers about one image (not an image, too many pixels); any other code stops the command.
+_IMAGE_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+#: Codes that may mean nothing answers at --server at all (then the message says how to start one).
+_NO_ANSWER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,27 +86,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] in STAGES:
         return _run_stage(args_list[0], args_list[1:])
     args = build_parser().parse_args(args_list)
+    failed_images = 0
     try:
         with VisionClient(args.server, timeout=args.timeout, tls=_tls(args)) as client:
-            for output in args.handler(client, args):
-                print(json.dumps(output.json) if args.json else output.text, flush=True)
+            try:
+                for outcome in args.handler(client, args):
+                    if isinstance(outcome, ImageFailure):
+                        failed_images += 1
+                        _fail(outcome.message)
+                    else:
+                        print(json.dumps(outcome.json) if args.json else outcome.text, flush=True)
+            except VisionError as error:
+                return _fail(_explain(error, client, args))
     except (ClientError, OSError) as error:
         return _fail(str(error))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return 0
+    return EXIT_FAILURE if failed_images else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; defaults that come from the environment are read now, not at import."""
     parser = OneLineParser(prog=PROG, description="Client of the ninefold vision server, and its other stages.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {ninefold_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     connection = OneLineParser(add_help=False)
     connection.add_argument(
         "--server",
-        default=os.environ.get("NINEFOLD_SERVER", DEFAULT_TARGET),
+        default=default_target(os.environ),
         help="gRPC target: HOST:PORT, or dns:///SERVICE.NAMESPACE.svc.cluster.local:8001 for a headless "
-        "Service (round robin over its pods); env NINEFOLD_SERVER (default: %(default)s)",
+        f"Service (round robin over its pods); env {SERVER_VARIABLE} (default: %(default)s)",
     )
     connection.add_argument(
         "--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, help="deadline of each call, seconds"
@@ -123,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same images")
     generate.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     models = task("models", "the server's models, versions, tasks and readiness", _models, [connection])
-    models.add_argument("--task", default="", help="only models serving this task")
+    models.add_argument("--task", default="", help="only models serving this task (classify, detect, ...)")
     for name, stage in STAGES.items():
         commands.add_parser(name, help=f"{stage.help} (see `{PROG} {name} --help`)", add_help=False)
     return parser
@@ -159,10 +187,19 @@ def _warp(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
 
 
 def _each_image(ask: Callable[[VisionClient, str, argparse.Namespace], Output]) -> Handler:
-    """One request per IMAGE argument, answered (and printed) in order."""
+    """One request per IMAGE argument, answered (and printed) in order; an image that fails on its
+    own is reported by its file name and the next one is still sent."""
 
-    def handler(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:
-        return (ask(client, image, args) for image in args.images)
+    def handler(client: VisionClient, args: argparse.Namespace) -> Iterator[Output | ImageFailure]:
+        for image in args.images:
+            try:
+                yield ask(client, image, args)
+            except InputError as error:  # the client names the file itself
+                yield ImageFailure(str(error))
+            except VisionError as error:
+                if error.code not in _IMAGE_CODES:
+                    raise
+                yield ImageFailure(f"{image}: {error}")
 
     return handler
 
@@ -177,7 +214,12 @@ def _generate(client: VisionClient, args: argparse.Namespace) -> Iterator[Output
 
 
 def _models(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:
-    yield formatting.models(client.list_models(args.task))
+    infos = client.list_models(args.task)
+    if args.task and not infos:  # the server is the authority on task names: ask it which it serves
+        served = sorted({info.task for info in client.list_models() if info.task})
+        tasks = ", ".join(served) or "none"
+        raise InputError(f"--task {args.task!r}: no model serves it; this server's tasks: {tasks}")
+    yield formatting.models(infos)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -204,6 +246,15 @@ def _run_stage(name: str, argv: list[str]) -> int:
     if stage_main is None:
         return _fail(f"`{PROG} {name}` is not available: {stage.module} has no main(argv)")
     return int(stage_main(argv) or 0)
+
+
+def _explain(error: VisionError, client: VisionClient, args: argparse.Namespace) -> str:
+    """The error's line, and what to do about it when nothing answers at --server at all."""
+    if error.code in _NO_ANSWER_CODES and not client.can_connect():
+        return f"no ninefold server answers at --server {args.server} ({error}); {NO_SERVER_HINT}"
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{error} (the server at {args.server} took longer than --timeout {args.timeout:g} s)"
+    return str(error)
 
 
 def _fail(message: str) -> int:

@@ -132,6 +132,15 @@ class VisionClient:
             time.sleep(min(READY_POLL_S, max(deadline - time.monotonic(), 0)))
         raise _not_ready_error(self.target, service, timeout, reason)
 
+    def can_connect(self, timeout: float = 1.0) -> bool:
+        """Whether a connection to the target opens within `timeout` s: tells "nothing listens there"
+        apart from a server that answered UNAVAILABLE itself (a model not ready, draining)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=_positive_timeout(timeout))
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
     def close(self) -> None:
         self._channel.close()
 
@@ -237,6 +246,14 @@ class AsyncVisionClient:
                 return
             await asyncio.sleep(min(READY_POLL_S, max(deadline - time.monotonic(), 0)))
         raise _not_ready_error(self.target, service, timeout, reason)
+
+    async def can_connect(self, timeout: float = 1.0) -> bool:
+        """Whether a connection to the target opens within `timeout` s; see VisionClient.can_connect."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), _positive_timeout(timeout))
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         await self._channel.close()

@@ -8,9 +8,11 @@ stderr saying what to change.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from export.families.base import ExportError, ParityError
@@ -76,6 +78,7 @@ def format_table(results: Sequence[ModelResult]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    created_out = not Path(args.out).exists()
     try:
         from export.pipeline import build_repository, parse_weights
 
@@ -98,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as error:
         print(f"ninefold export: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if created_out:  # a failed export leaves no empty --out folder behind (rmdir keeps a written one)
+            with contextlib.suppress(OSError):
+                Path(args.out).rmdir()
     print(format_table(results))
     below = [r.name for r in results if r.quality is not None and not r.quality.passed]
     if below:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,6 +38,10 @@ from export.families.base import (
 )
 from export.train import set_threads
 
+#: torch's weights_only refusal names the class a checkpoint pickled (a whole model, an optimizer...).
+_PICKLED_CLASS = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+#: ... or, for bytes that are no pickle of tensors, what its unpickler tripped on (after pages of advice).
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
 @dataclass(frozen=True)
 class ModelResult:
@@ -92,8 +97,7 @@ def read_state_dict(path: Path, family: str) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe pickles
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"cannot read weights for {family} from {path}: {first_line}") from None
+        raise WeightsError(f"cannot read weights for {family} from {path}: {_unreadable(error)}") from None
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), dict):
@@ -102,6 +106,23 @@ def read_state_dict(path: Path, family: str) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
     return loaded
+
+
+def _unreadable(error: Exception) -> str:
+    """What the checkpoint is instead of a state_dict, in one line. Never torch's own advice to retry
+    with weights_only=False: that runs whatever code the file carries, unsafe for a file you did not make."""
+    pickled = _PICKLED_CLASS.search(str(error))
+    if pickled:
+        return (
+            f"it is a pickled {pickled.group(1)} object, not a state_dict; where the model was made, "
+            "save `model.state_dict()` with torch.save and pass that file"
+        )
+    reason = _UNPICKLER_REASON.search(str(error))
+    if reason:
+        detail = reason.group(1).strip()
+    else:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return f"not a PyTorch checkpoint of tensors ({type(error).__name__}: {detail})"
 
 
 def _config_of(family: Family[Any], config_name: str, has_weights: bool) -> FamilyConfig:

@@ -118,7 +118,7 @@ def add_option(
         default=value,
         choices=choices,
         required=required and value is None,
-        help=f"{help}{'' if default is None else f' (default: {default})'} [env {variable}]",
+        help=f"{help}{'' if default in (None, '') else f' (default: {default})'} [env {variable}]",
     )
 
 

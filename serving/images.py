@@ -17,13 +17,14 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from serving.errors import InvalidArgument, ResourceExhausted
+from serving.orientation import UPRIGHT, jpeg_orientation, orient, pillow_orientation, swaps_axes
 
 #: Formats a request may carry; anything else is refused before a decoder runs.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -87,12 +88,14 @@ class Preprocessing:
 @dataclass(frozen=True)
 class OpenedImage:
     """An image whose header passed the limits; `source` is JPEG bytes (decoded by simplejpeg), a lazy
-    Pillow image, or a raw uint8 array."""
+    Pillow image, or a raw uint8 array. `width` and `height` are as displayed: an EXIF `orientation`
+    other than 1 (serving/orientation.py) is applied when decoding."""
 
     index: int
     width: int
     height: int
     source: bytes | Image.Image | np.ndarray
+    orientation: int = UPRIGHT
 
     @property
     def pixels(self) -> int:
@@ -152,7 +155,7 @@ def _open_encoded(data: bytes, index: int, limits: ImageLimits) -> OpenedImage:
         ) from None
     width, height = source.size
     _check_pixels(width, height, index, limits)
-    return OpenedImage(index=index, width=width, height=height, source=source)
+    return _displayed(index, width, height, source, pillow_orientation(source))
 
 
 def _open_jpeg(data: bytes, index: int, limits: ImageLimits) -> OpenedImage | None:
@@ -167,7 +170,14 @@ def _open_jpeg(data: bytes, index: int, limits: ImageLimits) -> OpenedImage | No
     if colorspace not in _TURBO_COLORSPACES:
         return None
     _check_pixels(width, height, index, limits)
-    return OpenedImage(index=index, width=width, height=height, source=data)
+    return _displayed(index, width, height, data, jpeg_orientation(data))
+
+
+def _displayed(index: int, width: int, height: int, source: bytes | Image.Image, orientation: int) -> OpenedImage:
+    """The stored image with its EXIF orientation, sized as displayed (a portrait photo stored lying down)."""
+    if swaps_axes(orientation):
+        width, height = height, width
+    return OpenedImage(index=index, width=width, height=height, source=source, orientation=orientation)
 
 
 def _check_pixels(width: int, height: int, index: int, limits: ImageLimits) -> None:
@@ -185,6 +195,11 @@ def decode_resized(image: OpenedImage, size: tuple[int, int]) -> np.ndarray:
     JPEGs are decoded at a reduced DCT scale when that still covers `size` (libjpeg-turbo through
     simplejpeg, which releases the GIL; Pillow's draft mode for the others).
     """
+    if image.orientation != UPRIGHT:  # EXIF: decode as stored, at the size that turning makes `size`
+        if swaps_axes(image.orientation):
+            stored = replace(image, width=image.height, height=image.width, orientation=UPRIGHT)
+            return orient(decode_resized(stored, (size[1], size[0])), image.orientation)
+        return orient(decode_resized(replace(image, orientation=UPRIGHT), size), image.orientation)
     height, width = size
     if isinstance(image.source, np.ndarray):
         return _resize_raw(image.source, size)

@@ -132,9 +132,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 2
     if config.metrics_port:
         start_metrics_server(config.host, config.metrics_port, models)
+    metrics = f"metrics on :{config.metrics_port}" if config.metrics_port else "metrics off: --metrics-port 0"
     security = "plaintext" if credentials is None else "mutual TLS" if config.tls_client_ca else "TLS"
-    log.info("listening on %s (%s; HTTP on :%s, metrics on :%s); loading %s", address, security,
-             config.http_port or "off", config.metrics_port,
+    log.info("listening on %s (%s; HTTP on :%s, %s); loading %s", address, security,
+             config.http_port or "off", metrics,
              config.model_repository)
     log_cpu_budget(config.ort_threads)
 

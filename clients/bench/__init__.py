@@ -10,17 +10,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from clients.bench.loadgen import Call, Samples, run_closed_loop, run_open_loop
 from clients.bench.report import Point, write_results
 from clients.bench.scrape import average_batch_size, process_cpu_seconds, read_batch_counters
 from clients.bench.stats import combine, summarise
 from clients.bench.targets import HttpTarget, Target, classify_target, open_call, v2_image_target
+from clients.channel import NO_SERVER_HINT, SERVER_VARIABLE, default_target
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,26 @@ async def measure_system(
     return points
 
 
+async def first_request_error(server: str, target: Target | HttpTarget, timeout_s: float) -> str:
+    """Send the target's request once: "" when it is answered, else why not and what to do.
+
+    A wrong address or model fails every request; saying so before the load starts beats
+    thousands of failed requests and a table of errors.
+    """
+    async with open_call(server, target, timeout_s) as call:
+        try:
+            await call()
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            what = f"{code.name}: {' '.join((error.details() or '').split())}"
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return f"{what}; is a server running at --server {server}? {NO_SERVER_HINT}"
+            if code == grpc.StatusCode.NOT_FOUND:
+                return f"{what}; `ninefold models --server {server}` lists the models (--model)"
+            return what
+    return ""
+
+
 async def _load(call: Call, mode: str, load: float, duration_s: float, warmup_s: float) -> Samples:
     if mode == "closed":
         return await run_closed_loop(call, int(load), duration_s, warmup_s)
@@ -124,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ninefold bench",
         description="Load a ninefold (task API) or Open Inference Protocol server and report latency and throughput.",
     )
-    parser.add_argument("--server", default="localhost:8001", help="HOST:PORT of the gRPC server")
+    parser.add_argument("--server", default=default_target(os.environ),
+                        help=f"HOST:PORT of the gRPC server; env {SERVER_VARIABLE} (default: %(default)s)")
     parser.add_argument("--model", required=True, help="model name to send requests to")
     parser.add_argument("--protocol", choices=("ninefold", "v2"), default="ninefold",
                         help="ninefold: Vision/Classify; v2: ModelInfer with the JPEG as a BYTES input 'images'")
@@ -162,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=args.repeats,
     )
     print(f"ninefold bench: {target.description} at {args.server}", file=sys.stderr)
+    failure = asyncio.run(first_request_error(args.server, target, min(plan.timeout_s, 10.0)))
+    if failure:
+        print(f"ninefold bench: the first request failed, nothing measured: {failure}", file=sys.stderr)
+        return 1
     points = asyncio.run(
         measure_system(
             args.server, target, plan, system=args.system, model=args.model,

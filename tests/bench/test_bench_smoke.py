@@ -19,7 +19,7 @@ from benchmarks.suite import ratios, transport_points
 from clients.bench import LoadPlan
 from clients.bench.report import Point
 from clients.bench.stats import PointSummary, combine
-from clients.server_process import ServerProcess
+from clients.server_process import ServerProcess, free_ports
 from tests.serving.tiny_repository import SIZE, write_tiny_repository
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,13 +32,16 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
-def _bench(server: ServerProcess, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _bench(
+    server: ServerProcess, out: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "-m", "clients.cli", "bench", "--server", server.target, "--model", "tiny_classify",
+        sys.executable, "-m", "clients.cli", "bench", "--model", "tiny_classify",
         "--concurrency", "1,4", "--duration", "1", "--warmup", "0.2", "--repeats", "1",
         "--metrics-url", server.metrics_url, "--server-pid", str(server.process.pid), "--out", str(out), *args,
     ]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    child_env = {**os.environ, "NINEFOLD_SERVER": server.target, **(env or {})}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=child_env)
 
 
 @pytest.mark.parametrize("protocol", ["ninefold", "v2"])
@@ -59,12 +62,22 @@ def test_bench_writes_results_with_every_field(server: ServerProcess, tmp_path: 
     assert "c=4" in finished.stderr  # progress on the terminal
 
 
-def test_bench_counts_errors_by_status_code(server: ServerProcess, tmp_path: Path) -> None:
-    finished = _bench(server, tmp_path, "--model", "no_such_model")
+def test_bench_stops_at_a_wrong_model_before_loading(server: ServerProcess, tmp_path: Path) -> None:
+    finished = _bench(server, tmp_path, "--model", "no_such_model")  # the server comes from NINEFOLD_SERVER
     assert finished.returncode == 1
-    assert "every request failed" in finished.stderr
-    results = json.loads((tmp_path / "bench.json").read_text())
-    assert set(results["points"][0]["median"]["errors"]) == {"NOT_FOUND"}
+    (last,) = finished.stderr.splitlines()[-1:]
+    assert last.startswith("ninefold bench: the first request failed, nothing measured: NOT_FOUND")
+    assert "no_such_model" in last and f"`ninefold models --server {server.target}`" in last
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_bench_stops_at_a_wrong_address_saying_what_to_do(server: ServerProcess, tmp_path: Path) -> None:
+    refusing_address = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    finished = _bench(server, tmp_path, env={"NINEFOLD_SERVER": refusing_address})
+    assert finished.returncode == 1
+    last = finished.stderr.splitlines()[-1]
+    assert last.startswith("ninefold bench: the first request failed, nothing measured: UNAVAILABLE")
+    assert f"is a server running at --server {refusing_address}?" in last and "ninefold serve" in last
 
 
 def _point(system: str, load: int, throughput: float, p50: float, p99: float, cpu_us: float = 500.0) -> Point:

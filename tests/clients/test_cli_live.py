@@ -100,3 +100,33 @@ def test_console_script_reports_bad_image_bytes_in_one_line(tiny_server: ServerP
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "INVALID_ARGUMENT" in result.stderr
+
+
+def test_a_bad_file_among_images_is_named_and_the_others_still_answered(
+    capsys, tiny_server: ServerProcess, images: list[str], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF-1.4 not an image")
+    assert main(["classify", images[0], str(report), images[1], "--server", tiny_server.target]) == 1
+    captured = capsys.readouterr()
+    answered = captured.out.splitlines()
+    assert [line.split(": ")[0] for line in answered] == [images[0], images[1]]
+    (error,) = captured.err.splitlines()
+    assert error.startswith(f"ninefold: error: {report}: INVALID_ARGUMENT")
+
+
+def test_models_with_an_unknown_task_names_it_and_the_served_tasks(capsys, tiny_server: ServerProcess) -> None:
+    assert main(["models", "--task", "clasify", "--server", tiny_server.target]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("ninefold: error: --task 'clasify': no model serves it; this server's tasks: ")
+    assert "caption, caption_decoder, classify, detect, generate, warp" in captured.err
+    assert main(["models", "--task", "classify", "--server", tiny_server.target, "--json"]) == 0
+    assert {m["task"] for m in json.loads(capsys.readouterr().out)["models"]} == {"classify"}
+
+
+def test_server_log_says_metrics_off_for_metrics_port_0(tiny_repository: Path, tmp_path: Path) -> None:
+    arguments = ["--metrics-port", "0"]
+    with ServerProcess.start(tiny_repository, log=tmp_path / "server.log", extra_args=arguments) as server:
+        log = server.log()
+    assert "(metrics off: --metrics-port 0)" in log and "metrics on :0" not in log

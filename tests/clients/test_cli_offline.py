@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from clients import version
 from clients.cli import build_parser, main
 
 
@@ -21,14 +22,24 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def test_unreachable_server_is_one_line_naming_unavailable(
+def test_unreachable_server_is_one_line_saying_what_to_do(
     refusing_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = tmp_path / "x.png"
     image.write_bytes(b"not decoded by the client")
-    assert main(["classify", str(image), "--server", refusing_address]) == 1
+    assert main(["classify", str(image), str(image), "--server", refusing_address]) == 1
+    line = one_error_line(capsys)  # stops at the first image: the second would fail the same way
+    assert line.startswith(f"ninefold: error: no ninefold server answers at --server {refusing_address} (UNAVAILABLE")
+    assert "start one with `ninefold serve --model-repository DIR`, or pass --server HOST:PORT" in line
+
+
+def test_silent_server_is_one_line_saying_what_to_do(
+    silent_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "--server", silent_address, "--timeout", "0.5"]) == 1
     line = one_error_line(capsys)
-    assert line.startswith("ninefold: error: UNAVAILABLE")
+    assert f"no ninefold server answers at --server {silent_address} (DEADLINE_EXCEEDED" in line
+    assert "ninefold serve" in line
 
 
 def test_unresolvable_server_name_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,6 +74,22 @@ def test_usage_errors_are_one_line_with_exit_2(argv: list[str], capsys: pytest.C
     assert one_error_line(capsys).startswith("ninefold")
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ninefold {version.ninefold_version()}"
+
+
+def test_version_from_a_source_tree_without_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(version, "PACKAGE", "ninefold-not-installed-here")
+    number, _, note = version.ninefold_version().partition(" ")
+    assert note == "(source tree, not installed)"
+    assert f'\nversion = "{number}"\n' in (Path(version.__file__).parents[1] / "pyproject.toml").read_text()
+    monkeypatch.setattr(version, "PYPROJECT", Path("/nonexistent/pyproject.toml"))
+    assert version.ninefold_version() == "unknown (not installed)"
+
+
 def test_server_default_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_parser().parse_args(["models"]).server == "localhost:8001"
     monkeypatch.setenv("NINEFOLD_SERVER", "dns:///ninefold.serving.svc.cluster.local:8001")
@@ -86,4 +113,6 @@ def test_serve_is_dispatched_to_the_server_with_its_own_arguments(capsys: pytest
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--help"])
     assert exited.value.code == 0
-    assert "--model-repository" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--model-repository" in help_text
+    assert "(default: )" not in help_text and "(default: none) [env NINEFOLD_LOAD_MODEL]" in " ".join(help_text.split())

@@ -120,3 +120,21 @@ def test_async_deadline_and_bad_input_errors(silent_address: str) -> None:
             raise AssertionError("a call to a silent server returned")
 
     assert asyncio.run(run()).code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_can_connect_tells_a_server_from_nothing_listening(
+    tiny_server: ServerProcess, refusing_address: str, silent_address: str
+) -> None:
+    answers = {}
+    for target in (tiny_server.target, refusing_address, silent_address):
+        with VisionClient(target) as sync_client:
+            answers[target] = [sync_client.can_connect(timeout=0.5)]
+
+    async def run() -> None:
+        for target in answers:
+            async with AsyncVisionClient(target) as aclient:
+                answers[target].append(await aclient.can_connect(timeout=0.5))
+
+    asyncio.run(run())
+    assert answers[tiny_server.target] == [True, True]  # [sync, asyncio]
+    assert answers[refusing_address] == answers[silent_address] == [False, False]

@@ -60,7 +60,29 @@ def test_weights_of_another_family_are_refused_before_anything_is_written(
     assert main(["--families", "resnet", "--weights", f"resnet={weights}", "--out", str(out)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights do not fit resnet (small)" in err[0]
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the failed export removed the folder it had made
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "message"),
+    [
+        ("whole_model", "it is a pickled torch.nn.modules.linear.Linear object, not a state_dict; where the model"),
+        ("junk", "not a PyTorch checkpoint of tensors (UnpicklingError: Unsupported operand"),
+    ],
+)
+def test_a_checkpoint_that_is_no_state_dict_says_what_it_is(
+    checkpoint: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / f"{checkpoint}.pt"
+    if checkpoint == "whole_model":
+        torch.save(torch.nn.Linear(2, 2), path)
+    else:
+        path.write_bytes(b"not a checkpoint at all")
+    out = tmp_path / "repo"
+    assert main(["--families", "resnet", "--weights", f"resnet={path}", "--out", str(out)]) == EXIT_BAD_INPUT
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert message in line and "weights_only" not in line
+    assert not out.exists()
 
 
 def test_the_real_process_exits_non_zero_with_one_line(tmp_path: Path) -> None:
