@@ -4,8 +4,8 @@ The convention (which blocks run, how one is marked as not run) is in tests/docs
 and docs/CLIENTS.md. One server on the small repository serves every example. Each example runs on
 its own in a fresh folder holding the pictures the docs name (synthetic scenes the small models
 know), with `ninefold` and `python` of this environment on PATH, NINEFOLD_SERVER set to the
-server, and `localhost:8001` / `localhost:8002` in its text replaced by the server's gRPC and
-metrics addresses (the defaults of `ninefold serve`, which a test cannot take on a shared machine).
+server, and `localhost:8001` / `localhost:8002` / `localhost:8000` in its text replaced by the server's
+gRPC, metrics and HTTP addresses (the defaults of `ninefold serve`, which a test cannot take on a shared machine).
 The server's resnet_small runs with the config.pbtxt printed in docs/MODEL_REPOSITORY.md, so
 that example is pasted beside the shipped model and loaded too.
 """
@@ -89,7 +89,11 @@ def test_doc_example_runs(example: Example, docs_server: ServerProcess, pictures
     shutil.copytree(pictures, tmp_path, dirs_exist_ok=True)
     (tmp_path / ".venv").symlink_to(sys.prefix)  # README's `.venv/bin/ninefold`
     metrics_address = urlsplit(docs_server.metrics_url).netloc
-    code = example.code.replace("localhost:8001", docs_server.target).replace("localhost:8002", metrics_address)
+    code = (
+        example.code.replace("localhost:8001", docs_server.target)
+        .replace("localhost:8002", metrics_address)
+        .replace("localhost:8000", docs_server.http_target)
+    )
     script = tmp_path / f"example.{'sh' if example.language == 'bash' else 'py'}"
     script.write_text(code)
     interpreter = ["bash", "-e", "-o", "pipefail"] if example.language == "bash" else [sys.executable]
