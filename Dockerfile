@@ -60,7 +60,7 @@ RUN apt-get update \
 # hadolint ignore=DL3006
 FROM ${FLAVOUR}-base AS serving
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/ninefold/bin:${PATH} HOME=/tmp \
-    NINEFOLD_HOST=0.0.0.0 NINEFOLD_PORT=8001 NINEFOLD_METRICS_PORT=8002 \
+    NINEFOLD_HOST=0.0.0.0 NINEFOLD_PORT=8001 NINEFOLD_HTTP_PORT=8000 NINEFOLD_METRICS_PORT=8002 \
     NINEFOLD_MODEL_REPOSITORY=/models
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
     --mount=type=bind,source=docker/constraints.txt,target=/tmp/constraints.txt \
@@ -73,7 +73,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ninefold
 COPY scripts/ninefold_health.py scripts/engine_cache.py /opt/ninefold/libexec/
 USER 10001:10001
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "/opt/ninefold/libexec/ninefold_health.py"]
 ENTRYPOINT ["ninefold", "serve"]

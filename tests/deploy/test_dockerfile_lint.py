@@ -43,7 +43,7 @@ def test_serving_image_installs_no_torch_side() -> None:
 def test_serving_image_runs_unprivileged_with_health_check() -> None:
     serving = stages()["serving"]
     assert re.search(r"^USER 10001:10001$", serving, re.MULTILINE)
-    assert re.search(r"^EXPOSE 8001 8002$", serving, re.MULTILINE)
+    assert re.search(r"^EXPOSE 8000 8001 8002$", serving, re.MULTILINE)
     assert "/opt/ninefold/libexec/ninefold_health.py" in serving.split("HEALTHCHECK", 1)[1]
     assert 'ENTRYPOINT ["ninefold", "serve"]' in serving
 

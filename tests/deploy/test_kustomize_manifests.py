@@ -186,7 +186,7 @@ def test_services_monitors_and_policy_agree_with_the_pods(rendered: dict[str, li
     policy = find_object(objects, "NetworkPolicy", "ninefold")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     allowed_ports = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
-    assert allowed_ports == {8001, 8002}
+    assert allowed_ports == {8000, 8001, 8002}
     budget = find_object(objects, "PodDisruptionBudget", "ninefold")
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
