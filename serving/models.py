@@ -32,7 +32,7 @@ from serving.batching import DynamicBatcher, Tensors
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Unavailable
 from serving.placement import Gpu, Placement, PlacementError, place
-from serving.repository import DECODER_TASK, ConfigError, ModelSource, ModelSpec
+from serving.repository import BELOW_THRESHOLD_PARAMETER, DECODER_TASK, ConfigError, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
 from serving.tensors import TensorSpec
 
@@ -482,6 +482,13 @@ class ModelManager:
             ", ".join(sorted({p.device.label for p in loaded.placements})),
             time.perf_counter() - started,
         )
+        if below := loaded.spec.parameters.get(BELOW_THRESHOLD_PARAMETER):
+            log.warning(
+                "model %s version %d was exported below its quality bar (%s); its answers may be wrong",
+                model.name,
+                model.version,
+                below,
+            )
 
     def _gpu_support(self) -> bool:
         if self._gpu_capable is None:
