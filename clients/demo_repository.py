@@ -5,8 +5,9 @@ the export stage's sources (every export/**/*.py) equals today's, and every mode
 has its config.pbtxt and an export_report.json. Any edit to export/ therefore re-exports; a
 repository exported by hand (no stamp) is exported again once, then reused.
 
-`python -m clients.demo_repository [--model-repository DIR] [--force]` (what `make export` runs)
-exports and stamps, so that a later `make demo` reuses the result.
+`python -m clients.demo_repository [--model-repository DIR] [--force] [--allow-below-threshold]` (what
+`make export` runs) exports and stamps, so that a later `make demo` reuses the result. An export that
+fails (a model below its quality or parity bar) stops the demo with the export's own message.
 """
 
 from __future__ import annotations
@@ -46,15 +47,31 @@ def is_up_to_date(repository: Path) -> bool:
     return all(_is_complete(repository / name) for name in models)
 
 
-def ensure_repository(repository: Path, *, force: bool = False) -> None:
-    """Export the small families into `repository` (child process `python -m export`) unless up to date."""
+EXPORT_ERROR_PREFIX = "ninefold export: "
+"""How `python -m export` starts the line that says why it failed (see export/__main__.py)."""
+
+
+def ensure_repository(repository: Path, *, force: bool = False, export_arguments: Sequence[str] = ()) -> None:
+    """Export the small families into `repository` (child process `python -m export`) unless up to date.
+
+    export_arguments: further `ninefold export` options (e.g. --allow-below-threshold). The export's
+    stderr passes through; a failed export raises ClientError carrying the export's own error line.
+    """
     if not force and is_up_to_date(repository):
         print(f"reusing the up-to-date model repository {repository}/", flush=True)
         return
     print(f"exporting the small families into {repository}/ (trains them; takes minutes)", flush=True)
-    status = subprocess.run([sys.executable, "-m", "export", "--out", str(repository)], check=False).returncode
-    if status != 0:
-        raise ClientError(f"the export failed with exit status {status} (its output is above)")
+    command = [sys.executable, "-m", "export", "--out", str(repository), *export_arguments]
+    reasons = []
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as export:
+        assert export.stderr is not None
+        for line in export.stderr:
+            sys.stderr.write(line)
+            if line.startswith(EXPORT_ERROR_PREFIX):
+                reasons.append(line[len(EXPORT_ERROR_PREFIX) :].strip())
+    if export.returncode != 0:
+        why = "; ".join(reasons) or "its output is above"
+        raise ClientError(f"the export failed with exit status {export.returncode}: {why}")
     write_stamp(repository)
 
 
@@ -78,9 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--force", action="store_true", help="export even if the repository is up to date")
+    parser.add_argument(
+        "--allow-below-threshold",
+        action="store_true",
+        help="keep models that miss their quality bar (stamped; the server warns when it loads them)",
+    )
     args = parser.parse_args(argv)
     try:
-        ensure_repository(args.model_repository, force=args.force)
+        ensure_repository(
+            args.model_repository,
+            force=args.force,
+            export_arguments=["--allow-below-threshold"] if args.allow_below_threshold else [],
+        )
     except ClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

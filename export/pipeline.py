@@ -9,6 +9,8 @@ raise ExportError with a message that says what to change.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import multiprocessing
 import os
 import re
@@ -34,9 +36,11 @@ from export.families.base import (
     ParityCheck,
     ParityError,
     Quality,
+    QualityError,
     WeightsError,
 )
 from export.train import set_threads
+from serving.repository import BELOW_THRESHOLD_PARAMETER
 
 #: torch's weights_only refusal names the class a checkpoint pickled (a whole model, an optimizer...).
 _PICKLED_CLASS = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
@@ -147,6 +151,7 @@ def _report(
     timings: Mapping[str, float],
     seed: int,
     weights: Path | None,
+    below_threshold: Sequence[str],
 ) -> dict[str, object]:
     return {
         "model": name,
@@ -163,6 +168,7 @@ def _report(
         "outputs": repository.signature(graph.outputs),
         "parity": {"passed": all(c.passed for c in parity), "checks": [asdict(c) for c in parity]},
         "quality": None if quality is None else {**asdict(quality), "passed": quality.passed},
+        **({"below_threshold": list(below_threshold)} if below_threshold else {}),
         "tensorrt": None if not engine_checks else {"checks": [asdict(c) for c in engine_checks]},
         "seconds": dict(timings),
     }
@@ -180,6 +186,30 @@ def _tensorrt_checks(graph: GraphSpec, folder: Path, session) -> tuple[ParityChe
     return tuple(tensorrt.agreement(f"{case.name}/{name}", reference[name], produced[name]) for name in reference)
 
 
+def _require_passed(name: str, what: str, checks: Sequence[ParityCheck]) -> None:
+    """Raise ParityError naming the first failed checks (``what`` says which outputs disagree)."""
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        worst = ", ".join(f"{c.name} max|diff|={c.max_abs_diff:.3g} ({c.detail})" for c in failed[:3])
+        raise ParityError(f"{name}: {what} beyond tolerance: {worst}")
+
+
+def trained_model(
+    family: Family[Any], config: FamilyConfig, seed: int, weights: Path | None
+) -> tuple[torch.nn.Module, Quality | None]:
+    """Build, then load ``weights`` or train (deterministic from seed), then evaluate: the eval-mode model."""
+    set_threads()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = family.build(config)
+    if weights is not None:
+        model = family.load(model, config, read_state_dict(weights, family.name))
+    else:
+        model = family.train(model, config, seed)
+    model.eval()
+    return model, family.evaluate(model, config, seed)
+
+
 def export_family(
     family: Family[Any],
     config: FamilyConfig,
@@ -188,19 +218,15 @@ def export_family(
     seed: int,
     weights: Path | None,
     build_tensorrt: bool,
+    allow_below_threshold: bool = False,
 ) -> tuple[ModelResult, ...]:
-    """Train or load one family and write its model folder(s); nothing is written unless all succeed."""
-    set_threads()
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    """Train or load one family and write its model folder(s); nothing is written unless all succeed.
+
+    A model that misses a quality bar raises QualityError (nothing written) unless allow_below_threshold,
+    which writes it with the misses in its report and a ``below_threshold`` config.pbtxt parameter.
+    """
     started, cpu_started = time.perf_counter(), time.process_time()
-    model = family.build(config)
-    if weights is not None:
-        model = family.load(model, config, read_state_dict(weights, family.name))
-    else:
-        model = family.train(model, config, seed)
-    model.eval()
-    quality = family.evaluate(model, config, seed)
+    model, quality = trained_model(family, config, seed, weights)
     graphs = family.graphs(model, config, seed)
     train_seconds = time.perf_counter() - started
     # CPU seconds as well as wall seconds: on a shared machine the wall clock measures the neighbours.
@@ -225,19 +251,26 @@ def export_family(
                 model, config, graphs, lambda suffix, inputs: onnx_export.run_session(sessions[suffix], inputs)
             )
         )
+        misses = () if quality is None else quality.misses()
         results = []
         for index, (graph, name, folder, _, parity, engine_checks, export_seconds) in enumerate(staged):
             checks = parity + (system if index == 0 else ())
-            failed = [c for c in checks if not c.passed]
-            if failed:
-                worst = ", ".join(f"{c.name} max|diff|={c.max_abs_diff:.3g} ({c.detail})" for c in failed[:3])
-                raise ParityError(f"{name}: ONNX output differs from PyTorch beyond tolerance: {worst}")
+            _require_passed(name, "ONNX output differs from PyTorch", checks)
+            _require_passed(name, "the TensorRT engine's output differs from ONNX Runtime", engine_checks)
+            if misses and not allow_below_threshold:
+                raise QualityError(f"{family.name} ({name}) is below its quality bar: {'; '.join(misses)}")
+            if misses:
+                graph = dataclasses.replace(
+                    graph, parameters={**graph.parameters, BELOW_THRESHOLD_PARAMETER: "; ".join(misses)}
+                )
             timings = {
                 "train_and_evaluate": round(train_seconds, 3),
                 "train_and_evaluate_cpu": round(train_cpu_seconds, 3),
                 "export": round(export_seconds, 3),
             }
-            report = _report(name, family, config, graph, quality, checks, engine_checks, timings, seed, weights)
+            report = _report(
+                name, family, config, graph, quality, checks, engine_checks, timings, seed, weights, misses
+            )
             repository.write_metadata(folder, name, family.name, graph, report)
             results.append(
                 ModelResult(
@@ -256,6 +289,41 @@ def export_family(
     return tuple(results)
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """One family trained and evaluated on one seed, nothing exported: its quality and CPU seconds."""
+
+    family: str
+    seed: int
+    quality: Quality | None
+    cpu_seconds: float
+
+
+def measure_seeds(
+    families: Sequence[str] | None,
+    seeds: Sequence[int],
+    *,
+    config: str = "small",
+    on_run: Callable[[SeedRun], None] | None = None,
+) -> tuple[SeedRun, ...]:
+    """Train and evaluate each family once per seed in this process: how much margin a recipe has.
+
+    Seed by seed, so that the classifiers of one seed share its (cached) training scenes.
+    """
+    chosen = resolve_families(families)
+    configs = {family.name: _config_of(family, config, has_weights=False) for family in chosen}
+    runs = []
+    for seed in seeds:
+        for family in chosen:
+            started = time.process_time()
+            _, quality = trained_model(family, configs[family.name], seed, None)
+            run = SeedRun(family.name, seed, quality, time.process_time() - started)
+            runs.append(run)
+            if on_run is not None:
+                on_run(run)
+    return tuple(runs)
+
+
 JOBS_ENV = "NINEFOLD_EXPORT_JOBS"
 
 
@@ -269,12 +337,24 @@ def default_jobs() -> int:
 
 
 def _export_named(
-    name: str, config_name: str, out: Path, seed: int, weights: Path | None, build_tensorrt: bool
+    name: str,
+    config_name: str,
+    out: Path,
+    seed: int,
+    weights: Path | None,
+    build_tensorrt: bool,
+    allow_below_threshold: bool,
 ) -> tuple[ModelResult, ...]:
     """Export one family given by name (a worker process looks the family up in its own registry)."""
     family = get_family(name)
     return export_family(
-        family, family.configs[config_name], out, seed=seed, weights=weights, build_tensorrt=build_tensorrt
+        family,
+        family.configs[config_name],
+        out,
+        seed=seed,
+        weights=weights,
+        build_tensorrt=build_tensorrt,
+        allow_below_threshold=allow_below_threshold,
     )
 
 
@@ -288,6 +368,7 @@ def build_repository(
     build_tensorrt: bool = False,
     jobs: int | None = None,
     on_model: Callable[[ModelResult], None] | None = None,
+    allow_below_threshold: bool = False,
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
 
@@ -296,7 +377,8 @@ def build_repository(
     jobs: families exported at once in worker processes (default ``default_jobs()``); one family, or
     jobs=1, runs in this process. on_model: called with each written model as soon as it is in place.
     Input is checked before any work; each family's folders appear atomically when it is done.
-    Returns the written models in family order.
+    Returns the written models in family order. A family below its quality bar is not written (unless
+    allow_below_threshold, see export_family); the others are, then QualityError names every miss.
     """
     out = Path(out)
     chosen = resolve_families(families)
@@ -313,8 +395,12 @@ def build_repository(
     repository.check_writable(out)
 
     names = [family.name for family in chosen]
-    arguments = {name: (name, configs[name].name, out, seed, weight_paths.get(name), build_tensorrt) for name in names}
+    arguments = {
+        name: (name, configs[name].name, out, seed, weight_paths.get(name), build_tensorrt, allow_below_threshold)
+        for name in names
+    }
     written: dict[str, tuple[ModelResult, ...]] = {}
+    below: list[str] = []
     with tqdm(total=len(names), desc="export", unit="family", dynamic_ncols=True, disable=None) as bar:
 
         def finished(name: str, results: tuple[ModelResult, ...]) -> None:
@@ -325,17 +411,29 @@ def build_repository(
                 if on_model is not None:
                     on_model(result)
 
+        def collect(name: str, export: Callable[[], tuple[ModelResult, ...]]) -> None:
+            try:
+                finished(name, export())
+            except QualityError as error:  # the other families still get written
+                written[name] = ()
+                below.append(str(error))
+                bar.update(1)
+
         workers = min(jobs or default_jobs(), len(names))
         if workers <= 1:
             for name in names:
-                finished(name, _export_named(*arguments[name]))
+                collect(name, functools.partial(_export_named, *arguments[name]))
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(_export_named, *arguments[name]): name for name in names}
                 try:
                     for future in as_completed(futures):
-                        finished(futures[future], future.result())
+                        collect(futures[future], future.result)
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)  # families already running still finish
                     raise
+    if below:
+        raise QualityError(
+            "; ".join(below) + " (not written; --allow-below-threshold writes them with a warning stamp)"
+        )
     return tuple(result for name in names for result in written[name])

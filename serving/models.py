@@ -35,7 +35,14 @@ from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Un
 from serving.input_ranges import InputRange, input_ranges
 from serving.ladder import batch_ladder
 from serving.placement import Gpu, Placement, PlacementError, place
-from serving.repository import DECODER_TASK, ConfigError, FileReader, ModelSource, ModelSpec
+from serving.repository import (
+    BELOW_THRESHOLD_PARAMETER,
+    DECODER_TASK,
+    ConfigError,
+    FileReader,
+    ModelSource,
+    ModelSpec,
+)
 from serving.stats import ModelStatistics, ModelStatsSnapshot
 from serving.tensors import TensorSpec
 
@@ -530,6 +537,13 @@ class ModelManager:
             ", ".join(sorted({p.device.label for p in loaded.placements})),
             time.perf_counter() - started,
         )
+        if below := loaded.spec.parameters.get(BELOW_THRESHOLD_PARAMETER):
+            log.warning(
+                "model %s version %d was exported below its quality bar (%s); its answers may be wrong",
+                model.name,
+                model.version,
+                below,
+            )
 
     def _gpu_support(self) -> bool:
         if self._gpu_capable is None:

@@ -28,6 +28,9 @@ CONFIG_FILE = "config.pbtxt"
 #: Values of the `task` parameter (docs/MODEL_REPOSITORY.md).
 TASKS = ("classify", "detect", "caption", "generate", "warp")
 DECODER_TASK = "caption_decoder"
+#: Parameter `ninefold export --allow-below-threshold` writes into a model that missed a quality bar (the
+#: bars it missed); the server logs it as a warning when it loads the model.
+BELOW_THRESHOLD_PARAMETER = "below_threshold"
 
 
 class ConfigError(ValueError):

@@ -38,7 +38,9 @@ def _build(out: Path) -> None:
     # Imported here so that test areas which never use the fixture never import torch.
     from export.pipeline import build_repository
 
-    build_repository(out, families=None, config="small", seed=0)
+    # A family below its bar is written stamped, so that test_family_meets_its_quality_threshold names it
+    # instead of every test of the repository erroring on the export.
+    build_repository(out, families=None, config="small", seed=0, allow_below_threshold=True)
 
 
 def _prepare() -> Path:

@@ -2,7 +2,9 @@
 
 Numpy and Pillow only (no torch): the demo and the serving tests import this module to draw images.
 Every scene is deterministic from the random generator it is drawn with, so ``make_scenes(n, size, seed)``
-returns the same scenes on every machine.
+returns the same scenes on every machine. The export draws its data from three splits of each seed
+(``split="train"``, ``"validation"``, ``"test"``): independent streams, so that recipes are tuned on
+validation scenes and the reported quality comes from test scenes neither training nor tuning saw.
 
 Ground truth per scene: the class of the main object (classify), boxes and labels of all objects (detect),
 a caption (caption), and the affine distortion applied to the canonical scene (warp).
@@ -34,6 +36,9 @@ _COLOR_RGB = np.array(
 )
 
 TEXTURES: tuple[str, ...] = ("plain", "striped", "checkered", "dotted", "noisy")
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+"""Data splits of the export: train (fit), validation (tune recipes on), test (the reported quality)."""
 
 # Object scale (the shape's circumscribed radius as a fraction of the image side): a lone object is large
 # and central so that small CNNs learn it quickly; several objects are smaller and kept apart.
@@ -285,10 +290,24 @@ def make_scene(
 
 
 def make_scenes(
-    count: int, size: int, seed: int, *, objects: int = 1, distort: bool = False, texture: int | None = None
+    count: int,
+    size: int,
+    seed: int,
+    *,
+    objects: int = 1,
+    distort: bool = False,
+    texture: int | None = None,
+    split: str | None = None,
 ) -> list[Scene]:
-    """``count`` scenes drawn from one generator seeded with ``seed`` (same seed -> same scenes)."""
-    rng = np.random.default_rng(seed)
+    """``count`` scenes drawn from one generator seeded with ``seed`` (same seed -> same scenes).
+
+    split: one of SPLITS draws from that split's own stream of ``seed`` (numpy's SeedSequence spawn key:
+    statistically independent of the other splits' and of the plain stream); None: the plain stream.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    spawn_key = () if split is None else (SPLITS.index(split),)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn_key))
     return [make_scene(rng, size, objects=objects, distort=distort, texture=texture) for _ in range(count)]
 
 

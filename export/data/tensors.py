@@ -6,20 +6,33 @@ Data sets are cached per process: the five classifiers train on the same scenes,
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from export.data.scenes import make_scenes, stack_images, stack_labels
+from export.data.scenes import SPLITS, make_scenes, stack_images, stack_labels
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
 
-# Seeds offset from the user's seed so that training and held-out scenes never coincide.
+# Seeds offset from the user's seed so that training and held-out scenes never coincide (the families
+# not yet drawing from the train / validation / test splits of export.data.scenes).
 TRAIN_SEED_OFFSET = 0
 HELD_OUT_SEED_OFFSET = 1_000_003
+
+EVALUATION_SPLIT_ENV = "NINEFOLD_EVALUATION_SPLIT"
+
+
+def evaluation_split() -> str:
+    """The split quality is measured on: "test" (what reports and gates use), or "validation" while a
+    recipe is being tuned (NINEFOLD_EVALUATION_SPLIT=validation), so that the test scenes stay unseen."""
+    split = os.environ.get(EVALUATION_SPLIT_ENV, "test")
+    if split not in SPLITS[1:]:
+        raise ValueError(f"{EVALUATION_SPLIT_ENV}={split!r}; use validation or test")
+    return split
 
 
 def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -45,8 +58,8 @@ class LabelledImages:
 
 
 @functools.lru_cache(maxsize=8)
-def classification_set(count: int, size: int, seed: int) -> LabelledImages:
-    """``count`` single-object scenes of ``size`` pixels (cached per process: families share them)."""
-    scenes = make_scenes(count, size, seed)
+def classification_set(count: int, size: int, seed: int, split: str) -> LabelledImages:
+    """``count`` single-object scenes of ``size`` pixels from ``split`` (cached per process: families share them)."""
+    scenes = make_scenes(count, size, seed, split=split)
     pixels = torch.from_numpy(stack_images(scenes)).permute(0, 3, 1, 2).contiguous()
     return LabelledImages(pixels=pixels, labels=torch.from_numpy(stack_labels(scenes)))

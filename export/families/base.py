@@ -129,11 +129,32 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class Bar:
+    """One figure a model must clear: ``value`` against ``threshold`` (``higher_is_better`` decides the way)."""
+
+    metric: str
+    value: float
+    threshold: float
+    higher_is_better: bool = True
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+
+    def describe(self) -> str:
+        """E.g. ``top1 0.926 < 0.95``: the figure, the way it misses (or clears) and the bar."""
+        relation = (">=" if self.higher_is_better else "<=") if self.passed else ("<" if self.higher_is_better else ">")
+        return f"{self.metric} {self.value:.3f} {relation} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
 class Quality:
     """A trained model's measured quality on held-out synthetic data.
 
-    passed: value meets threshold (``higher_is_better`` decides the direction). details: any further
-    figures worth keeping in the report (per-class accuracy, loss, ...), JSON-serialisable.
+    The main figure (metric, value, threshold) is what tables show; ``gates`` are further bars the model
+    must clear as well (e.g. per-slot accuracy beside BLEU), because one aggregate can pass a broken model.
+    passed: every bar cleared; the export refuses a model that misses any (see ``misses``).
+    details: any further figures worth keeping in the report (per-class accuracy, loss, ...), JSON-serialisable.
     """
 
     metric: str
@@ -141,10 +162,20 @@ class Quality:
     threshold: float
     higher_is_better: bool = True
     details: Mapping[str, object] = field(default_factory=dict)
+    gates: tuple[Bar, ...] = ()
+
+    @property
+    def bars(self) -> tuple[Bar, ...]:
+        """The main figure's bar, then the gates."""
+        return (Bar(self.metric, self.value, self.threshold, self.higher_is_better), *self.gates)
 
     @property
     def passed(self) -> bool:
-        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        return all(bar.passed for bar in self.bars)
+
+    def misses(self) -> tuple[str, ...]:
+        """One line per bar not cleared, e.g. ``("top1 0.926 < 0.95",)``; empty when passed."""
+        return tuple(bar.describe() for bar in self.bars if not bar.passed)
 
 
 @dataclass(frozen=True)
@@ -222,6 +253,10 @@ class ExportError(Exception):
 
 class ParityError(ExportError):
     """An exported graph whose outputs differ from PyTorch beyond tolerance; it is not written."""
+
+
+class QualityError(ExportError):
+    """A trained or loaded model below its quality bar; it is not written unless the user allows it."""
 
 
 class WeightsError(ExportError):

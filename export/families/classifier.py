@@ -17,14 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.data.scenes import SHAPES, make_scenes, stack_images
-from export.data.tensors import (
-    DEFAULT_MEAN,
-    DEFAULT_STD,
-    HELD_OUT_SEED_OFFSET,
-    TRAIN_SEED_OFFSET,
-    classification_set,
-    normalise,
-)
+from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split, normalise
 from export.families.base import (
     FamilyConfig,
     GraphSpec,
@@ -190,7 +183,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> to
 
 def held_out_inputs(count: int, size: int, seed: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(count, 3, size, size) float32 normalised held-out scenes: the parity 'real' inputs."""
-    scenes = make_scenes(count, size, seed + HELD_OUT_SEED_OFFSET)
+    scenes = make_scenes(count, size, seed, split="test")
     return normalise(stack_images(scenes), mean, std).numpy()
 
 
@@ -217,7 +210,7 @@ class ClassifierFamily(Generic[C]):
         recipe = config.recipe
         set_threads()
         torch.manual_seed(seed)
-        data = classification_set(recipe.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
+        data = classification_set(recipe.train_scenes, config.image_size, seed, "train")
         generator = torch.Generator().manual_seed(seed)
 
         def batches(epoch: int):
@@ -241,7 +234,8 @@ class ClassifierFamily(Generic[C]):
     def evaluate(self, model: nn.Module, config: C, seed: int) -> Quality | None:
         if config.num_classes != len(SHAPES):
             return None  # user weights for other classes (ImageNet): the synthetic shapes say nothing
-        data = classification_set(HELD_OUT_SCENES, config.image_size, seed + HELD_OUT_SEED_OFFSET)
+        split = evaluation_split()
+        data = classification_set(HELD_OUT_SCENES, config.image_size, seed, split)
         correct = predict(model, data.images()) == data.labels
         per_class = {
             shape: round(float(correct[data.labels == index].float().mean()), 4) for index, shape in enumerate(SHAPES)
@@ -250,7 +244,7 @@ class ClassifierFamily(Generic[C]):
             metric="top1",
             value=float(correct.float().mean()),
             threshold=TOP1_THRESHOLD,
-            details={"held_out_scenes": HELD_OUT_SCENES, "per_class_top1": per_class},
+            details={"held_out_scenes": HELD_OUT_SCENES, "split": split, "per_class_top1": per_class},
         )
 
     def graphs(self, model: nn.Module, config: C, seed: int) -> Sequence[GraphSpec]:

@@ -30,7 +30,7 @@ from torchvision.models.detection import (
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from export.data.scenes import SHAPES, make_scenes, stack_images
-from export.data.tensors import HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET
+from export.data.tensors import evaluation_split
 from export.families import register_family
 from export.families.base import (
     FamilyConfig,
@@ -197,7 +197,7 @@ class FasterRCNNFamily:
             raise ValueError(f"faster_rcnn {own.name} is not trainable here")
         set_threads()
         torch.manual_seed(seed)
-        data = scene_set(own.train_objects, own.train_scenes_per_count, own.small.image_size, seed + TRAIN_SEED_OFFSET)
+        data = scene_set(own.train_objects, own.train_scenes_per_count, own.small.image_size, seed, "train")
         return train_detector(_detector(model), data, own.recipe, seed, f"faster_rcnn_{own.name} train")
 
     def load(self, model: nn.Module, config: FamilyConfig, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -215,7 +215,8 @@ class FasterRCNNFamily:
         own = _own(config)
         if own.small is None:
             return None
-        data = scene_set(own.eval_objects, own.eval_scenes_per_count, own.small.image_size, seed + HELD_OUT_SEED_OFFSET)
+        split = evaluation_split()
+        data = scene_set(own.eval_objects, own.eval_scenes_per_count, own.small.image_size, seed, split)
         result = evaluate_detector(_detector(model), data)
         return Quality(
             metric="mAP@0.5",
@@ -224,6 +225,7 @@ class FasterRCNNFamily:
             details={
                 "per_class_ap": {SHAPES[cls]: ap for cls, ap in result.per_class.items()},
                 "held_out_scenes": len(data.truths),
+                "split": split,
                 "objects_per_scene": list(own.eval_objects),
                 "evaluation": "PASCAL VOC all-point interpolation, IoU >= 0.5",
             },
@@ -307,7 +309,7 @@ def _check(name: str, agreement: Agreement) -> ParityCheck:
 
 def scene_pixels(count: int, side: int, seed: int) -> np.ndarray:
     """uint8 [count, side, side, 3] held-out three-object scenes."""
-    return stack_images(make_scenes(count, side, seed + HELD_OUT_SEED_OFFSET, objects=3))
+    return stack_images(make_scenes(count, side, seed, objects=3, split="test"))
 
 
 def normalise_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

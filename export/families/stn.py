@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from export.data.scenes import SHAPES, make_scenes, stack_images, stack_labels
-from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET, normalise
+from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, evaluation_split, normalise
 from export.families import register_family
 from export.families.base import (
     FamilyConfig,
@@ -147,8 +147,9 @@ class DistortedSet:
     inverse_theta: torch.Tensor
 
 
-def distorted_set(count: int, size: int, seed: int) -> DistortedSet:
-    scenes = make_scenes(count, size, seed, distort=True)
+def distorted_set(count: int, size: int, seed: int, split: str | None = None) -> DistortedSet:
+    """``count`` distorted scenes of ``seed``'s ``split`` stream (None: the plain stream, see make_scenes)."""
+    scenes = make_scenes(count, size, seed, distort=True, split=split)
     homogeneous = np.concatenate(
         [np.stack([scene.theta for scene in scenes]), np.tile([[[0.0, 0.0, 1.0]]], (count, 1, 1))], axis=1
     )
@@ -176,7 +177,7 @@ def stn_loss(
 def train_stn(model: SpatialTransformerNet, config: StnConfig, seed: int) -> SpatialTransformerNet:
     set_threads()
     torch.manual_seed(seed)
-    data = distorted_set(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
+    data = distorted_set(config.train_scenes, config.image_size, seed, "train")
     rng = torch.Generator().manual_seed(seed)
 
     def step_loss() -> torch.Tensor:
@@ -214,7 +215,8 @@ class StnFamily:
         scene by at least ERROR_REDUCTION_THRESHOLD (the value is 0 when it does not)."""
         if not config.trainable:
             return None
-        data = distorted_set(EVAL_SCENES, narrow(config, StnConfig, self.name).image_size, seed + HELD_OUT_SEED_OFFSET)
+        split = evaluation_split()
+        data = distorted_set(EVAL_SCENES, narrow(config, StnConfig, self.name).image_size, seed, split)
         with torch.no_grad():
             warped, theta, logits = narrow(model, SpatialTransformerNet, self.name).eval()(data.images)
         accuracy = float((logits.argmax(dim=1) == data.labels).float().mean())
@@ -234,6 +236,7 @@ class StnFamily:
                 "pixel_error_reduction_threshold": ERROR_REDUCTION_THRESHOLD,
                 "theta_mse_to_inverse": float(F.mse_loss(theta, data.inverse_theta)),
                 "held_out_scenes": EVAL_SCENES,
+                "split": split,
                 "loss": "cross-entropy + theta_weight x MSE(theta, known inverse distortion)",
             },
         )
@@ -242,7 +245,7 @@ class StnFamily:
         stn_config = narrow(config, StnConfig, self.name)
         side = stn_config.image_size
         rng = np.random.default_rng(seed)
-        real = distorted_set(4, side, seed + HELD_OUT_SEED_OFFSET).images.numpy()
+        real = distorted_set(4, side, seed, "test").images.numpy()
         return (
             GraphSpec(
                 module=narrow(model, SpatialTransformerNet, self.name).eval(),

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from clients import pictures
-from clients.demo_repository import STAMP_FILE, export_sources_digest, is_up_to_date, main, write_stamp
+from clients.demo_repository import (
+    STAMP_FILE,
+    ensure_repository,
+    export_sources_digest,
+    is_up_to_date,
+    main,
+    write_stamp,
+)
+from clients.errors import ClientError
+from export.families import get_family
 
 
 def write_model(repository: Path, name: str) -> None:
@@ -67,7 +77,19 @@ def test_export_command_reports_a_failed_export_in_one_line(
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     assert main(["--model-repository", str(not_a_folder), "--force"]) == 1
-    assert capsys.readouterr().err.startswith("error: the export failed with exit status")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the export failed with exit status 2: cannot create output directory")
+
+
+def test_an_export_below_its_quality_bar_stops_the_demo_with_the_exports_message(tmp_path: Path) -> None:
+    """Random small weights: a real export whose model misses its bar, without minutes of training."""
+    resnet = get_family("resnet")
+    torch.save(resnet.build(resnet.configs["small"]).state_dict(), tmp_path / "resnet.pt")
+    repository = tmp_path / "repo"
+    arguments = ["--families", "resnet", "--weights", f"resnet={tmp_path / 'resnet.pt'}"]
+    with pytest.raises(ClientError, match=r"exit status 1: resnet \(resnet_small\) is below its quality bar: top1"):
+        ensure_repository(repository, force=True, export_arguments=arguments)
+    assert not (repository / STAMP_FILE).exists()
 
 
 def test_digest_is_stable_and_hex() -> None:

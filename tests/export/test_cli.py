@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.__main__ import EXIT_BAD_INPUT, main
+from export.__main__ import EXIT_BAD_INPUT, main, parse_seeds, seed_table
 from export.families import get_family
+from export.families.base import Quality
+from export.pipeline import SeedRun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,3 +101,25 @@ def test_the_real_process_exits_non_zero_with_one_line(tmp_path: Path) -> None:
         completed.stderr.strip().splitlines() == [completed.stderr.strip().splitlines()[0]]
         and "unknown family 'nope'" in completed.stderr
     )
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("0-4", [0, 1, 2, 3, 4]), ("3", [3]), ("1,5", [1, 5])])
+def test_seeds_are_a_range_or_a_list(text: str, seeds: list[int]) -> None:
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a-b", "-3", "4-2", "1,,2"])
+def test_malformed_seeds_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="expected A-B or A,B"):
+        parse_seeds(text)
+
+
+def test_the_seed_table_shows_every_seed_the_worst_and_marks_a_miss() -> None:
+    runs = [
+        SeedRun("zfnet", seed, Quality("top1", value, 0.95), cpu_seconds=20.0 + seed)
+        for seed, value in ((0, 0.981), (1, 0.926), (2, 0.99))
+    ]
+    header, rule, row = seed_table(runs).splitlines()
+    assert header.split() == ["family", "metric", "seed", "0", "seed", "1", "seed", "2", "worst", "bar", "cpu", "s"]
+    assert set(rule) == {"-", " "}
+    assert row.split() == ["zfnet", "top1", "0.981", "0.926", "!", "0.990", "0.926", "0.95", "21"]

@@ -26,6 +26,8 @@ from export.families.dcgan import (
     training_scenes,
 )
 
+TANH_SLACK = 1e-6
+
 TINY = replace(SMALL, image_size=16, z_dim=8, width=4, train_steps=3, batch_size=4)
 
 
@@ -173,4 +175,5 @@ def test_exported_generator_serves_any_batch_in_output_range(generator_folder: P
         z = np.random.default_rng(batch).standard_normal((batch, SMALL.z_dim), dtype=np.float32)
         (images,) = session.run(["images"], {"z": z})
         assert images.shape == (batch, 3, SMALL.image_size, SMALL.image_size)
-        assert images.min() >= -1.0 and images.max() <= 1.0
+        # ONNX Runtime's tanh may round to 1 ulp past +-1 (1.0000001 was seen): float32 allows that much.
+        assert images.min() >= -1.0 - TANH_SLACK and images.max() <= 1.0 + TANH_SLACK

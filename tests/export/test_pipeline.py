@@ -1,4 +1,5 @@
-"""The pipeline end to end on loaded weights (no training): atomic writes, parity gate, full ResNet-50."""
+"""The pipeline end to end on loaded weights (no training): atomic writes, parity, TensorRT and quality
+gates, full ResNet-50. Random small weights are a model far below its quality bar (top-1 near chance)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 import torchvision
 
 from export import onnx as onnx_export
+from export import tensorrt
 from export.__main__ import EXIT_FAILED, main
 from export.families import get_family
-from export.families.base import ParityCheck, ParityError
+from export.families.base import ParityCheck, ParityError, QualityError
 from export.pipeline import build_repository
 
 
@@ -27,7 +29,7 @@ def _small_weights(family: str, path: Path) -> Path:
 def test_a_graph_failing_parity_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     weights = _small_weights("resnet", tmp_path / "resnet.pt")
     out = tmp_path / "repo"
-    build_repository(out, families=["resnet"], weights={"resnet": weights})
+    build_repository(out, families=["resnet"], weights={"resnet": weights}, allow_below_threshold=True)
     before = (out / "resnet_small" / "1" / "model.onnx").read_bytes()
 
     def failing(graph, session):
@@ -57,7 +59,13 @@ def test_loaded_small_weights_export_in_worker_processes_with_a_dynamic_batch(tm
     weights = {name: _small_weights(name, tmp_path / f"{name}.pt") for name in ("googlenet", "alexnet")}
     announced: list[str] = []
     results = build_repository(
-        tmp_path / "repo", families=["googlenet", "alexnet"], weights=weights, seed=3, jobs=2, on_model=announced.append
+        tmp_path / "repo",
+        families=["googlenet", "alexnet"],
+        weights=weights,
+        seed=3,
+        jobs=2,
+        on_model=announced.append,
+        allow_below_threshold=True,
     )
     assert [r.name for r in results] == ["googlenet_small", "alexnet_small"]  # family order, whatever finished first
     assert sorted(r.name for r in announced) == ["alexnet_small", "googlenet_small"]
@@ -69,6 +77,72 @@ def test_loaded_small_weights_export_in_worker_processes_with_a_dynamic_batch(tm
     for batch in (1, 5):
         (logits,) = session.run(None, {"images": np.zeros((batch, 3, 32, 32), np.float32)})
         assert logits.shape == (batch, 8)
+
+
+def test_a_model_below_its_quality_bar_is_not_written_and_the_cli_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = _small_weights("resnet", tmp_path / "resnet.pt")
+    out = tmp_path / "repo"
+    code = main(["--families", "resnet", "--weights", f"resnet={weights}", "--out", str(out)])
+    assert code == EXIT_FAILED
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("ninefold export: resnet (resnet_small) is below its quality bar: top1 0.")
+    assert "< 0.95" in message and "--allow-below-threshold" in message
+    assert list(out.iterdir()) == []
+
+
+def test_allow_below_threshold_writes_the_model_stamped_in_report_and_config(tmp_path: Path) -> None:
+    weights = _small_weights("resnet", tmp_path / "resnet.pt")
+    (result,) = build_repository(
+        tmp_path / "repo", families=["resnet"], weights={"resnet": weights}, allow_below_threshold=True
+    )
+    assert result.quality is not None and not result.quality.passed
+    (miss,) = result.quality.misses()
+    report = json.loads((result.path / "1" / "export_report.json").read_text())
+    assert report["below_threshold"] == [miss] and not report["quality"]["passed"]
+    config = (result.path / "config.pbtxt").read_text()
+    assert f'key: "below_threshold" value {{ string_value: "{miss}" }}' in config
+
+
+def test_every_family_below_its_bar_is_named_not_only_the_first(tmp_path: Path) -> None:
+    weights = {name: _small_weights(name, tmp_path / f"{name}.pt") for name in ("alexnet", "googlenet")}
+    with pytest.raises(QualityError) as raised:
+        build_repository(tmp_path / "repo", families=["alexnet", "googlenet"], weights=weights, jobs=1)
+    assert "alexnet (alexnet_small)" in str(raised.value) and "googlenet (googlenet_small)" in str(raised.value)
+    assert list((tmp_path / "repo").iterdir()) == []
+
+
+def test_a_tensorrt_engine_that_differs_from_onnx_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: the engine build and run are replaced by a plan file and outputs off by 1.0 (an
+    engine far outside the fp16 tolerance); the pipeline's own checks and staging are real."""
+    weights = _small_weights("resnet", tmp_path / "resnet.pt")
+    monkeypatch.setattr(tensorrt, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(tensorrt, "compute_capability", lambda: (9, 0))
+    monkeypatch.setattr(tensorrt, "build_engine", lambda onnx_path, plan, profile: plan.write_bytes(b"plan"))
+
+    def engine_off_by_one(plan: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = onnx_export.open_session(plan.with_name("model.onnx"))
+        return {name: value + 1.0 for name, value in onnx_export.run_session(session, inputs).items()}
+
+    monkeypatch.setattr(tensorrt, "run_engine", engine_off_by_one)
+    out = tmp_path / "repo"
+    with pytest.raises(ParityError, match="resnet_small: the TensorRT engine's output differs from ONNX Runtime"):
+        build_repository(
+            out, families=["resnet"], weights={"resnet": weights}, build_tensorrt=True, allow_below_threshold=True
+        )
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(
+        tensorrt,
+        "run_engine",
+        lambda plan, inputs: onnx_export.run_session(onnx_export.open_session(plan.with_name("model.onnx")), inputs),
+    )
+    (result,) = build_repository(
+        out, families=["resnet"], weights={"resnet": weights}, build_tensorrt=True, allow_below_threshold=True
+    )
+    assert (result.path / "1" / "model.sm90.plan").read_bytes() == b"plan"  # an agreeing engine is written
 
 
 @pytest.mark.slow

@@ -7,13 +7,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.data.scenes import COLORS, SHAPES, TEXTURES, affine_sample, make_scene, make_scenes
+from export.data.scenes import COLORS, SHAPES, SPLITS, TEXTURES, affine_sample, make_scene, make_scenes
 
 
 def test_same_seed_same_scenes_and_different_seed_different_scenes() -> None:
     first, again, other = make_scenes(5, 32, 7), make_scenes(5, 32, 7), make_scenes(5, 32, 8)
     assert all(np.array_equal(a.image, b.image) and a.caption == b.caption for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a.image, b.image) for a, b in zip(first, other, strict=True))
+
+
+def test_the_splits_of_a_seed_are_their_own_streams_and_reproducible() -> None:
+    streams = {split: make_scenes(50, 16, 3, split=split) for split in (None, *SPLITS)}
+    images = {split: {scene.image.tobytes() for scene in scenes} for split, scenes in streams.items()}
+    for split, drawn in images.items():
+        assert len(drawn) == 50
+        assert all(not drawn & images[other] for other in images if other != split), split
+    again = make_scenes(50, 16, 3, split="test")
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(streams["test"], again, strict=True))
+    with pytest.raises(ValueError, match="split 'tune' is not one of"):
+        make_scenes(1, 16, 3, split="tune")
 
 
 def test_scene_fields_have_the_documented_shapes_and_types() -> None:

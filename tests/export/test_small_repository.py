@@ -79,9 +79,10 @@ def test_exported_classifier_classifies_fresh_scenes_in_any_batch_size(small_rep
     config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     preprocessing = json.loads(config.parameters["preprocessing"].string_value)
     assert (folder / "labels.txt").read_text().splitlines() == list(SHAPES)
-    scenes = make_scenes(48, preprocessing["size"][0], seed=424242)
+    # 240 scenes: at the recipes' >= 0.97 the chance of 24 misses (below 0.9) is negligible; with 48 it was not.
+    scenes = make_scenes(240, preprocessing["size"][0], seed=424242)
     images = normalise(stack_images(scenes), preprocessing["mean"], preprocessing["std"]).numpy()
     session = onnx_export.open_session(folder / "1" / "model.onnx")
-    predictions = np.concatenate([session.run(None, {"images": images[i : i + b]})[0] for i, b in ((0, 1), (1, 47))])
+    predictions = np.concatenate([session.run(None, {"images": images[i : i + b]})[0] for i, b in ((0, 1), (1, 239))])
     accuracy = float(np.mean(predictions.argmax(1) == np.array([s.label for s in scenes])))
     assert accuracy >= 0.9, f"{family}: {accuracy:.3f} on fresh scenes"

@@ -85,11 +85,11 @@ def test_exported_stn_warps_held_out_scenes_towards_their_canonical_pose(small_r
     onnx.checker.check_model(path)
     assert "GridSample" in {node.op_type for node in onnx.load(path).graph.node}
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    data = distorted_set(24, SMALL.image_size, seed=777)
+    data = distorted_set(96, SMALL.image_size, seed=777)  # 24 left the 0.9 bar to sampling luck
     outputs = [session.run(["warped", "theta", "logits"], {"images": data.images[i : i + 1].numpy()}) for i in range(4)]
     warped, theta, logits = session.run(["warped", "theta", "logits"], {"images": data.images.numpy()})
-    assert np.allclose(np.concatenate([o[0] for o in outputs]), warped[:4], atol=1e-5)  # batch 1 == batch 24
-    assert theta.shape == (24, 2, 3)
+    assert np.allclose(np.concatenate([o[0] for o in outputs]), warped[:4], atol=1e-5)  # batch 1 == batch 96
+    assert theta.shape == (96, 2, 3)
     assert (logits.argmax(axis=1) == data.labels.numpy()).mean() >= 0.9
     canonical = data.canonical.astype(np.float32)
     before = np.abs(to_pixels(data.images) - canonical).mean()

@@ -3,8 +3,10 @@ mismatched or unsafe checkpoints are refused with a message naming the problem."
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ from export.pipeline import read_state_dict
 
 CASES = [
     pytest.param("alexnet", torchvision.models.alexnet, id="alexnet"),
-    pytest.param("googlenet", torchvision.models.googlenet, id="googlenet"),
+    # torchvision's ImageNet GoogLeNet is built with transform_input=True (its weights came from TensorFlow).
+    pytest.param("googlenet", functools.partial(torchvision.models.googlenet, transform_input=True), id="googlenet"),
     pytest.param("resnet", torchvision.models.resnet18, id="resnet18"),
     pytest.param("resnet", torchvision.models.resnet50, id="resnet50"),
     pytest.param("resnet", torchvision.models.resnet152, id="resnet152", marks=pytest.mark.slow),
@@ -27,19 +30,51 @@ CASES = [
 ]
 
 
+def liven(model: nn.Module) -> nn.Module:
+    """Random weights whose outputs depend on the input: He-normal layers, random biases, BatchNorm
+    statistics measured on a batch. (torchvision's own random init makes GoogLeNet answer its fc bias for
+    every image, so comparing two of them could not fail.)"""
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.normal_(module.bias, std=0.1)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 64, 64))
+    return model.eval()
+
+
+def _load_full(family_name: str, state_dict: dict[str, torch.Tensor], **changes: object) -> nn.Module:
+    family = get_family(family_name)
+    config = replace(family.configs["full"], **changes)
+    return family.load(family.build(config), config, state_dict).eval()
+
+
 @pytest.mark.parametrize(("family_name", "constructor"), CASES)
 def test_torchvision_state_dict_loads_into_the_full_config(
     family_name: str, constructor: Callable[..., nn.Module]
 ) -> None:
-    torch.manual_seed(0)
-    reference = constructor(weights=None).eval()
-    family = get_family(family_name)
-    config = family.configs["full"]
-    model = family.load(family.build(config), config, reference.state_dict()).eval()
+    reference = liven(constructor(weights=None))
+    model = _load_full(family_name, reference.state_dict())
     # Same outputs on a small image (the adaptive pooling of all five accepts 64 x 64): cheaper than 224.
-    images = torch.randn(1, 3, 64, 64)
+    images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model(images), reference(images), rtol=0, atol=0)
+        expected = reference(images)
+        torch.testing.assert_close(model(images), expected, rtol=0, atol=0)
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the outputs depend on the image
+
+
+def test_googlenet_full_applies_transform_input_as_torchvision_does() -> None:
+    """The comparison above sees transform_input: without it the same weights answer differently."""
+    reference = liven(torchvision.models.googlenet(weights=None, transform_input=True))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        without = _load_full("googlenet", reference.state_dict(), transform_input=False)(images)
+        assert not torch.allclose(without, reference(images), atol=1e-3)
 
 
 def test_a_saved_torchvision_checkpoint_reads_back_with_weights_only(tmp_path: Path) -> None:

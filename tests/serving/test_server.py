@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -121,6 +122,18 @@ def test_a_model_that_failed_to_load_is_unavailable_while_the_others_serve(
     text = server.metrics()
     assert metric(text, "ninefold_model_ready", model="broken") == 0.0
     assert metric(text, "ninefold_model_ready", model="doubler", task="") == 1.0
+
+
+def test_a_model_exported_below_its_quality_bar_serves_with_a_warning_at_load(
+    tmp_path: Path, server_factory: Callable[..., ServerProcess]
+) -> None:
+    stamp = 'parameters { key: "below_threshold" value { string_value: "top1 0.500 < 0.95" } }\n'
+    write_model(tmp_path, "below", doubler_graph(), tensor_config(4, extra=stamp))
+    write_model(tmp_path, "fine", doubler_graph(), tensor_config(4))
+    server = server_factory(tmp_path)
+    warnings = [line for line in server.log().splitlines() if "below its quality bar" in line]
+    assert len(warnings) == 1 and "model below version 1" in warnings[0] and "top1 0.500 < 0.95" in warnings[0]
+    assert "WARNING" in warnings[0]
 
 
 def test_metrics_count_requests_batches_and_failures(

@@ -30,11 +30,11 @@ class SceneSet:
     truths: tuple[ImageTruth, ...]
 
 
-def scene_set(object_counts: tuple[int, ...], scenes_per_count: int, size: int, seed: int) -> SceneSet:
-    """``scenes_per_count`` scenes for each object count, drawn from seeds seed, seed + 1, ..."""
+def scene_set(object_counts: tuple[int, ...], scenes_per_count: int, size: int, seed: int, split: str) -> SceneSet:
+    """``scenes_per_count`` scenes for each object count, drawn from seeds seed, seed + 1, ... of ``split``."""
     scenes: list[Scene] = []
     for offset, objects in enumerate(object_counts):
-        scenes += make_scenes(scenes_per_count, size, seed + offset, objects=objects)
+        scenes += make_scenes(scenes_per_count, size, seed + offset, objects=objects, split=split)
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float().div_(255)
     return SceneSet(
         images=images.contiguous(),
