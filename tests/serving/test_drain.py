@@ -91,7 +91,7 @@ def test_sigterm_with_fifty_mixed_requests_in_flight_finishes_all_of_them(reposi
                       for _ in range(CAPTIONS)]
             encoded = {"model": "tiny_caption", "version": "1"}  # each caption's encoder pass done: decoding
             wait_for(lambda text: metric(text, "nv_inference_count", **encoded) == CAPTIONS, server, "20 encoded")
-            in_flight = sum(not call.done() for _, call in calls)
+            in_flight = {task: sum(not call.done() for t, call in calls if t == task) for task in ("caption", "v2")}
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             give_up = time.monotonic() + 60
@@ -102,7 +102,10 @@ def test_sigterm_with_fifty_mixed_requests_in_flight_finishes_all_of_them(reposi
                 vision.Classify(pb.ClassifyRequest(images=[image]), timeout=10)
             failures = [(task, error.code(), error.details()) for task, call in calls
                         if (error := call.exception(timeout=120)) is not None]
-        assert (len(calls), in_flight) == (CAPTIONS + V2_REQUESTS, CAPTIONS + V2_REQUESTS)
+        assert len(calls) == CAPTIONS + V2_REQUESTS
+        # Every caption mid-decode at SIGTERM; the v2 blocker may have finished on a busy machine, the
+        # queued v2 requests behind it leave only together, as one batch.
+        assert in_flight["caption"] == CAPTIONS and in_flight["v2"] >= V2_REQUESTS - 1, in_flight
         assert failures == []
         assert {call.result().results[0].text for task, call in calls if task == "caption"} == {"red square"}
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
