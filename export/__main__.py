@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from export.families.base import ExportError, ParityError
+from export.families.base import ExportError, ParityError, Quality
 
 if TYPE_CHECKING:
     from export.pipeline import ModelResult
@@ -49,11 +49,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _shortfall(quality: Quality) -> list[str]:
+    """The missed bars: the headline's threshold alone, a further bar with its metric and value."""
+    return [
+        f"{m.threshold:g}" if m.metric == quality.metric else f"{m.metric} {m.value:.3f} < {m.threshold:g}"
+        for m in quality.missed
+    ]
+
+
 def table_row(result: ModelResult) -> tuple[str, ...]:
     """model, task, quality, parity, tensorrt, seconds (train + evaluate + export) of one written model."""
     quality = "-"
     if result.quality is not None:
-        verdict = "ok" if result.quality.passed else f"BELOW {result.quality.threshold:g}"
+        verdict = "ok" if result.quality.passed else "BELOW " + ", ".join(_shortfall(result.quality))
         quality = f"{result.quality.metric} {result.quality.value:.3f} {verdict}"
     parity = f"{result.worst_parity:.2e} {'ok' if result.parity_passed else 'FAIL'}"
     engine = "-"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -132,8 +132,10 @@ class GraphSpec:
 class Quality:
     """A trained model's measured quality on held-out synthetic data.
 
-    passed: value meets threshold (``higher_is_better`` decides the direction). details: any further
-    figures worth keeping in the report (per-class accuracy, loss, ...), JSON-serialisable.
+    passed: value meets threshold (``higher_is_better`` decides the direction) and so does every one of
+    ``bars``, the further figures a headline metric can hide a broken model behind (the captioner's
+    per-word accuracies beside BLEU-4, the generator's diversity beside its confidence). details: any
+    further figures worth keeping in the report (per-class accuracy, loss, ...), JSON-serialisable.
     """
 
     metric: str
@@ -141,10 +143,17 @@ class Quality:
     threshold: float
     higher_is_better: bool = True
     details: Mapping[str, object] = field(default_factory=dict)
+    bars: tuple[Quality, ...] = ()
 
     @property
     def passed(self) -> bool:
-        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        return not self.missed
+
+    @property
+    def missed(self) -> tuple[Quality, ...]:
+        """This figure (without its bars) and the bars that fall short of their thresholds."""
+        own = self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        return (() if own else (replace(self, bars=()),)) + tuple(m for bar in self.bars for m in bar.missed)
 
 
 @dataclass(frozen=True)
