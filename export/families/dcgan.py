@@ -289,7 +289,7 @@ class JudgeVerdict:
     predicted: torch.Tensor  # the judge's class of each image, int64 [N]
 
 
-def train_judge(scenes: Sequence[Scene], seed: int, recipe: SGDRecipe = JUDGE_RECIPE) -> Judge:
+def train_judge(scenes: list[Scene], seed: int, recipe: SGDRecipe = JUDGE_RECIPE) -> Judge:
     """The judge, trained on `scenes` (the export: JUDGE_TRAIN_SCENES of all textures at the generator's
     size); returned in eval mode."""
     torch.manual_seed(seed)
