@@ -152,7 +152,8 @@ class Quality:
     """A trained model's measured quality on held-out synthetic data.
 
     The main figure (metric, value, threshold) is what tables show; ``gates`` are further bars the model
-    must clear as well (e.g. per-slot accuracy beside BLEU), because one aggregate can pass a broken model.
+    must clear as well (the captioner's per-word accuracies beside BLEU-4, the generator's diversity beside its
+    confidence), because one aggregate can pass a broken model.
     passed: every bar cleared; the export refuses a model that misses any (see ``misses``).
     details: any further figures worth keeping in the report (per-class accuracy, loss, ...), JSON-serialisable.
     """

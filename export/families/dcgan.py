@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from export.data.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_image
 from export.data.tensors import TRAIN_SEED_OFFSET
 from export.families import register_family
 from export.families.base import (
+    Bar,
     FamilyConfig,
     GraphSpec,
     OnnxRunner,
@@ -199,10 +200,16 @@ def scene_tensor(scenes: Sequence[Scene]) -> torch.Tensor:
     return torch.from_numpy(stack_images(list(scenes))).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def training_scenes(config: DcganConfig, seed: int) -> list[Scene]:
-    """`train_scenes` single-object scenes (plain-background ones only when the config says so)."""
+def generator_domain(config: DcganConfig, count: int, seed: int) -> list[Scene]:
+    """`count` scenes of the kind the generator learns to draw: single objects, plain backgrounds when the
+    config says so."""
     texture = TEXTURES.index("plain") if config.plain_backgrounds else None
-    return make_scenes(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET, texture=texture)
+    return make_scenes(count, config.image_size, seed, texture=texture)
+
+
+def training_scenes(config: DcganConfig, seed: int) -> list[Scene]:
+    """The `train_scenes` scenes of the generator's domain it trains on."""
+    return generator_domain(config, config.train_scenes, seed + TRAIN_SEED_OFFSET)
 
 
 def train_gan(
@@ -268,6 +275,9 @@ JUDGE_TRAIN_SCENES = 12000
 SAMPLES = 512
 CONFIDENCE = 0.9
 CONFIDENT_FRACTION = 0.7
+# A generator that draws one fixed image per class is 100% confident: the spread of its samples within a
+# class must reach this fraction of the spread of real scenes of that class as well.
+DIVERSITY_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -277,27 +287,28 @@ class JudgeVerdict:
     confident_fraction: float
     confident_per_class: list[int]
     accuracy: float | None  # share classified as `expected` (real labels or class codes); None without them
+    predicted: torch.Tensor  # the judge's class of each image, int64 [N]
 
 
-def train_judge(config: DcganConfig, seed: int) -> Judge:
-    """The judge, trained on real scenes of all textures at the generator's size; returned in eval mode."""
+def train_judge(scenes: list[Scene], seed: int, recipe: SGDRecipe = JUDGE_RECIPE) -> Judge:
+    """The judge, trained on `scenes` (the export: JUDGE_TRAIN_SCENES of all textures at the generator's
+    size); returned in eval mode."""
     torch.manual_seed(seed)
-    scenes = make_scenes(JUDGE_TRAIN_SCENES, config.image_size, seed)
     images, labels = scene_tensor(scenes), torch.from_numpy(stack_labels(scenes))
     rng = torch.Generator().manual_seed(seed)
 
     def batches(_: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        for index in shuffled_batches(len(scenes), JUDGE_RECIPE.batch_size, rng):
+        for index in shuffled_batches(len(scenes), recipe.batch_size, rng):
             yield images[index], labels[index]
 
     judge = Judge(len(SHAPES))
     fit(
         judge,
         batches,
-        len(scenes) // JUDGE_RECIPE.batch_size,
+        len(scenes) // recipe.batch_size,
         lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]),
-        JUDGE_RECIPE,
-        f"dcgan_{config.name} judge",
+        recipe,
+        "dcgan judge",
     )
     return judge.eval()
 
@@ -311,6 +322,7 @@ def judge_images(judge: Judge, images: torch.Tensor, expected: torch.Tensor | No
         confident_fraction=float(confident.float().mean()),
         confident_per_class=torch.bincount(predicted[confident], minlength=len(SHAPES)).tolist(),
         accuracy=None if expected is None else float((predicted == expected).float().mean()),
+        predicted=predicted,
     )
 
 
@@ -319,6 +331,53 @@ def judge_samples(judge: Judge, generator: Generator, z: torch.Tensor) -> JudgeV
     with torch.no_grad():
         images = generator(z)
     return judge_images(judge, images, class_code(z, generator.classes))
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    """Mean root-mean-square pixel difference over all pairs of images FP32 [N, 3, S, S]; 0 for N < 2."""
+    if len(images) < 2:
+        return 0.0
+    flat = images.flatten(1).double()
+    # The direct difference, not the matmul expansion, so that identical images are exactly 0 apart.
+    distances = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(flat.shape[1])
+    return float(distances.sum() / (len(flat) * (len(flat) - 1)))
+
+
+def diversity_per_class(images: torch.Tensor, classes: torch.Tensor) -> list[float]:
+    """mean_pairwise_distance of the images of each shape class (`classes` int64 [N])."""
+    return [mean_pairwise_distance(images[classes == c]) for c in range(len(SHAPES))]
+
+
+def sample_quality(
+    judge: Judge, images: torch.Tensor, codes: torch.Tensor | None, real: torch.Tensor, real_classes: torch.Tensor
+) -> Quality:
+    """The bars on generated `images` [-1, 1]: the judge's confident fraction (0 unless every class is among
+    the confident samples), and per class the spread of the samples the judge puts in it against the
+    spread of `real` scenes of that class (the generator's domain, labelled `real_classes`).
+
+    `codes`: the class each image was asked for (class_code of its z), or None for an unconditional G.
+    """
+    generated = judge_images(judge, images, codes)
+    every_class = all(count > 0 for count in generated.confident_per_class)
+    spread = diversity_per_class(images, generated.predicted)
+    real_spread = diversity_per_class(real, real_classes)
+    ratios = [g / r for g, r in zip(spread, real_spread, strict=True)]
+    return Quality(
+        metric="confident_fraction_every_class",
+        value=generated.confident_fraction if every_class else 0.0,
+        threshold=CONFIDENT_FRACTION,
+        gates=(Bar("diversity_ratio_worst_class", min(ratios), DIVERSITY_RATIO),),
+        details={
+            "confident_fraction": generated.confident_fraction,
+            "confidence": CONFIDENCE,
+            "samples": len(images),
+            "confident_per_class": dict(zip(SHAPES, generated.confident_per_class, strict=True)),
+            "every_class_present": every_class,
+            "class_code_agreement": generated.accuracy,
+            "diversity_ratio_per_class": dict(zip(SHAPES, [round(r, 3) for r in ratios], strict=True)),
+            "diversity_real_per_class": dict(zip(SHAPES, [round(r, 4) for r in real_spread], strict=True)),
+        },
+    )
 
 
 class DcganFamily:
@@ -352,35 +411,30 @@ class DcganFamily:
         return model.eval()
 
     def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
-        """Judge-classifier confidence on generated samples; the value is 0 unless every class appears."""
+        """Judge-classifier confidence and within-class diversity of generated samples (see sample_quality)."""
         if not config.trainable:
             return None
         dcgan_config = narrow(config, DcganConfig, self.name)
         dcgan = narrow(model, Dcgan, self.name).eval()
-        judge = train_judge(dcgan_config, seed + 1000)
+        judge = train_judge(make_scenes(JUDGE_TRAIN_SCENES, dcgan_config.image_size, seed + 1000), seed + 1000)
         real_scenes = make_scenes(SAMPLES, dcgan_config.image_size, seed + 3000)
         real, real_classes = scene_tensor(real_scenes), torch.from_numpy(stack_labels(real_scenes))
+        domain_scenes = generator_domain(dcgan_config, SAMPLES, seed + 4000)
         z = torch.randn(SAMPLES, dcgan_config.z_dim, generator=torch.Generator().manual_seed(seed + 2000))
         codes = class_code(z, dcgan_config.classes)
         with torch.no_grad():
             images = dcgan.generator(z)
             d_real = dcgan.discriminator(real, real_classes)
             d_fake = dcgan.discriminator(images, codes)
-        generated = judge_images(judge, images, codes)
+        quality = sample_quality(
+            judge, images, codes, scene_tensor(domain_scenes), torch.from_numpy(stack_labels(domain_scenes))
+        )
         untrained = judge_samples(judge, Generator(dcgan_config).eval(), z)
         real_verdict = judge_images(judge, real, real_classes)
-        every_class = all(count > 0 for count in generated.confident_per_class)
-        return Quality(
-            metric="confident_fraction_every_class",
-            value=generated.confident_fraction if every_class else 0.0,
-            threshold=CONFIDENT_FRACTION,
+        return replace(
+            quality,
             details={
-                "confident_fraction": generated.confident_fraction,
-                "confidence": CONFIDENCE,
-                "samples": SAMPLES,
-                "confident_per_class": dict(zip(SHAPES, generated.confident_per_class, strict=True)),
-                "every_class_present": every_class,
-                "class_code_agreement": generated.accuracy,
+                **quality.details,
                 "judge": "dcgan.Judge trained on real synthetic scenes during evaluation",
                 "judge_accuracy_real_held_out": real_verdict.accuracy,
                 "judge_confident_fraction_real_held_out": real_verdict.confident_fraction,

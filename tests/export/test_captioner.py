@@ -1,6 +1,7 @@
 """Captioner family: vocabulary, encoder/decoder-step contracts, decoding, checkpoint loading."""
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,25 +12,37 @@ import pytest
 import torch
 
 from export.bleu import corpus_bleu
-from export.data.scenes import make_scenes, stack_images
+from export.data.scenes import TEXTURES, make_scenes, stack_images
 from export.data.tensors import normalise
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.captioner import (
+    BLEU_THRESHOLD,
     FULL,
     SMALL,
     SPECIAL_TOKENS,
     Captioner,
     Vocabulary,
     caption_max_length,
+    caption_quality,
     caption_tensor,
+    slot_positions,
     synthetic_vocabulary,
+    tokenize,
     train_captioner,
 )
 from serving.repository import ModelSource, read_config
 
 TINY = replace(
-    SMALL, image_size=16, widths=(4, 8), embed_dim=8, hidden_size=16, train_steps=2, batch_size=4, train_scenes=8
+    SMALL,
+    image_size=16,
+    widths=(4, 8),
+    embed_dim=8,
+    hidden_size=16,
+    image_code=4,
+    train_steps=2,
+    batch_size=4,
+    train_scenes=8,
 )
 
 
@@ -63,7 +76,7 @@ def test_encoder_and_decoder_step_shapes(config) -> None:
     with torch.no_grad():
         h, c = model.encoder(torch.randn(2, 3, config.image_size, config.image_size))
         logprobs, h_out, c_out = model.decoder(torch.tensor([[1], [5]]), h, c)
-    assert h.shape == c.shape == h_out.shape == c_out.shape == (2, config.hidden_size)
+    assert h.shape == c.shape == h_out.shape == c_out.shape == (2, config.state_size)
     assert logprobs.shape == (2, len(vocabulary.tokens))
     assert torch.allclose(logprobs.exp().sum(dim=1), torch.ones(2), atol=1e-5)
 
@@ -95,6 +108,59 @@ def test_greedy_and_beam_decoding_return_word_ids_without_end() -> None:
     beam = model.beam(images[0], max_length=6, beam_size=1)
     assert beam == greedy[0]  # a beam of one is greedy
     assert model.vocabulary.end_id not in model.beam(images[1], max_length=6, beam_size=3)
+
+
+def _references() -> list[list[str]]:
+    return [tokenize(scene.caption) for scene in make_scenes(300, 16, seed=11)]
+
+
+def _with_texture(references: list[list[str]], texture: Callable[[int, str], str]) -> list[list[str]]:
+    """The references with the texture word of caption i replaced by texture(i, right word)."""
+    at = slot_positions()["texture"]
+    return [words[:at] + [texture(i, words[at])] + words[at + 1 :] for i, words in enumerate(references)]
+
+
+def test_slots_are_the_colour_shape_and_texture_words() -> None:
+    words = ["a", "red", "star", "on", "a", "striped", "background"]
+    assert {slot: words[i] for slot, i in slot_positions().items()} == {
+        "colour": "red",
+        "shape": "star",
+        "texture": "striped",
+    }
+
+
+def test_right_captions_clear_every_bar() -> None:
+    references = _references()
+    quality = caption_quality(references, references)
+    assert quality.passed and quality.value == pytest.approx(1.0)
+    assert [(bar.metric, bar.value) for bar in quality.gates] == [
+        ("colour_accuracy", 1.0),
+        ("shape_accuracy", 1.0),
+        ("texture_accuracy", 1.0),
+        ("exact_caption_fraction", 1.0),
+    ]
+
+
+@pytest.mark.parametrize("broken", ["always_wrong", "at_chance"])
+def test_a_captioner_blind_to_texture_clears_bleu_but_fails(broken: str) -> None:
+    references = _references()
+    rng = np.random.default_rng(0)
+    if broken == "always_wrong":
+        candidates = _with_texture(references, lambda _, right: TEXTURES[(TEXTURES.index(right) + 1) % len(TEXTURES)])
+    else:
+        candidates = _with_texture(references, lambda _, __: TEXTURES[rng.integers(len(TEXTURES))])
+    quality = caption_quality(candidates, references)
+    assert quality.value >= BLEU_THRESHOLD  # BLEU-4 alone would let it through ...
+    assert not quality.passed  # ... the slot and exact-caption bars do not
+    assert [bar.metric for bar in quality.bars if not bar.passed] == ["texture_accuracy", "exact_caption_fraction"]
+    assert next(bar.value for bar in quality.bars if bar.metric == "texture_accuracy") < 0.35
+
+
+def test_a_caption_cut_short_misses_its_slots() -> None:
+    references = _references()
+    quality = caption_quality([words[:2] for words in references], references)
+    values = {bar.metric: bar.value for bar in quality.bars}
+    assert values["colour_accuracy"] == 1.0 and values["shape_accuracy"] == values["texture_accuracy"] == 0.0
 
 
 def test_smoke_training_returns_eval_mode_and_changes_weights() -> None:
@@ -141,7 +207,10 @@ def test_exported_pair_reports_quality_and_identical_greedy_captions(small_repos
     assert greedy["passed"] and greedy["detail"].startswith("16/16 greedy captions identical")
     assert all(c["max_abs_diff"] <= 1e-4 for r in (encoder_report, decoder_report) for c in r["parity"]["checks"])
     quality = encoder_report["quality"]
-    assert quality["metric"] == "bleu4_greedy" and quality["passed"] and quality["value"] >= 0.60
+    assert quality["metric"] == "bleu4_greedy" and quality["passed"] and quality["value"] >= BLEU_THRESHOLD
+    bars = {bar["metric"]: bar for bar in quality["gates"]}
+    assert set(bars) == {"colour_accuracy", "shape_accuracy", "texture_accuracy", "exact_caption_fraction"}
+    assert all(bar["value"] >= bar["threshold"] for bar in bars.values())
 
 
 def test_a_numpy_loop_over_the_two_graphs_captions_held_out_scenes(small_repository: Path) -> None:

@@ -10,9 +10,12 @@ import onnxruntime
 import pytest
 import torch
 
+from export.data.scenes import stack_labels
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.dcgan import (
+    CONFIDENT_FRACTION,
+    DIVERSITY_RATIO,
     FULL,
     SMALL,
     Dcgan,
@@ -21,10 +24,16 @@ from export.families.dcgan import (
     Judge,
     class_code,
     class_one_hot,
+    generator_domain,
     judge_samples,
+    mean_pairwise_distance,
+    sample_quality,
+    scene_tensor,
     train_gan,
+    train_judge,
     training_scenes,
 )
+from export.train import SGDRecipe
 
 TANH_SLACK = 1e-6
 
@@ -133,6 +142,52 @@ def test_judge_counts_confident_samples_per_class() -> None:
     assert verdict.accuracy is not None and 0.0 <= verdict.accuracy <= 1.0
 
 
+def test_mean_pairwise_distance_is_the_rms_pixel_difference_over_pairs() -> None:
+    images = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2), torch.ones(3, 2, 2)])
+    # Pairs (0,1) and (0,2) differ by 1 in every pixel, (1,2) by 0: mean over the 3 pairs = 2/3.
+    assert mean_pairwise_distance(images) == pytest.approx(2 / 3)
+    assert mean_pairwise_distance(images[1:]) == 0.0 and mean_pairwise_distance(images[:1]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def quick_judge() -> Judge:
+    """A judge trained in seconds (the export's trains 12 epochs on 12,000 scenes and is surer)."""
+    return train_judge(generator_domain(SMALL, 2000, seed=7), seed=7, recipe=SGDRecipe(epochs=2, batch_size=64, lr=0.1))
+
+
+def _domain(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    scenes = generator_domain(SMALL, count, seed)
+    return scene_tensor(scenes), torch.from_numpy(stack_labels(scenes))
+
+
+def test_a_generator_of_eight_fixed_images_fails_the_diversity_bar_not_the_judge(quick_judge: Judge) -> None:
+    pool, _ = _domain(256, seed=8)
+    with torch.no_grad():
+        surest = torch.softmax(quick_judge(pool), dim=1).argmax(dim=0)
+    # Mode collapse: for each class the one real scene the judge is surest of, whatever else z says.
+    z = torch.randn(512, SMALL.z_dim, generator=torch.Generator().manual_seed(9))
+    codes = class_code(z, SMALL.classes)
+    assert codes is not None
+    real, real_classes = _domain(512, seed=10)
+    collapsed = sample_quality(quick_judge, pool[surest][codes], codes, real, real_classes)
+    as_real = sample_quality(quick_judge, real, real_classes, real, real_classes)
+    # The judge is at least as sure of the collapsed samples as of real scenes: no confidence bar tells them
+    # apart (with the export's judge both are ~1.0) ...
+    assert collapsed.details["confident_fraction"] >= as_real.details["confident_fraction"]
+    # ... the diversity bar does.
+    missed = [bar.metric for bar in collapsed.bars if not bar.passed]
+    assert not collapsed.passed and "diversity_ratio_worst_class" in missed
+    assert collapsed.gates[0].value == 0.0
+
+
+def test_real_scenes_as_samples_clear_the_diversity_bar(quick_judge: Judge) -> None:
+    samples, codes = _domain(512, seed=12)
+    real, real_classes = _domain(512, seed=10)
+    diversity = sample_quality(quick_judge, samples, codes, real, real_classes).gates[0]
+    assert diversity.metric == "diversity_ratio_worst_class" and diversity.value >= DIVERSITY_RATIO
+    assert diversity.value == pytest.approx(1.0, abs=0.25)  # same distribution, same spread
+
+
 @pytest.fixture(scope="module")
 def generator_folder(small_repository: Path) -> Path:
     return small_repository / "dcgan_small"
@@ -158,8 +213,10 @@ def test_exported_generator_report_has_parity_and_an_honest_judge(generator_fold
 
 def test_exported_generator_meets_the_quality_bar(generator_folder: Path) -> None:
     quality = _report(generator_folder)["quality"]
-    assert quality["passed"] and quality["value"] >= 0.7
+    assert quality["passed"] and quality["value"] >= CONFIDENT_FRACTION
     assert quality["details"]["every_class_present"]
+    (diversity,) = quality["gates"]
+    assert diversity["metric"] == "diversity_ratio_worst_class" and diversity["value"] >= DIVERSITY_RATIO
     # The shape a caller asks for through z is the shape the judge sees.
     assert quality["details"]["class_code_agreement"] >= 0.8
 
