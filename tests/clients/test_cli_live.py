@@ -129,4 +129,4 @@ def test_server_log_says_metrics_off_for_metrics_port_0(tiny_repository: Path, t
     arguments = ["--metrics-port", "0"]
     with ServerProcess.start(tiny_repository, log=tmp_path / "server.log", extra_args=arguments) as server:
         log = server.log()
-    assert "(metrics off: --metrics-port 0)" in log and "metrics on :0" not in log
+    assert "metrics off: --metrics-port 0)" in log and "metrics on :0" not in log

@@ -33,7 +33,7 @@ POISON = 10**9
 def slow_lookup_graph():  # type: ignore[no-untyped-def]
     """x FP32 [B, WIDTH] -> y (slow: keeps the instance busy while a batch queues), and token INT64 [B, 1]
     -> v = table[token] (ONNX Runtime fails the whole batch on a token outside 0..LOOKUP_ROWS-1)."""
-    graph = slow_graph(WIDTH, iterations=3000)
+    graph = slow_graph(WIDTH, iterations=20_000)
     lookup = lookup_graph(LOOKUP_ROWS, 2)
     lookup.output[0].name = "v"
     lookup.node[-1].output[0] = "v"
