@@ -74,13 +74,14 @@ def test_every_model_exposes_its_signature_and_config(triton: TritonRunner) -> N
 
 
 def inputs_for(metadata: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs of a batch of BATCH for a model's signature (token ids kept valid); the shape's
-    dimensions may be strings (gRPC metadata as JSON) or numbers (HTTP)."""
+    """Random inputs of a batch of BATCH for a model's signature (floats in [-1, 1], inside every model's
+    `input_ranges`; token ids kept valid); the shape's dimensions may be strings (gRPC metadata as JSON)
+    or numbers (HTTP)."""
     arrays = {}
     for tensor in metadata["inputs"]:
         shape = [BATCH if int(dim) == -1 else int(dim) for dim in tensor["shape"]]
         if tensor["datatype"] == "FP32":
-            arrays[tensor["name"]] = rng.standard_normal(shape).astype(np.float32)
+            arrays[tensor["name"]] = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
         else:
             arrays[tensor["name"]] = rng.integers(0, 2, size=shape).astype(_NUMPY[tensor["datatype"]])
     return arrays

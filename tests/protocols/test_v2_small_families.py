@@ -61,7 +61,7 @@ def test_every_small_family_model_serves_v2(
             shape = [BATCH if d == "-1" else int(d) for d in tensor["shape"]]
             key = f"{name}.{tensor['name']}"
             if tensor["datatype"] == "FP32":
-                arrays[key] = rng.standard_normal(shape).astype(np.float32)
+                arrays[key] = rng.uniform(-1.0, 1.0, shape).astype(np.float32)  # inside every input_ranges
             else:
                 arrays[key] = np.ones(shape, dtype=_NUMPY[tensor["datatype"]])  # token ids: a valid id
             inputs.append({"name": tensor["name"], "datatype": tensor["datatype"], "array": key})
