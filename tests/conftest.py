@@ -5,6 +5,9 @@ once per test run. On a developer machine it is cached under .cache/small_reposi
 hash of the export/ sources, so an unchanged export stage is not retrained; with CI set it is built fresh
 in a temporary folder. A file lock makes concurrent pytest runs share one build.
 
+``NINEFOLD_TEST_FAMILIES=stn,align`` (development only, never in CI) builds just those families, under
+their own cache key: the quick loop for someone changing one family, who runs that family's tests.
+
 The build runs after collection (``pytest_collection_finish``), only when a collected test uses the
 fixture, so that it is not charged to the first test's timeout (minutes on a busy 2-core machine).
 """
@@ -25,13 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "small_repository"
 COMPLETE_MARKER = ".complete"
 FIXTURE = "small_repository"
+FAMILIES_VARIABLE = "NINEFOLD_TEST_FAMILIES"
 
 _prepared: dict[str, Path] = {}
 
 
+def chosen_families() -> list[str] | None:
+    """The families named in NINEFOLD_TEST_FAMILIES, or None (all) when it is unset or CI is set."""
+    names = os.environ.get(FAMILIES_VARIABLE, "")
+    if os.environ.get("CI") or not names.strip():
+        return None
+    return sorted(name.strip() for name in names.split(",") if name.strip())
+
+
 def export_sources_key() -> str:
-    """A short key over every file under export/ (paths and contents): any change retrains."""
-    return export_sources_digest()[:16]
+    """A short key over every file under export/ (paths and contents), and the chosen families."""
+    families = chosen_families()
+    return export_sources_digest()[:16] + ("" if families is None else "-" + "-".join(families))
 
 
 def _build(out: Path) -> None:
@@ -40,7 +53,7 @@ def _build(out: Path) -> None:
 
     # A family below its bar is written stamped, so that test_family_meets_its_quality_threshold names it
     # instead of every test of the repository erroring on the export.
-    build_repository(out, families=None, config="small", seed=0, allow_below_threshold=True)
+    build_repository(out, families=chosen_families(), config="small", seed=0, allow_below_threshold=True)
 
 
 def _prepare() -> Path:
