@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_event_loop(main_coroutine: Coroutine[Any, Any, int], choice: str) -> int:
-    """Run the server on uvloop (about 0.1 ms less per request at concurrency 1 here) or asyncio's loop."""
+    """Run the server on uvloop (the default: faster per request, docs/PERFORMANCE.md) or asyncio's loop."""
     if choice == "uvloop":
         import uvloop
 

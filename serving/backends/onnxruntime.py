@@ -94,7 +94,7 @@ def intra_op_threads(settings: BackendSettings, cpu_instances: int, cores: int |
 
 #: With automatic threads (--ort-threads 0), a CPU-only model whose warm batch-1 run takes less than this
 #: gets one thread per instance: waking pool threads for every operator then costs more than the
-#: parallelism saves (measurement: docs/PERFORMANCE.md, "ONNX Runtime threads").
+#: parallelism saves (docs/PERFORMANCE.md, "Why the defaults are what they are").
 LIGHT_MODEL_RUN_S = 0.002
 
 
