@@ -46,7 +46,8 @@ class ModelState(str, enum.Enum):
 
 
 class ServedModel:
-    """One model version: its description, its state, and `infer` through its batcher.
+    """One model version: its description, its state, `request` (counts one request) and `infer` through
+    its batcher.
 
     Attributes a transport reads: name, version, directory (the model folder, for files such as
     a vocabulary), config (the parsed `inference.ModelConfig`), task ("" = plain tensor model),
@@ -122,7 +123,7 @@ class ServedModel:
         Every transport wraps a whole request in it (decoding to response), so a request counts once,
         on the model it named: a success, or a failure with its reason (serving.errors; a call
         cancelled at its `deadline` as deadline_exceeded, otherwise cancelled), with its duration.
-        `infer` counts nothing itself, so a task's several calls (a caption's encoder pass) are one request.
+        `infer` counts nothing itself: a task request counts once, whatever calls its task makes.
         """
         started = time.perf_counter_ns()
         try:

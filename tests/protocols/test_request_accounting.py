@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -14,10 +15,12 @@ from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
-from tests.protocols.conftest import curl
+from tests.protocols.conftest import CurlAnswer, curl
 from tests.protocols.test_v2_server import _scrape, png
+from tests.serving.test_vision_tiny import rpc_error
 
 Counts = dict[str, float]
+T = TypeVar("T")
 
 
 def counts(server: ServerProcess, model: str) -> Counts:
@@ -32,12 +35,12 @@ def counts(server: ServerProcess, model: str) -> Counts:
     return found
 
 
-def change(server: ServerProcess, model: str, send: Callable[[], None]) -> Counts:
-    """What `send()` added to `model`'s request counts (zero changes left out)."""
+def change(server: ServerProcess, model: str, send: Callable[[], T]) -> tuple[Counts, T]:
+    """What `send()` added to `model`'s request counts (zero changes left out), and what it returned."""
     before = counts(server, model)
-    send()
+    answer = send()
     after = counts(server, model)
-    return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}, answer
 
 
 def simple_request(model: str, rows: int, columns: int = 16) -> v2.ModelInferRequest:
@@ -53,50 +56,31 @@ def test_the_task_api_counts_a_success_and_a_failure_once_each(v2_server: Server
     with grpc.insecure_channel(v2_server.target) as channel:
         vision = vision_pb2_grpc.VisionStub(channel)
         good = pb.WarpRequest(images=[pb.Image(encoded=png((10, 200, 30)))])
-        assert change(v2_server, "tiny_warp", lambda: vision.Warp(good, timeout=30)) == {"success": 1}
-
-        def junk() -> None:
-            try:
-                vision.Warp(pb.WarpRequest(images=[pb.Image(encoded=b"not an image")]), timeout=30)
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            else:
-                raise AssertionError("undecodable image bytes were accepted")
-
-        assert change(v2_server, "tiny_warp", junk) == {"invalid_argument": 1}
+        assert change(v2_server, "tiny_warp", lambda: vision.Warp(good, timeout=30))[0] == {"success": 1}
+        junk = pb.WarpRequest(images=[pb.Image(encoded=b"not an image")])
+        counted, error = change(v2_server, "tiny_warp", lambda: rpc_error(vision.Warp, junk))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and counted == {"invalid_argument": 1}
 
 
 def test_v2_grpc_counts_a_success_and_a_failure_once_each(v2_server: ServerProcess) -> None:
     with grpc.insecure_channel(v2_server.target) as channel:
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        assert change(v2_server, "simple", lambda: stub.ModelInfer(simple_request("simple", 2), timeout=30)) == {
-            "success": 1
-        }
-
-        def wrong_shape() -> None:
-            try:
-                stub.ModelInfer(simple_request("simple", 2, columns=15), timeout=30)
-            except grpc.RpcError as error:
-                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            else:
-                raise AssertionError("a [2, 15] input of a [B, 16] model was accepted")
-
-        assert change(v2_server, "simple", wrong_shape) == {"invalid_argument": 1}
+        infer = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        good = simple_request("simple", 2)
+        assert change(v2_server, "simple", lambda: infer(good, timeout=30))[0] == {"success": 1}
+        wrong_shape = simple_request("simple", 2, columns=15)
+        counted, error = change(v2_server, "simple", lambda: rpc_error(infer, wrong_shape))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and counted == {"invalid_argument": 1}
 
 
 def test_v2_http_counts_a_success_and_a_failure_once_each(v2_server: ServerProcess) -> None:
     url = f"http://{v2_server.http_target}/v2/models/simple_unlisted/infer"
 
-    def body(datatype: str) -> bytes:
+    def post(datatype: str) -> CurlAnswer:
         tensor = {"datatype": datatype, "shape": [1, 16], "data": [1] * 16}
-        return json.dumps({"inputs": [{"name": name, **tensor} for name in ("INPUT0", "INPUT1")]}).encode()
+        body = json.dumps({"inputs": [{"name": name, **tensor} for name in ("INPUT0", "INPUT1")]}).encode()
+        return curl(url, body, {"Content-Type": "application/json"})
 
-    def post(datatype: str, status: int) -> Callable[[], None]:
-        def send() -> None:
-            answer = curl(url, body(datatype), {"Content-Type": "application/json"})
-            assert answer.status == status, answer.body
-
-        return send
-
-    assert change(v2_server, "simple_unlisted", post("INT32", 200)) == {"success": 1}
-    assert change(v2_server, "simple_unlisted", post("FP32", 400)) == {"invalid_argument": 1}
+    counted, answer = change(v2_server, "simple_unlisted", lambda: post("INT32"))
+    assert answer.status == 200 and counted == {"success": 1}
+    counted, answer = change(v2_server, "simple_unlisted", lambda: post("FP32"))  # the model takes INT32
+    assert answer.status == 400 and counted == {"invalid_argument": 1}
