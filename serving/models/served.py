@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +43,34 @@ class ModelState(str, enum.Enum):
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
     UNLOADING = "UNLOADING"
+
+
+class RequestCount:
+    """The block of `ServedModel.request`: a class rather than a @contextmanager generator, because it
+    runs for every request and a generator costs several times as much (docs/history/2026-11-27-request-
+    accounting.md). An exception that is no ServingError (a bug) is not counted; serving.api.status
+    answers it INTERNAL."""
+
+    __slots__ = ("_statistics", "_deadline", "_started")
+
+    def __init__(self, statistics: ModelStatistics, deadline: float | None) -> None:
+        self._statistics = statistics
+        self._deadline = deadline
+        self._started = 0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter_ns()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        duration = time.perf_counter_ns() - self._started
+        if error is None:
+            self._statistics.on_request(duration)
+        elif isinstance(error, ServingError):
+            self._statistics.on_request(duration, error.reason)
+        elif isinstance(error, asyncio.CancelledError):
+            self._statistics.on_request(duration, cancellation_reason(self._deadline))
 
 
 class ServedModel:
@@ -116,8 +144,7 @@ class ServedModel:
         return self.statistics.snapshot()
 
     # ------------------------------------------------------------------ inference
-    @contextmanager
-    def request(self, deadline: float | None = None) -> Iterator[None]:
+    def request(self, deadline: float | None = None) -> RequestCount:
         """Count one request on this model, however the block ends: the one place requests are counted.
 
         Every transport wraps a whole request in it (decoding to response), so a request counts once,
@@ -125,16 +152,7 @@ class ServedModel:
         cancelled at its `deadline` as deadline_exceeded, otherwise cancelled), with its duration.
         `infer` counts nothing itself: a task request counts once, whatever calls its task makes.
         """
-        started = time.perf_counter_ns()
-        try:
-            yield
-        except ServingError as error:
-            self.statistics.on_request(time.perf_counter_ns() - started, error.reason)
-            raise
-        except asyncio.CancelledError:
-            self.statistics.on_request(time.perf_counter_ns() - started, cancellation_reason(deadline))
-            raise
-        self.statistics.on_request(time.perf_counter_ns() - started)
+        return RequestCount(self.statistics, deadline)
 
     async def infer(self, inputs: Tensors, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Run inputs through the model's dynamic batcher (counted by the caller's `request` block).
