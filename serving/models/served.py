@@ -47,9 +47,9 @@ class ModelState(str, enum.Enum):
 
 class RequestCount:
     """The block of `ServedModel.request`: a class rather than a @contextmanager generator, because it
-    runs for every request and a generator costs several times as much (docs/history/2026-11-27-request-
-    accounting.md). An exception that is no ServingError (a bug) is not counted; serving.api.status
-    answers it INTERNAL."""
+    runs for every request and a generator costs several times as much (figures in docs/history/,
+    request accounting). An exception that is no ServingError (a bug) is not counted;
+    serving.api.status answers it INTERNAL."""
 
     __slots__ = ("_statistics", "_deadline", "_started")
 
