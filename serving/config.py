@@ -37,6 +37,18 @@ SERVER, REPOSITORY, MODEL_CONTROL, HTTP, GRPC, METRICS, LIMITS, BACKEND, LOGGING
 GROUPS = (SERVER, REPOSITORY, HTTP, GRPC, METRICS, LIMITS, BACKEND, LOGGING, MODEL_CONTROL)
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A ServerConfig field's flag: its --help group and text, other spellings (Triton's), the values
+    allowed, and the parser of its text when not the field's type (e.g. str.upper)."""
+
+    group: str
+    help: str
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None
+
+
 def option(
     group: str,
     help: str,
@@ -44,10 +56,9 @@ def option(
     aliases: Sequence[str] = (),
     choices: Sequence[str] | None = None,
     parse: Callable[[str], Any] | None = None,
-) -> dict[str, Any]:
-    """A field's flag: its --help group and text, other spellings (Triton's), allowed values, and the parser
-    of its text when not the field's type (e.g. str.upper)."""
-    return {"group": group, "help": help, "aliases": tuple(aliases), "choices": choices, "parse": parse}
+) -> dict[str, Flag]:
+    """A field's metadata: its Flag."""
+    return {"flag": Flag(group, help, tuple(aliases), None if choices is None else tuple(choices), parse)}
 
 
 @dataclass(frozen=True)
@@ -193,18 +204,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     groups = {title: parser.add_argument_group(title) for title in GROUPS}
     hints = typing.get_type_hints(ServerConfig)
     for spec in dataclasses.fields(ServerConfig):
-        meta = spec.metadata
+        flag: Flag = spec.metadata["flag"]
         required = spec.default is dataclasses.MISSING
         add_option(
-            groups[meta["group"]],
+            groups[flag.group],
             env,
             "--" + spec.name.replace("_", "-"),
             default=None if required else spec.default,
-            help=meta["help"],
-            type=meta["parse"] or _value_type(hints[spec.name]),
-            choices=meta["choices"],
+            help=flag.help,
+            type=flag.parse or _value_type(hints[spec.name]),
+            choices=flag.choices,
             required=required,
-            aliases=meta["aliases"],
+            aliases=flag.aliases,
         )
     return parser
 
