@@ -9,15 +9,13 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from serving.api import available_adapters
 from serving.config import load_config
 from serving.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and NINEFOLD_* variables, run the server until SIGTERM/SIGINT; returns the exit code."""
-    hooks = [adapter.add_arguments for adapter in available_adapters() if hasattr(adapter, "add_arguments")]
-    config = load_config(argv, os.environ, hooks)
+    config = load_config(argv, os.environ)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -28,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_event_loop(main_coroutine: Coroutine[Any, Any, int], choice: str) -> int:
-    """Run the server on uvloop (about 0.1 ms less per request at concurrency 1 here) or asyncio's loop."""
+    """Run the server on uvloop (the default: faster per request, docs/PERFORMANCE.md) or asyncio's loop."""
     if choice == "uvloop":
         import uvloop
 

@@ -1,17 +1,20 @@
 """The server's configuration: one immutable object built in `main()` from flags and environment.
 
-Every flag `--some-flag` has the environment variable `NINEFOLD_SOME_FLAG` (12-factor, for
-Kubernetes); a flag on the command line wins over the variable, the variable over the default.
-Importing this module parses nothing.
-
-Transport adapters add their own flags with `add_option` (same env convention) from their
-`add_arguments(parser, env)` hook (see serving.api); their values arrive in `ServerConfig.extras`.
+Every field of `ServerConfig` is a flag (`model_control_mode` -> `--model-control-mode`) whose help,
+--help group and Triton spellings are the field's metadata (`option`); its default is the field's
+default, written once: `build_parser` makes the command line from the fields. Every flag
+`--some-flag` has the environment variable `NINEFOLD_SOME_FLAG` (12-factor, for Kubernetes); a flag
+on the command line wins over the variable, the variable over the default. Importing this module
+parses nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,39 +22,107 @@ from typing import Any
 
 from serving.backends import FIXED_SHAPES_MODES, BackendSettings
 from serving.images import ImageLimits
+from serving.model_control import MODES, ModelControl
 
 ENV_PREFIX = "NINEFOLD_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+#: The --help groups, in the order they are shown (Triton's titles where Triton has the group).
+SERVER, REPOSITORY, MODEL_CONTROL, HTTP, GRPC, METRICS, LIMITS, BACKEND, LOGGING = (
+    "Server", "Model repository", "Model control", "HTTP", "GRPC", "Metrics", "Request limits",
+    "Backend (ONNX Runtime)", "Logging",
+)
+GROUPS = (SERVER, REPOSITORY, HTTP, GRPC, METRICS, LIMITS, BACKEND, LOGGING, MODEL_CONTROL)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A ServerConfig field's flag: its --help group and text, other spellings (Triton's), the values
+    allowed, and the parser of its text when not the field's type (e.g. str.upper)."""
+
+    group: str
+    help: str
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+def option(
+    group: str,
+    help: str,
+    *,
+    aliases: Sequence[str] = (),
+    choices: Sequence[str] | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> dict[str, Flag]:
+    """A field's metadata: its Flag."""
+    return {"flag": Flag(group, help, tuple(aliases), None if choices is None else tuple(choices), parse)}
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything the server needs to start; see `build_parser` for meanings and defaults."""
+    """Everything the server needs to start; each field's `option` says what it means."""
 
-    model_repository: Path
-    host: str = "127.0.0.1"
-    port: int = 8001
-    http_port: int = 8000
-    metrics_port: int = 8002
-    grace_seconds: float = 10.0
-    strict_readiness: bool = True
-    max_message_bytes: int = 64 * 1024 * 1024
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    max_image_pixels: int = 40_000_000
-    max_request_image_pixels: int = 160_000_000
-    max_decoding_bytes: int = 1024 * 1024 * 1024
-    max_images_per_request: int = 64
-    ort_threads: int = 0
-    spin_wait: bool = False
-    tensorrt_cache_dir: Path | None = None
-    tensorrt_fp16: bool = True
-    fixed_shapes: str = "gpu"
-    log_level: str = "INFO"
-    event_loop: str = "uvloop"
-    extras: Mapping[str, Any] = field(default_factory=dict)
+    model_repository: Path = field(
+        metadata=option(REPOSITORY, "model repository directory (Triton layout, config.pbtxt per model)")
+    )
+    host: str = field(default="127.0.0.1", metadata=option(SERVER, "address to bind (0.0.0.0 in a container)"))
+    port: int = field(default=8001, metadata=option(GRPC, "gRPC port", aliases=("--grpc-port",)))
+    http_port: int = field(default=8000, metadata=option(HTTP, "Open Inference Protocol HTTP/REST port; 0 = off"))
+    metrics_port: int = field(default=8002, metadata=option(METRICS, "Prometheus /metrics HTTP port; 0 = off"))
+    grace_seconds: float = field(default=10.0, metadata=option(
+        SERVER, "on SIGTERM/SIGINT, how long in-flight requests may take to finish before exit"))
+    strict_readiness: bool = field(default=True, metadata=option(
+        SERVER, "health service \"\" (and v2 ServerReady) is SERVING only when every model is ready, as "
+        "Triton's; --no-strict-readiness: when at least one is (default: strict)"))
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=option(
+        GRPC, "largest gRPC message accepted or sent (and largest HTTP request body)"))
+    tls_cert: Path | None = field(default=None, metadata=option(
+        GRPC, "PEM certificate (chain) of the gRPC port; with --tls-key the port speaks TLS only",
+        aliases=("--grpc-server-cert",)))
+    tls_key: Path | None = field(default=None, metadata=option(
+        GRPC, "PEM private key of --tls-cert", aliases=("--grpc-server-key",)))
+    tls_client_ca: Path | None = field(default=None, metadata=option(
+        GRPC, "PEM CA certificate(s): clients must present a certificate it signed (mutual TLS)",
+        aliases=("--grpc-root-cert",)))
+    max_image_pixels: int = field(default=40_000_000, metadata=option(
+        LIMITS, "largest width*height of one input image (decompression-bomb guard)"))
+    max_request_image_pixels: int = field(default=160_000_000, metadata=option(
+        LIMITS, "largest width*height summed over the images of one request"))
+    max_decoding_bytes: int = field(default=1024 * 1024 * 1024, metadata=option(
+        LIMITS, "memory that decoding request images may hold at once, summed over all requests "
+        "(RESOURCE_EXHAUSTED past it)"))
+    max_images_per_request: int = field(default=64, metadata=option(LIMITS, "most images in one request"))
+    ort_threads: int = field(default=0, metadata=option(
+        BACKEND, "ONNX Runtime intra-op threads per CPU instance; 0 = cores / instances of the model, "
+        "or 1 for a model whose batch-1 run takes under 2 ms"))
+    spin_wait: bool = field(default=False, metadata=option(
+        BACKEND, "let ONNX Runtime threads spin between runs (lower latency, burns CPU while idle)"))
+    tensorrt_cache_dir: Path | None = field(default=None, metadata=option(
+        BACKEND, "TensorRT EP engine cache directory (default: trt_cache/ beside each model file)"))
+    tensorrt_fp16: bool = field(default=True, metadata=option(BACKEND, "allow fp16 in the TensorRT EP"))
+    fixed_shapes: str = field(default="gpu", metadata=option(
+        BACKEND, "which ONNX Runtime instances run only fixed batch sizes (1, 2, 4, ... max_batch_size, one "
+        "warmed session each; batches padded up): gpu, all (CPU too) or off", choices=FIXED_SHAPES_MODES))
+    log_level: str = field(default="INFO", metadata=option(
+        LOGGING, "log verbosity", choices=("DEBUG", "INFO", "WARNING", "ERROR"), parse=str.upper))
+    event_loop: str = field(default="uvloop", metadata=option(
+        SERVER, "event loop implementation", choices=("uvloop", "asyncio")))
+    model_control_mode: str = field(default="none", metadata=option(
+        MODEL_CONTROL, "'explicit' enables RepositoryModelLoad/Unload for callers presenting the token",
+        choices=MODES))
+    load_model: str = field(default="", metadata=option(
+        MODEL_CONTROL, "explicit mode: models to load at start, comma-separated, or '*' for all (default: none)"))
+    model_control_token: str = field(default="", metadata=option(
+        MODEL_CONTROL, "bearer token required by RepositoryModelLoad/Unload (prefer the environment variable)"))
+
+    def model_control(self) -> ModelControl:
+        """The checked model-control settings; raises ValueError with a message fit for the command line."""
+        return ModelControl.create(
+            self.model_control_mode, self.model_control_token, self.model_repository, self.load_model
+        )
 
     def backend_settings(self) -> BackendSettings:
         return BackendSettings(
@@ -122,82 +193,41 @@ def add_option(
     )
 
 
-def build_parser(
-    env: Mapping[str, str], extra: Sequence[Callable[[argparse.ArgumentParser, Mapping[str, str]], None]] = ()
-) -> argparse.ArgumentParser:
-    """The `python -m serving` / `ninefold serve` command line; `extra` hooks add adapter flags."""
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The `python -m serving` / `ninefold serve` command line: one flag per ServerConfig field, in field
+    order, under its group."""
     parser = argparse.ArgumentParser(
         prog="ninefold serve",
         description="Serve a model repository over gRPC (task API + Open Inference Protocol) and HTTP/REST "
         "(Open Inference Protocol) with dynamic batching. Flags use Triton's spellings where Triton has one.",
     )
-    server = parser.add_argument_group("Server")
-    repository = parser.add_argument_group("Model repository")
-    http = parser.add_argument_group("HTTP")
-    grpc = parser.add_argument_group("GRPC")
-    metrics = parser.add_argument_group("Metrics")
-    inputs = parser.add_argument_group("Request limits")
-    backend = parser.add_argument_group("Backend (ONNX Runtime)")
-    logs = parser.add_argument_group("Logging")
-    add_option(repository, env, "--model-repository", default=None, type=Path, required=True,
-               help="model repository directory (Triton layout, config.pbtxt per model)")
-    add_option(server, env, "--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
-    add_option(grpc, env, "--port", default=8001, type=int, aliases=("--grpc-port",), help="gRPC port")
-    add_option(http, env, "--http-port", default=8000, type=int,
-               help="Open Inference Protocol HTTP/REST port; 0 = off")
-    add_option(metrics, env, "--metrics-port", default=8002, type=int, help="Prometheus /metrics HTTP port; 0 = off")
-    add_option(server, env, "--grace-seconds", default=10.0, type=float,
-               help="on SIGTERM/SIGINT, how long in-flight requests may take to finish before exit")
-    add_option(server, env, "--strict-readiness", default=True, type=bool,
-               help="health service \"\" (and v2 ServerReady) is SERVING only when every model is ready, as "
-               "Triton's; --no-strict-readiness: when at least one is (default: strict)")
-    add_option(grpc, env, "--max-message-bytes", default=64 * 1024 * 1024, type=int,
-               help="largest gRPC message accepted or sent (and largest HTTP request body)")
-    add_option(grpc, env, "--tls-cert", default=None, type=Path, aliases=("--grpc-server-cert",),
-               help="PEM certificate (chain) of the gRPC port; with --tls-key the port speaks TLS only")
-    add_option(grpc, env, "--tls-key", default=None, type=Path, aliases=("--grpc-server-key",),
-               help="PEM private key of --tls-cert")
-    add_option(grpc, env, "--tls-client-ca", default=None, type=Path, aliases=("--grpc-root-cert",),
-               help="PEM CA certificate(s): clients must present a certificate it signed (mutual TLS)")
-    add_option(inputs, env, "--max-image-pixels", default=40_000_000, type=int,
-               help="largest width*height of one input image (decompression-bomb guard)")
-    add_option(inputs, env, "--max-request-image-pixels", default=160_000_000, type=int,
-               help="largest width*height summed over the images of one request")
-    add_option(inputs, env, "--max-decoding-bytes", default=1024 * 1024 * 1024, type=int,
-               help="memory that decoding request images may hold at once, summed over all requests "
-               "(RESOURCE_EXHAUSTED past it)")
-    add_option(inputs, env, "--max-images-per-request", default=64, type=int, help="most images in one request")
-    add_option(backend, env, "--ort-threads", default=0, type=int,
-               help="ONNX Runtime intra-op threads per CPU instance; 0 = cores / instances of the model, "
-               "or 1 for a model whose batch-1 run takes under 2 ms")
-    add_option(backend, env, "--spin-wait", default=False, type=bool,
-               help="let ONNX Runtime threads spin between runs (lower latency, burns CPU while idle)")
-    add_option(backend, env, "--tensorrt-cache-dir", default=None, type=Path,
-               help="TensorRT EP engine cache directory (default: trt_cache/ beside each model file)")
-    add_option(backend, env, "--tensorrt-fp16", default=True, type=bool, help="allow fp16 in the TensorRT EP")
-    add_option(backend, env, "--fixed-shapes", default="gpu", choices=FIXED_SHAPES_MODES,
-               help="which ONNX Runtime instances run only fixed batch sizes (1, 2, 4, ... max_batch_size, one "
-               "warmed session each; batches padded up): gpu, all (CPU too) or off")
-    add_option(logs, env, "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-               type=str.upper, help="log verbosity")
-    add_option(server, env, "--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
-               help="event loop implementation")
-    for hook in extra:
-        hook(parser, env)
+    groups = {title: parser.add_argument_group(title) for title in GROUPS}
+    hints = typing.get_type_hints(ServerConfig)
+    for spec in dataclasses.fields(ServerConfig):
+        flag: Flag = spec.metadata["flag"]
+        required = spec.default is dataclasses.MISSING
+        add_option(
+            groups[flag.group],
+            env,
+            "--" + spec.name.replace("_", "-"),
+            default=None if required else spec.default,
+            help=flag.help,
+            type=flag.parse or _value_type(hints[spec.name]),
+            choices=flag.choices,
+            required=required,
+            aliases=flag.aliases,
+        )
     return parser
 
 
-_CORE_FIELDS = frozenset(f for f in ServerConfig.__dataclass_fields__ if f != "extras")
+def _value_type(hint: Any) -> Callable[[str], Any]:
+    """The type a field's text is parsed as: its annotation, without `| None`."""
+    if isinstance(hint, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.cast(Callable[[str], Any], hint)
 
 
-def load_config(
-    argv: Sequence[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    extra: Sequence[Callable[[argparse.ArgumentParser, Mapping[str, str]], None]] = (),
-) -> ServerConfig:
+def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
     """Parse flags (argv, default sys.argv[1:]) over environment variables into a ServerConfig."""
     env = os.environ if env is None else env
-    namespace = vars(build_parser(env, extra).parse_args(argv))
-    core = {key: value for key, value in namespace.items() if key in _CORE_FIELDS}
-    extras = {key: value for key, value in namespace.items() if key not in _CORE_FIELDS}
-    return ServerConfig(**core, extras=extras)
+    return ServerConfig(**vars(build_parser(env).parse_args(argv)))

@@ -1,9 +1,9 @@
 """Fixed batch shapes: the ladder of batch sizes a GPU instance runs, and which requests fill a rung.
 
 Why: a CUDA session re-plans its convolutions whenever the input shape differs from its previous
-run (on an H100: resnet_small 0.29 ms at a constant batch 8, 101 ms alternating 7/8; ResNet-50
-2.7 vs 387 ms), and the dynamic batcher makes a different size almost every time. So a GPU
-instance keeps one warmed session per rung of a small ladder and pads each batch up to its rung
+run (over a hundred times a run's cost on an H100: docs/history/2026-11-27-gpu-shape-changes.md),
+and the dynamic batcher makes a different size almost every time. So a GPU instance keeps one
+warmed session per rung of a small ladder and pads each batch up to its rung
 (serving.backends.fixed_shapes); the batcher, knowing the ladder, cuts a batch back to a rung it
 fills exactly rather than pad far (`requests_to_take`). Pure functions: unit-tested anywhere.
 """

@@ -25,7 +25,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving.api import ServingContext, available_adapters
+from serving.api import ServingContext, inference, vision
 from serving.api.http_server import start_http
 from serving.api.shm import SharedMemoryRegistry
 from serving.api.status import DomainErrorInterceptor
@@ -35,7 +35,7 @@ from serving.heap import start_trimming
 from serving.metrics import start_metrics_server
 from serving.models import ModelManager
 from serving.placement import discover_gpus
-from serving.repository import TASKS
+from serving.repository import TASKS, FileReader
 from serving.tls import TlsSettingsError, server_credentials
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ VISION_SERVICE = "ninefold.v1.Vision"
 LIVENESS_SERVICE = "liveness"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: The transport adapters (serving.api), in registration order.
+ADAPTERS = (vision, inference)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -92,7 +94,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     try:
         credentials = server_credentials(config)
-    except TlsSettingsError as error:
+        control = config.model_control()
+    except (TlsSettingsError, ValueError) as error:
         log.error("%s", error)
         return 2
     loop = asyncio.get_running_loop()
@@ -102,6 +105,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     trimming = start_trimming()
     models = ModelManager(config.model_repository, config.backend_settings(), discover_gpus(),
                           strict_readiness=config.strict_readiness)
+    models.startup_models = control.startup_models
+    if control.enabled:  # loads on request: every file read must stay inside the repository
+        models.files = FileReader.confined(config.model_repository)
     server = grpc.aio.server(
         interceptors=[DomainErrorInterceptor()], options=channel_options(config.max_message_bytes)
     )
@@ -110,8 +116,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     reporter = HealthReporter(health_servicer, models)
     await health_servicer.set(LIVENESS_SERVICE, _SERVING)
     services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
-    context = ServingContext(models=models, config=config, regions=SharedMemoryRegistry(config.max_message_bytes))
-    for adapter in available_adapters():
+    regions = SharedMemoryRegistry(config.max_message_bytes)
+    context = ServingContext(models=models, config=config, control=control, regions=regions)
+    for adapter in ADAPTERS:
         services += list(adapter.register(server, context))
     reflection.enable_server_reflection(services, server)
 

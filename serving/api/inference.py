@@ -10,12 +10,11 @@ UNIMPLEMENTED with a message saying what to do instead. The same servicer answer
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -30,11 +29,9 @@ from serving.api import status as status_table
 from serving.api.shm import SharedMemoryRegistry
 from serving.api.v2_infer import InputLimits, infer, parse_version
 from serving.api.v2_messages import EXTENSIONS, model_config, model_metadata, model_statistics, repository_index
-from serving.config import add_option
 from serving.errors import InvalidArgument, NotFound, Unavailable
-from serving.model_control import MODES, ModelControl
+from serving.model_control import ModelControl
 from serving.models import ModelManager
-from serving.repository import FileReader
 
 log = logging.getLogger(__name__)
 
@@ -57,32 +54,10 @@ Context: TypeAlias = grpc.aio.ServicerContext
 STREAM_IN_FLIGHT = 64
 
 
-def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """Model control flags (Triton's names): off by default; explicit mode needs a token."""
-    group = parser.add_argument_group("Model control")
-    add_option(group, env, "--model-control-mode", default="none", choices=MODES,
-               help="'explicit' enables RepositoryModelLoad/Unload for callers presenting the token")
-    add_option(group, env, "--load-model", default="",
-               help="explicit mode: models to load at start, comma-separated, or '*' for all (default: none)")
-    add_option(group, env, "--model-control-token", default="",
-               help="bearer token required by RepositoryModelLoad/Unload (prefer the environment variable)")
-
-
 def register(server: grpc.aio.Server, context: ServingContext) -> Sequence[str]:
-    """Add the v2 servicer; exits with a one-line message for inconsistent model-control settings."""
-    extras = context.config.extras
-    try:
-        control = ModelControl.create(
-            extras.get("model_control_mode", "none"), extras.get("model_control_token", ""),
-            context.config.model_repository, extras.get("load_model", ""),
-        )
-    except ValueError as error:
-        raise SystemExit(f"ninefold serve: {error}") from None
-    context.models.startup_models = control.startup_models
-    if control.enabled:  # loads on request: every file read must stay inside the repository
-        context.models.files = FileReader.confined(context.config.model_repository)
+    """Add the v2 servicer (with its HTTP routes)."""
     limits = InputLimits(context.config.image_limits(), context.config.max_images_per_request)
-    servicer = InferenceServicer(context.models, control, limits, context.regions)
+    servicer = InferenceServicer(context.models, context.control, limits, context.regions)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     context.http_routes.extend(http_routes.routes(servicer))
     return (SERVICE_NAME,)

@@ -1,6 +1,7 @@
 """ModelInfer: an Open Inference Protocol request -> the model's batcher -> a response.
 
-The same `ServedModel.infer` (and so the same dynamic batcher) serves v2 and task requests.
+The same `ServedModel.infer` (and so the same dynamic batcher) serves v2 and task requests, and the
+same `model.request` block counts each request once, from decoding to the encoded response.
 Everything a client sent is checked before any array is built (serving.api.v2_codec). Task
 models whose input is `images` also take that input as BYTES, one encoded JPEG/PNG/WebP image
 per element (shape [B] or [B, 1]), decoded and preprocessed by the task layer exactly as the
@@ -22,7 +23,7 @@ from serving.api.shm import SharedMemoryRef, SharedMemoryRegistry
 from serving.api.v2_classification import top_k_strings
 from serving.api.v2_codec import WireSpec, datatype_of, decode_input, encode_raw
 from serving.deferred import DeferredRows
-from serving.errors import InvalidArgument, NotFound, ResourceExhausted
+from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import EncodedImage, ImageLimits
 from serving.models import ModelManager, ServedModel
 from serving.repository import is_version_name
@@ -86,16 +87,12 @@ def takes_encoded_images(model: ServedModel) -> bool:
 
 
 async def decode_request(
-    request: pb.ModelInferRequest, manager: ModelManager, limits: InputLimits, regions: SharedMemoryRegistry
+    request: pb.ModelInferRequest, model: ServedModel, limits: InputLimits, regions: SharedMemoryRegistry
 ) -> DecodedRequest:
-    """Find the model and decode every input; raises the core's domain errors (NotFound, InvalidArgument...)."""
-    model = manager.get(request.model_name, parse_version(request.model_version))
-    try:
-        inputs = await _decode_inputs(request, model, limits, regions)
-        outputs = _requested_outputs(request.outputs, model)
-    except (InvalidArgument, ResourceExhausted, NotFound) as error:  # NotFound: an unknown shared memory region
-        model.record_failure(error.reason)
-        raise
+    """Decode every input for `model`; raises the core's domain errors (InvalidArgument, NotFound for an
+    unknown shared memory region...)."""
+    inputs = await _decode_inputs(request, model, limits, regions)
+    outputs = _requested_outputs(request.outputs, model)
     return DecodedRequest(model=model, inputs=inputs, outputs=outputs, id=request.id)
 
 
@@ -243,8 +240,11 @@ async def infer(
     deadline: float | None,
     regions: SharedMemoryRegistry,
 ) -> pb.ModelInferResponse:
-    """Decode, run through the model's batcher, encode. Raises the core's domain errors."""
-    decoded = await decode_request(request, manager, limits, regions)
-    outputs = await decoded.model.infer(decoded.inputs, deadline)
-    return encode_response(decoded, outputs, regions)
+    """Find the model; decode, run through its batcher, encode, counted as one request of it. Raises the
+    core's domain errors."""
+    model = manager.get(request.model_name, parse_version(request.model_version))
+    with model.request(deadline):
+        decoded = await decode_request(request, model, limits, regions)
+        outputs = await model.infer(decoded.inputs, deadline)
+        return encode_response(decoded, outputs, regions)
 

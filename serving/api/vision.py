@@ -3,54 +3,35 @@
 Each RPC resolves its model (named, or the task's default), checks the model serves that task
 (FAILED_PRECONDITION otherwise) and the request's limits, converts the protobuf into task inputs,
 awaits the task (serving.tasks) and converts its results back. Domain errors become status codes
-in serving.api.status. Each request is counted once, here, on the model it names, success or
-failure, with its whole duration (decoding to response): the task's own `infer` calls are not
-counted, so a caption whose decoding fails after a good encoder pass is a failed captioner request.
-The caption decoder counts its steps as its own requests.
+in serving.api.status. Each request runs inside `model.request(deadline)` on the model it names
+(serving.models.served: the one place requests are counted), so it counts once, success or failure,
+with its whole duration (decoding to response): a caption whose decoding fails after a good encoder
+pass is a failed captioner request. The caption decoder counts its steps as its own requests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import TypeVar
 
 import grpc
-import numpy as np
 
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.api import ServingContext
-from serving.deferred import DeferredRows
-from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, cancellation_reason
+from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
 from serving.repository import DECODER_TASK
-from serving.tasks.caption import Caption, Captioner, CaptionOptions
-from serving.tasks.classify import Classification, Classifier
-from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detections, Detector
+from serving.tasks.caption import Captioner, CaptionOptions
+from serving.tasks.classify import Classifier
+from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detector
 from serving.tasks.factory import TaskFactory
-from serving.tasks.generate import GeneratedImage, Generator, latents_from_seed, latents_from_values
-from serving.tasks.warp import Warper, WarpResult
+from serving.tasks.generate import Generator, latents_from_seed, latents_from_values
+from serving.tasks.warp import Warper
 
 T = TypeVar("T")
-R = TypeVar("R")
-
-
-class _Uncounted:
-    """The TensorModel a request's task runs through: the model's `infer`, not counted there,
-    because `VisionServicer._run` counts the whole request once."""
-
-    __slots__ = ("model",)
-
-    def __init__(self, model: ServedModel) -> None:
-        self.model = model
-
-    async def infer(
-        self, inputs: Mapping[str, np.ndarray | DeferredRows], deadline: float | None
-    ) -> Mapping[str, np.ndarray]:
-        return await self.model.infer(inputs, deadline, counted=False)
 
 
 def images_from_grpc(images: Sequence[pb.Image], limit: int) -> list[ImageInput]:
@@ -91,45 +72,27 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         self._max_images = max_images_per_request
 
     def _model_for(self, ref: pb.ModelRef, task: str) -> ServedModel:
-        """The named model (or the task's default); FAILED_PRECONDITION when it serves another task."""
+        """The named model (or the task's default)."""
         if ref.version < 0:
             raise InvalidArgument(f"model version {ref.version} is negative; use 0 for the newest")
-        model = self._models.get(ref.name, ref.version) if ref.name else self._models.default_for(task)
+        return self._models.get(ref.name, ref.version) if ref.name else self._models.default_for(task)
+
+    def _task(self, model: ServedModel, task: str, kind: type[T]) -> T:
+        """`model`'s task object; FAILED_PRECONDITION when the model serves another task (counted on it:
+        called inside its `request` block)."""
         if model.task != task:
             serves = f"task '{model.task}'" if model.task else "no task (a plain tensor model for the v2 protocol)"
             hint = "; name its captioner instead" if model.task == DECODER_TASK else ""
-            error = FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
-            model.record_failure(error.reason)
-            raise error
-        return model
-
-    async def _run(
-        self, model: ServedModel, kind: type[T], work: Callable[[T], Awaitable[R]], deadline: float | None
-    ) -> R:
-        """Run `work` on `model`'s task object; count the request on `model` once, however it ends
-        (a call cancelled at its `deadline` as deadline_exceeded, not cancelled)."""
-        started = time.perf_counter_ns()
-        try:
-            result = await work(self._tasks.for_request(model, kind, _Uncounted(model)))
-        except ServingError as error:
-            model.record_request(time.perf_counter_ns() - started, error.reason)
-            raise
-        except asyncio.CancelledError:
-            model.record_request(time.perf_counter_ns() - started, cancellation_reason(deadline))
-            raise
-        model.record_request(time.perf_counter_ns() - started)
-        return result
+            raise FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
+        return self._tasks.task_for(model, kind)
 
     # ------------------------------------------------------------------ RPCs
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        model = self._model_for(request.model, "classify")
-        deadline = deadline_of(context)
-
-        async def work(classifier: Classifier) -> list[Classification]:
+        model, deadline = self._model_for(request.model, "classify"), deadline_of(context)
+        with model.request(deadline):
+            classifier = self._task(model, "classify", Classifier)
             images = images_from_grpc(request.images, self._max_images)
-            return await classifier.classify(images, request.top_k, deadline)
-
-        results = await self._run(model, Classifier, work, deadline)
+            results = await classifier.classify(images, request.top_k, deadline)
         return pb.ClassifyResponse(
             model=model_ref(model),
             results=[
@@ -141,10 +104,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        model = self._model_for(request.model, "detect")
-        deadline = deadline_of(context)
-
-        async def work(detector: Detector) -> list[Detections]:
+        model, deadline = self._model_for(request.model, "detect"), deadline_of(context)
+        with model.request(deadline):
+            detector = self._task(model, "detect", Detector)
             if not 0.0 <= request.score_threshold <= 1.0:
                 raise InvalidArgument(f"score_threshold {request.score_threshold} is outside [0, 1]")
             options = DetectionOptions(
@@ -152,9 +114,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
                 max_detections=request.max_detections,
             )
             images = images_from_grpc(request.images, self._max_images)
-            return await detector.detect(images, options, deadline)
-
-        results = await self._run(model, Detector, work, deadline)
+            results = await detector.detect(images, options, deadline)
         return pb.DetectResponse(
             model=model_ref(model),
             results=[
@@ -174,25 +134,21 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Caption(self, request: pb.CaptionRequest, context: grpc.aio.ServicerContext) -> pb.CaptionResponse:
-        model = self._model_for(request.model, "caption")
-        deadline = deadline_of(context)
+        model, deadline = self._model_for(request.model, "caption"), deadline_of(context)
         options = CaptionOptions(beam_size=request.beam_size, max_length=request.max_length)
-
-        async def work(captioner: Captioner) -> list[Caption]:
+        with model.request(deadline):
+            captioner = self._task(model, "caption", Captioner)
             images = images_from_grpc(request.images, self._max_images)
-            return await captioner.caption(images, options, deadline)
-
-        results = await self._run(model, Captioner, work, deadline)
+            results = await captioner.caption(images, options, deadline)
         return pb.CaptionResponse(
             model=model_ref(model),
             results=[pb.Caption(text=c.text, log_probability=c.log_probability) for c in results],
         )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        model = self._model_for(request.model, "generate")
-        deadline = deadline_of(context)
-
-        async def work(generator: Generator) -> list[GeneratedImage]:
+        model, deadline = self._model_for(request.model, "generate"), deadline_of(context)
+        with model.request(deadline):
+            generator = self._task(model, "generate", Generator)
             count = len(request.latents) or request.count or 1
             if count > self._max_images:
                 raise ResourceExhausted(f"{count} images in one request; the limit is {self._max_images}")
@@ -200,23 +156,18 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
                 latents = latents_from_values([latent.values for latent in request.latents], generator.latent_size)
             else:
                 latents = latents_from_seed(request.seed, count, generator.latent_size)
-            return await generator.generate(latents, deadline)
-
-        results = await self._run(model, Generator, work, deadline)
+            results = await generator.generate(latents, deadline)
         return pb.GenerateResponse(
             model=model_ref(model),
             images=[pb.GeneratedImage(png=i.png, height=i.height, width=i.width) for i in results],
         )
 
     async def Warp(self, request: pb.WarpRequest, context: grpc.aio.ServicerContext) -> pb.WarpResponse:
-        model = self._model_for(request.model, "warp")
-        deadline = deadline_of(context)
-
-        async def work(warper: Warper) -> list[WarpResult]:
+        model, deadline = self._model_for(request.model, "warp"), deadline_of(context)
+        with model.request(deadline):
+            warper = self._task(model, "warp", Warper)
             images = images_from_grpc(request.images, self._max_images)
-            return await warper.warp(images, deadline)
-
-        results = await self._run(model, Warper, work, deadline)
+            results = await warper.warp(images, deadline)
         return pb.WarpResponse(
             model=model_ref(model),
             results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],

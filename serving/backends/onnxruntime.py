@@ -1,14 +1,14 @@
 """ONNX Runtime backend: one InferenceSession per instance, providers chosen per device.
 
-`providers_for` and `intra_op_threads` are pure (unit-tested on CPU with fake devices); only
-`OnnxRuntimeBackend` touches the runtime.
+`providers_for`, `intra_op_threads` and `settled_threads` (the thread policy) are pure (unit-tested on
+CPU with fake devices); only `OnnxRuntimeBackend` touches the runtime.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,27 @@ def intra_op_threads(settings: BackendSettings, cpu_instances: int, cores: int |
         return settings.intra_op_threads
     cores = cores or available_cpus()
     return max(1, cores // max(1, cpu_instances))
+
+
+#: With automatic threads (--ort-threads 0), a CPU-only model whose warm batch-1 run takes less than this
+#: gets one thread per instance: waking pool threads for every operator then costs more than the
+#: parallelism saves (docs/PERFORMANCE.md, "Why the defaults are what they are").
+LIGHT_MODEL_RUN_S = 0.002
+
+
+def settled_threads(
+    settings: BackendSettings, threads: int, cpu_only: bool, batch_one_seconds: Callable[[], float], model: str
+) -> int:
+    """The threads per instance a model keeps once warm: `threads`, or 1 when they were chosen
+    automatically for a CPU-only model whose warm batch-1 run (`batch_one_seconds()`, measured only
+    then) is under LIGHT_MODEL_RUN_S."""
+    if threads <= 1 or settings.intra_op_threads != 0 or not cpu_only:
+        return threads
+    run_s = batch_one_seconds()
+    if run_s >= LIGHT_MODEL_RUN_S:
+        return threads
+    log.info("model %s: %.2f ms a batch-1 run: one ONNX Runtime thread", model, 1e3 * run_s)
+    return 1
 
 
 #: The providers that mean "this session computes on the GPU".

@@ -2,8 +2,8 @@
 
 A task object (Classifier, Detector, Captioner, Generator, Warper) holds what its model's
 `parameters` say (docs/MODEL_REPOSITORY.md) already parsed: preprocessing, labels, vocabulary,
-latent size. It is cached per ServedModel object, so a reloaded model gets a fresh one.
-`for_request` binds the cached object to the model a request goes through (see serving.api.vision).
+latent size. It is cached per ServedModel object, so a reloaded model gets a fresh one. It runs
+inference straight through its ServedModel: the transport's `model.request` block counts the request.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -23,7 +22,7 @@ from serving.models import ModelManager, ServedModel
 from serving.repository import ConfigError
 from serving.tasks.caption import Captioner
 from serving.tasks.classify import Classifier
-from serving.tasks.common import TensorModel, json_parameter, preprocessing_from
+from serving.tasks.common import json_parameter, preprocessing_from
 from serving.tasks.detect import Detector
 from serving.tasks.generate import Generator
 from serving.tasks.warp import Warper
@@ -35,7 +34,8 @@ T = TypeVar("T")
 class StartedModel:
     """A TensorModel looked up by name once, when a request starts, and used for all of its calls (a
     caption's decoder steps): a draining server refuses new lookups, and a request it admitted must
-    still finish. Looked up again only when that version stopped serving (a reload replaced it)."""
+    still finish. Looked up again only when that version stopped serving (a reload replaced it).
+    Each call counts as one request of that model (its own `request` block)."""
 
     def __init__(self, models: ModelManager, name: str) -> None:
         self._models = models
@@ -47,7 +47,9 @@ class StartedModel:
     ) -> Mapping[str, np.ndarray]:
         if not self._model.ready:
             self._model = self._models.get(self._name)
-        return await self._model.infer(inputs, deadline)
+        model = self._model
+        with model.request(deadline):
+            return await model.infer(inputs, deadline)
 
 
 class TaskFactory:
@@ -58,14 +60,14 @@ class TaskFactory:
         self._limits = limits
         self._cache: weakref.WeakKeyDictionary[ServedModel, Task] = weakref.WeakKeyDictionary()
 
-    def for_request(self, model: ServedModel, kind: type[T], through: TensorModel) -> T:
-        """`model`'s task object (of `kind`, matching model.task), running its inference `through`."""
+    def task_for(self, model: ServedModel, kind: type[T]) -> T:
+        """`model`'s task object (of `kind`, matching model.task), built on first use."""
         task = self._cache.get(model)
         if task is None:
             task = self._cache[model] = self._build(model)
         if not isinstance(task, kind):
             raise TypeError(f"model {model.name} builds a {type(task).__name__}, not a {kind.__name__}")
-        return replace(task, model=through)  # type: ignore[type-var]
+        return task
 
     def _build(self, model: ServedModel) -> Task:
         parameters, name = model.parameters, model.name

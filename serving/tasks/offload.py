@@ -1,7 +1,7 @@
 """Run CPU-heavy image work off the event loop, but only when it is heavy enough to pay.
 
-A hop to a worker thread costs about 40 us on the target machine, as much as decoding a 64x64
-JPEG. So a request's image work runs inline on the event loop when its pixel count is small, and
+A hop to a worker thread costs as much as decoding a small JPEG (figures: docs/PERFORMANCE.md).
+So a request's image work runs inline on the event loop when its pixel count is small, and
 otherwise in the pool as at most IMAGE_WORKERS jobs (never one job per image). Pillow and NumPy
 release the GIL while they decode, resize and compute, so the pool's threads run in parallel.
 """
@@ -19,8 +19,8 @@ from serving.cpus import available_cpus
 
 T = TypeVar("T")
 
-#: Work below this many pixels (summed over a request) runs inline: ~0.15 ms of decoding, less than
-#: a thread hop plus the scheduling delay it adds under load.
+#: Work below this many pixels (summed over a request) runs inline: its decoding costs less than a
+#: thread hop plus the scheduling delay it adds under load.
 INLINE_PIXEL_BUDGET = 128 * 128
 
 #: Threads of the image pool, and the most pieces one request's work is split into: the CPUs this

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Mapping
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from serving.__main__ import main
-from serving.config import add_option, env_name, load_config
+from serving.config import ServerConfig, build_parser, env_name, load_config
 
 
 def test_defaults_follow_the_shared_conventions() -> None:
@@ -52,13 +51,20 @@ def test_a_missing_repository_or_a_bad_value_is_a_usage_error() -> None:
         load_config(["--model-repository", "r", "--port", "eighty"], env={})
 
 
-def test_adapter_hooks_add_flags_with_the_same_env_convention() -> None:
-    def hook(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-        add_option(parser, env, "--model-control-mode", default="none", choices=("none", "explicit"), help="mode")
-
-    config = load_config(["--model-repository", "r"], env={"NINEFOLD_MODEL_CONTROL_MODE": "explicit"}, extra=[hook])
-    assert config.extras == {"model_control_mode": "explicit"}
+def test_model_control_settings_are_typed_fields_with_the_same_env_convention() -> None:
+    env = {"NINEFOLD_MODEL_CONTROL_MODE": "explicit", "NINEFOLD_MODEL_CONTROL_TOKEN": "t" * 16}
+    config = load_config(["--model-repository", "r", "--load-model", "a,b"], env=env)
+    assert (config.model_control_mode, config.model_control_token, config.load_model) == ("explicit", "t" * 16, "a,b")
     assert env_name("--model-control-mode") == "NINEFOLD_MODEL_CONTROL_MODE"
+    with pytest.raises(SystemExit):
+        load_config(["--model-repository", "r", "--model-control-mode", "implicit"], env={})
+
+
+def test_the_parser_defaults_are_the_dataclass_defaults() -> None:
+    """Defaults are written once (the fields); every field has its flag, and no flag lacks a field."""
+    assert load_config(["--model-repository", "r"], env={}) == ServerConfig(model_repository=Path("r"))
+    flags = {action.dest for action in build_parser({})._actions if action.dest != "help"}
+    assert flags == {spec.name for spec in dataclasses.fields(ServerConfig)}
 
 
 def test_help_documents_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:

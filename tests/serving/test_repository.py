@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import models, repository
-from serving.backends import BackendSettings
+from serving import repository
+from serving.backends import BackendSettings, onnxruntime
 from serving.backends.onnxruntime import OnnxRuntimeBackend, intra_op_threads
 from serving.errors import InvalidArgument, NotFound, NotReady
 from serving.models import ModelManager, ModelState
@@ -107,7 +107,7 @@ def load(repo: Path) -> ModelManager:
 def test_automatic_threads_give_a_light_model_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, light: bool
 ) -> None:
-    monkeypatch.setattr(models, "LIGHT_MODEL_RUN_S", float("inf") if light else 0.0)
+    monkeypatch.setattr(onnxruntime, "LIGHT_MODEL_RUN_S", float("inf") if light else 0.0)
     write_model(tmp_path, "doubler", doubler_graph(), tensor_config(4))
     manager = load(tmp_path)
     backend = manager.get("doubler")._backends[0]
@@ -176,7 +176,7 @@ def test_infer_names_the_tensor_that_is_wrong(tmp_path: Path) -> None:
             ({"x": np.ones((0, 4), np.float32)}, "at least one item"),
         ]
         for inputs, message in cases:
-            with pytest.raises(InvalidArgument, match=message):
+            with pytest.raises(InvalidArgument, match=message), model.request():
                 await model.infer(inputs)
         snapshot = model.stats()
         assert snapshot.fail.count == 4 and snapshot.failures_by_reason == {"invalid_argument": 4}
