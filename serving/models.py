@@ -37,7 +37,7 @@ from serving.ladder import batch_ladder
 from serving.placement import Gpu, Placement, PlacementError, place
 from serving.repository import (
     BELOW_THRESHOLD_PARAMETER,
-    DECODER_TASK,
+    HELPER_TASKS,
     ConfigError,
     FileReader,
     ModelSource,
@@ -361,7 +361,7 @@ class ModelManager:
         return bool(model.task) and self._default_name(model.task) == model.name
 
     def _default_name(self, task: str) -> str | None:
-        if task == DECODER_TASK:
+        if task in HELPER_TASKS:
             return None
         names = sorted(
             (name for name, versions in self._models.items() if versions[max(versions)].task == task),
@@ -379,8 +379,8 @@ class ModelManager:
         return [model for _, versions in sorted(self._models.items()) for _, model in sorted(versions.items())]
 
     def tasks(self) -> list[str]:
-        """The tasks some model of the repository serves (caption_decoder excluded), sorted."""
-        return sorted({m.task for m in self.models() if m.task and m.task != DECODER_TASK})
+        """The tasks some model of the repository serves (HELPER_TASKS excluded), sorted."""
+        return sorted({m.task for m in self.models() if m.task and m.task not in HELPER_TASKS})
 
     def index(self) -> list[RepositoryEntry]:
         """Every model folder on disk with the state of each version (for RepositoryIndex)."""

@@ -242,7 +242,9 @@ def retrieval_quality(model: Aligner, pools: Sequence[Sequence[Scene]]) -> Quali
     for pool in pools:
         tokens = token_tensor(model.vocabulary, [scene.caption for scene in pool], config.max_words)
         scored = alignment_scores(
-            model.image(_images(pool)).numpy(), model.sentence(tokens).numpy(), (tokens != model.vocabulary.pad_id).numpy()
+            model.image(_images(pool)).numpy(),
+            model.sentence(tokens).numpy(),
+            (tokens != model.vocabulary.pad_id).numpy(),
         ).scores
         for direction, matrix in (("image_to_sentence", scored), ("sentence_to_image", scored.T)):
             for k, value in recall_at(matrix, RECALL_KS).items():

@@ -26,7 +26,8 @@ from serving.deferred import DeferredRows
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, cancellation_reason
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
-from serving.repository import DECODER_TASK
+from serving.repository import HELPER_TASKS
+from serving.tasks.align import Aligner, Alignment
 from serving.tasks.caption import Caption, Captioner, CaptionOptions
 from serving.tasks.classify import Classification, Classifier
 from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detections, Detector
@@ -97,7 +98,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         model = self._models.get(ref.name, ref.version) if ref.name else self._models.default_for(task)
         if model.task != task:
             serves = f"task '{model.task}'" if model.task else "no task (a plain tensor model for the v2 protocol)"
-            hint = "; name its captioner instead" if model.task == DECODER_TASK else ""
+            hint = "; name its main model instead" if model.task in HELPER_TASKS else ""
             error = FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
             model.record_failure(error.reason)
             raise error
@@ -220,6 +221,40 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         return pb.WarpResponse(
             model=model_ref(model),
             results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],
+        )
+
+    async def Align(self, request: pb.AlignRequest, context: grpc.aio.ServicerContext) -> pb.AlignResponse:
+        model = self._model_for(request.model, "align")
+        deadline = deadline_of(context)
+
+        async def work(aligner: Aligner) -> Alignment:
+            images = images_from_grpc(request.images, self._max_images)
+            return await aligner.align(images, request.sentences, deadline)
+
+        result = await self._run(model, Aligner, work, deadline)
+        return pb.AlignResponse(
+            model=model_ref(model),
+            images=[
+                pb.ImageAlignment(
+                    sentences=[
+                        pb.SentenceMatch(
+                            sentence=match.sentence,
+                            score=match.score,
+                            words=[pb.AlignedWord(word=w.word, region=w.region, score=w.score) for w in match.words],
+                        )
+                        for match in image.sentences
+                    ],
+                    regions=[pb.Box(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2) for b in image.regions],
+                )
+                for image in result.images
+            ],
+            sentences=[
+                pb.SentenceRanking(
+                    images=[pb.ImageMatch(image=m.image, score=m.score) for m in ranking.images],
+                    ignored_words=ranking.ignored_words,
+                )
+                for ranking in result.sentences
+            ],
         )
 
     async def ListModels(

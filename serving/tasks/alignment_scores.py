@@ -14,18 +14,21 @@ import numpy as np
 @dataclass(frozen=True)
 class AlignmentScores:
     """scores float (I, S): image i against sentence s. best_region int (I, S, T): for each word t of
-    sentence s, the region of image i its dot product is largest with (padding positions: 0)."""
+    sentence s, the region of image i its dot product is largest with; word_scores float (I, S, T): that
+    dot product (padding positions: region 0, score 0)."""
 
     scores: np.ndarray
     best_region: np.ndarray
+    word_scores: np.ndarray
 
 
 def alignment_scores(regions: np.ndarray, words: np.ndarray, mask: np.ndarray) -> AlignmentScores:
     """regions float (I, R, D), words float (S, T, D), mask bool (S, T) (True = a word, False = padding)."""
     dots = np.einsum("ird,std->isrt", regions, words, optimize=True)  # (I, S, R, T)
-    best = dots.max(axis=2)
-    scores = np.where(mask[None], best, 0.0).sum(axis=2)
-    return AlignmentScores(scores=scores.astype(np.float32), best_region=dots.argmax(axis=2) * mask[None])
+    best = np.where(mask[None], dots.max(axis=2), 0.0)
+    return AlignmentScores(
+        scores=best.sum(axis=2, dtype=np.float32), best_region=dots.argmax(axis=2) * mask[None], word_scores=best
+    )
 
 
 def recall_at(scores: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
