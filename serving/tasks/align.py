@@ -114,7 +114,7 @@ def alignment_results(
     words: np.ndarray,
     sentences: EncodedSentences,
     pad: int,
-    boxes: Sequence[Box],
+    boxes: Sequence[Sequence[Box]],
 ) -> Alignment:
     """The answer from the two models' outputs; `boxes` per image and region (original pixels)."""
     scored = alignment_scores(regions, words, sentences.tokens != pad)
