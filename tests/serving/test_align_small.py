@@ -26,6 +26,7 @@ from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.tasks.alignment_scores import alignment_scores
+from tests.serving.test_vision_tiny import metric
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 pytestmark = pytest.mark.slow
@@ -135,6 +136,25 @@ def test_bad_sentences_are_invalid_arguments_naming_them(vision, sentences: list
         vision.Align(pb.AlignRequest(images=[raw_image(scene.image)], sentences=sentences), timeout=60)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details()
     assert vision.Align(pb.AlignRequest(images=[raw_image(scene.image)], sentences=["a star"]), timeout=60).images
+
+
+def test_requests_are_counted_on_the_align_model_and_sentences_on_their_own(server: ServerProcess, vision) -> None:
+    image, sentence = {"model": MODEL, "version": "1"}, {"model": f"{MODEL}_sentence", "version": "1"}
+    before = [
+        metric(server, "nv_inference_request_success", **image),
+        metric(server, "nv_inference_request_success", **sentence),
+        metric(server, "nv_inference_request_failure", reason="invalid_argument", **image),
+    ]
+    (scene,) = make_scenes(1, 64, SEED + 6)
+    vision.Align(pb.AlignRequest(images=[raw_image(scene.image)], sentences=[scene.caption]), timeout=60)
+    with pytest.raises(grpc.RpcError):
+        vision.Align(pb.AlignRequest(images=[raw_image(scene.image)], sentences=[""]), timeout=60)
+    after = [
+        metric(server, "nv_inference_request_success", **image),
+        metric(server, "nv_inference_request_success", **sentence),
+        metric(server, "nv_inference_request_failure", reason="invalid_argument", **image),
+    ]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
 
 
 def test_the_sentence_graph_answers_no_task_of_its_own(vision) -> None:
