@@ -17,6 +17,7 @@ from clients import results
 from clients.errors import InputError
 from clients.images import ImagesInput, to_proto_images
 from clients.results import (
+    Alignment,
     Answer,
     Caption,
     Classification,
@@ -105,6 +106,16 @@ def generate(
 def warp(images: ImagesInput, model: str = "", version: int = 0) -> Call[Answer[Warp]]:
     request = vision_pb2.WarpRequest(model=_model_ref(model, version), images=to_proto_images(images))
     return Call("Warp", request, _answer(results.warp))
+
+
+def align(images: ImagesInput, sentences: Sequence[str], model: str = "", version: int = 0) -> Call[Alignment]:
+    """Every image against every sentence: per image the sentences ranked with each word's best region,
+    per sentence the images ranked. A single string is one sentence."""
+    texts = [sentences] if isinstance(sentences, str) else list(sentences)
+    if not texts:
+        raise InputError("align needs at least one sentence")
+    request = vision_pb2.AlignRequest(model=_model_ref(model, version), images=to_proto_images(images), sentences=texts)
+    return Call("Align", request, lambda response: results.alignment(response, texts))
 
 
 def list_models(task: str = "") -> Call[tuple[ModelInfo, ...]]:

@@ -1,6 +1,7 @@
 """The `ninefold` command: client subcommands against a running server, and the other stages.
 
     ninefold classify|detect|caption|warp IMAGE... [--model M] [--version V] [--server HOST:PORT] [--json]
+    ninefold align IMAGE SENTENCE...
     ninefold generate [--count N] [--seed S] --out DIR
     ninefold models [--task TASK]
     ninefold export|serve|bench ...     (dispatched to export/, serving/, clients/bench/)
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--max-length", type=_non_negative_int, default=0, help="tokens (0 = model's maximum)")
     warp = task("warp", "the spatial transformer's warped image and affine theta", _each_image(_warp), [images])
     warp.add_argument("--out", type=Path, default=Path("."), help="folder for the warped PNGs (default: .)")
+    align = task("align", "rank sentences for an image, each word with its best region", _align, [model])
+    align.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG or WebP)")
+    align.add_argument("sentences", nargs="+", metavar="SENTENCE", help="a sentence to score against the image")
     generate = task("generate", "draw images from the generator", _generate, [model])
     generate.add_argument("--count", type=_non_negative_int, default=4, help="images to draw (default: 4)")
     generate.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same images")
@@ -202,6 +206,11 @@ def _each_image(ask: Callable[[VisionClient, str, argparse.Namespace], Output]) 
                 yield ImageFailure(f"{image}: {error}")
 
     return handler
+
+
+def _align(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:
+    answer = client.align(args.image, args.sentences, model=args.model, version=args.version)
+    yield formatting.alignment(args.image, answer)
 
 
 def _generate(client: VisionClient, args: argparse.Namespace) -> Iterator[Output]:

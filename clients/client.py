@@ -30,7 +30,7 @@ from clients.calls import Call
 from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles, open_aio_channel, open_channel
 from clients.errors import InputError, VisionError
 from clients.images import ImagesInput
-from clients.results import Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
+from clients.results import Alignment, Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
 from protos.ninefold.v1 import vision_pb2_grpc
 
 R = TypeVar("R")
@@ -101,6 +101,17 @@ class VisionClient:
         self, images: ImagesInput, *, model: str = "", version: int = 0, timeout: float | None = None
     ) -> Answer[Warp]:
         return self.call(calls.warp(images, model, version), timeout)
+
+    def align(
+        self,
+        images: ImagesInput,
+        sentences: Sequence[str],
+        *,
+        model: str = "",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Alignment:
+        return self.call(calls.align(images, sentences, model, version), timeout)
 
     def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return self.call(calls.list_models(task), timeout)
@@ -217,6 +228,17 @@ class AsyncVisionClient:
         self, images: ImagesInput, *, model: str = "", version: int = 0, timeout: float | None = None
     ) -> Answer[Warp]:
         return await self.call(calls.warp(images, model, version), timeout)
+
+    async def align(
+        self,
+        images: ImagesInput,
+        sentences: Sequence[str],
+        *,
+        model: str = "",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Alignment:
+        return await self.call(calls.align(images, sentences, model, version), timeout)
 
     async def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return await self.call(calls.list_models(task), timeout)

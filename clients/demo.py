@@ -15,6 +15,7 @@ import io
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,32 @@ def warp(client: VisionClient, out: Path, seed: int) -> None:
     _save(pictures.grid(tiles, 3, f"warp: {answer.model}  (input | warped | undistorted)"), out / "warp.png")
 
 
+def align(client: VisionClient, out: Path, seed: int) -> None:
+    """The scenes' images and captions in one request: each image's captions ranked, and the paper's figure:
+    the words of the image's own caption on the regions they align with (0 = the whole image)."""
+    scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
+    captions = [scene.caption for scene in scenes]
+    answer = client.align([scene.image for scene in scenes], captions)
+    tiles = []
+    for i, (scene, result) in enumerate(zip(scenes, answer.images, strict=True)):
+        print("  " + formatting.alignment(f"scene {i}", replace(answer, images=(result,))).text.replace("\n", "\n  "))
+        own = next(match for match in result.sentences if match.sentence == i)
+        by_region: dict[int, list[str]] = {}
+        for word in own.words:
+            by_region.setdefault(word.region, []).append(word.word)
+        regions = sorted(by_region, key=lambda region: -len(by_region[region]))
+        image = pictures.draw_boxes(
+            pictures.enlarge(scene.image),
+            [result.regions[region] for region in regions],
+            [" ".join(by_region[region]) for region in regions],
+            scale=pictures.TILE_SIDE / SCENE_SIDE,
+        )
+        best = result.sentences[0]
+        verdict = pictures.GOOD if best.sentence == i else pictures.BAD
+        tiles.append(pictures.with_caption(image, [f"best: {best.text}", f"truth: {scene.caption}"], [verdict]))
+    _save(pictures.grid(tiles, COLUMNS, f"align (words on their regions): {answer.model}"), out / "align.png")
+
+
 def models(client: VisionClient, out: Path, seed: int) -> None:
     infos = client.list_models()
     print("\n".join("  " + line for line in formatting.models(infos).text.splitlines()))
@@ -154,6 +181,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("caption", caption),
     ("generate", generate),
     ("warp", warp),
+    ("align", align),
 )
 
 

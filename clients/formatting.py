@@ -3,7 +3,8 @@
 JSON shapes are the CLI's contract (one object per request):
 classify `{"model", "predictions": [{"label", "score"}]}`, detect `{"model", "detections":
 [{"label", "score", "box": [x1, y1, x2, y2]}]}`, caption `{"model", "caption"}`,
-warp `{"model", "theta", "image_path"}`, generate `{"model", "image_paths"}`.
+warp `{"model", "theta", "image_path"}`, generate `{"model", "image_paths"}`, align `{"model", "sentences":
+[{"sentence", "score", "words": [{"word", "region", "box"}], "ignored_words"}]}` (best first).
 `model` is the answering model's name; numbers are the float32 values the server sent,
 written with the fewest digits that read back as the same float32.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.results import Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
+from clients.results import Alignment, Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,27 @@ def warp(image: str, answer: Answer[Warp], image_path: str) -> Output:
         json={"model": answer.model.name, "theta": theta, "image_path": image_path},
         text=f"{image} -> {image_path}: {result.label} {result.score:.3f}, theta [{rows}] ({answer.model})",
     )
+
+
+def alignment(image: str, answer: Alignment) -> Output:
+    """The sentences ranked for the image, each known word with its region (0 = the whole image)."""
+    (result,) = answer.images
+    ranked = [
+        {
+            "sentence": match.text,
+            "score": _float(match.score),
+            "words": [{"word": w.word, "region": w.region, "box": [_float(v) for v in w.box]} for w in match.words],
+            "ignored_words": list(answer.sentences[match.sentence].ignored_words),
+        }
+        for match in result.sentences
+    ]
+    lines = [f"{image}: {len(ranked)} sentences, best first ({answer.model})"]
+    for match in result.sentences:
+        words = " ".join(f"{w.word}@{w.region}" for w in match.words)
+        ignored = answer.sentences[match.sentence].ignored_words
+        unknown = f" (unknown: {' '.join(ignored)})" if ignored else ""
+        lines.append(f'  {match.score:8.3f}  "{match.text}"  [{words}]{unknown}')
+    return Output(json={"model": answer.model.name, "sentences": ranked}, text="\n".join(lines))
 
 
 def generated(answer: Answer[GeneratedImage], image_paths: Sequence[str]) -> Output:

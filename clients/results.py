@@ -6,6 +6,7 @@ Every task call returns an `Answer`: the model that answered and one result per 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -94,11 +95,66 @@ class Warp:
 
 
 @dataclass(frozen=True)
+class AlignedWord:
+    word: str
+    region: int
+    """Index into the image's `regions` (0 = the whole image)."""
+    box: Box
+    """That region in the image's pixels."""
+    score: float
+    """The word's dot product with the region."""
+
+
+@dataclass(frozen=True)
+class SentenceMatch:
+    sentence: int
+    """Index into the request's sentences."""
+    text: str
+    score: float
+    """Image-sentence score: the sum of its words' scores."""
+    words: tuple[AlignedWord, ...]
+    """The words the model knows, in order, each with its best region."""
+
+
+@dataclass(frozen=True)
+class ImageAlignment:
+    sentences: tuple[SentenceMatch, ...]
+    """Every sentence of the request, best first."""
+    regions: tuple[Box, ...]
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    image: int
+    """Index into the request's images."""
+    score: float
+
+
+@dataclass(frozen=True)
+class SentenceRanking:
+    text: str
+    images: tuple[ImageMatch, ...]
+    """Every image of the request, best first."""
+    ignored_words: tuple[str, ...]
+    """Words the model does not know (left out of the score)."""
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """An Align call's answer: per image the sentences ranked, per sentence the images ranked."""
+
+    model: ModelId
+    images: tuple[ImageAlignment, ...]
+    sentences: tuple[SentenceRanking, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: int
     task: str
-    """classify, detect, caption, generate, warp, caption_decoder, or empty (plain tensor model)."""
+    """classify, detect, caption, generate, warp, align, caption_decoder, align_sentence, or empty (a plain
+    tensor model)."""
     family: str
     ready: bool
     state_reason: str
@@ -141,6 +197,34 @@ def warp(result: vision_pb2.Warp) -> Warp:
         raise ClientError(f"the server sent a theta of {len(result.theta)} numbers, expected 6 (2x3)")
     t = tuple(result.theta)
     return Warp(png=result.png, theta=((t[0], t[1], t[2]), (t[3], t[4], t[5])), label=result.label, score=result.score)
+
+
+def alignment(response: vision_pb2.AlignResponse, texts: Sequence[str]) -> Alignment:
+    """The answer to an Align request whose sentences were `texts`."""
+    images = []
+    for image in response.images:
+        regions = tuple((b.x1, b.y1, b.x2, b.y2) for b in image.regions)
+        if any(w.region >= len(regions) for m in image.sentences for w in m.words):
+            raise ClientError("the server sent a word's region outside the image's regions")
+        matches = tuple(
+            SentenceMatch(
+                sentence=m.sentence,
+                text=texts[m.sentence],
+                score=m.score,
+                words=tuple(AlignedWord(w.word, w.region, regions[w.region], w.score) for w in m.words),
+            )
+            for m in image.sentences
+        )
+        images.append(ImageAlignment(sentences=matches, regions=regions))
+    rankings = tuple(
+        SentenceRanking(
+            text=text,
+            images=tuple(ImageMatch(image=m.image, score=m.score) for m in ranking.images),
+            ignored_words=tuple(ranking.ignored_words),
+        )
+        for text, ranking in zip(texts, response.sentences, strict=True)
+    )
+    return Alignment(model=model_id(response.model), images=tuple(images), sentences=rankings)
 
 
 def model_info(info: vision_pb2.ModelInfo) -> ModelInfo:

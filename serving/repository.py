@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
 #: Values of the `task` parameter (docs/MODEL_REPOSITORY.md).
-TASKS = ("classify", "detect", "caption", "generate", "warp")
+TASKS = ("classify", "detect", "caption", "generate", "warp", "align")
 DECODER_TASK = "caption_decoder"
+SENTENCE_TASK = "align_sentence"
+#: Tasks of the second graph of a two-graph task (caption's decoder step, align's sentence side): never a
+#: default model, never answering a task RPC of their own; their main model names them.
+HELPER_TASKS = (DECODER_TASK, SENTENCE_TASK)
 #: Parameter `ninefold export --allow-below-threshold` writes into a model that missed a quality bar (the
 #: bars it missed); the server logs it as a warning when it loads the model.
 BELOW_THRESHOLD_PARAMETER = "below_threshold"
@@ -184,8 +188,8 @@ def model_spec(source: ModelSource, config: mc.ModelConfig, files: FileReader = 
         raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     task = parameters.get("task", "")
-    if task and task not in TASKS + (DECODER_TASK,):
-        raise fail(f"parameters.task '{task}' is unknown; expected one of {', '.join(TASKS + (DECODER_TASK,))}")
+    if task and task not in TASKS + HELPER_TASKS:
+        raise fail(f"parameters.task '{task}' is unknown; expected one of {', '.join(TASKS + HELPER_TASKS)}")
     inputs = tuple(_tensor(where, "input", t.name, t.data_type, t.dims, t.reshape.shape) for t in config.input)
     outputs = tuple(
         _tensor(where, "output", t.name, t.data_type, t.dims, t.reshape.shape, t.label_filename)

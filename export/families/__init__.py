@@ -22,6 +22,7 @@ FAMILY_MODULES = (
     "dcgan",
     "captioner",
     "stn",
+    "align",
 )
 
 _REGISTRY: dict[str, Family[Any]] = {}

@@ -23,7 +23,8 @@ from serving.api import ServingContext
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
-from serving.repository import DECODER_TASK
+from serving.repository import HELPER_TASKS
+from serving.tasks.align import Aligner
 from serving.tasks.caption import Captioner, CaptionOptions
 from serving.tasks.classify import Classifier
 from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detector
@@ -82,7 +83,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         called inside its `request` block)."""
         if model.task != task:
             serves = f"task '{model.task}'" if model.task else "no task (a plain tensor model for the v2 protocol)"
-            hint = "; name its captioner instead" if model.task == DECODER_TASK else ""
+            hint = "; name its main model instead" if model.task in HELPER_TASKS else ""
             raise FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
         return self._tasks.task_for(model, kind)
 
@@ -171,6 +172,37 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         return pb.WarpResponse(
             model=model_ref(model),
             results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],
+        )
+
+    async def Align(self, request: pb.AlignRequest, context: grpc.aio.ServicerContext) -> pb.AlignResponse:
+        model, deadline = self._model_for(request.model, "align"), deadline_of(context)
+        with model.request(deadline):
+            aligner = self._task(model, "align", Aligner)
+            images = images_from_grpc(request.images, self._max_images)
+            result = await aligner.align(images, request.sentences, deadline)
+        return pb.AlignResponse(
+            model=model_ref(model),
+            images=[
+                pb.ImageAlignment(
+                    sentences=[
+                        pb.SentenceMatch(
+                            sentence=match.sentence,
+                            score=match.score,
+                            words=[pb.AlignedWord(word=w.word, region=w.region, score=w.score) for w in match.words],
+                        )
+                        for match in image.sentences
+                    ],
+                    regions=[pb.Box(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2) for b in image.regions],
+                )
+                for image in result.images
+            ],
+            sentences=[
+                pb.SentenceRanking(
+                    images=[pb.ImageMatch(image=m.image, score=m.score) for m in ranking.images],
+                    ignored_words=ranking.ignored_words,
+                )
+                for ranking in result.sentences
+            ],
         )
 
     async def ListModels(

@@ -19,7 +19,7 @@ from serving.errors import NotFound, NotReady, Unavailable
 from serving.models.loader import Loader
 from serving.models.served import ModelState, ServedModel
 from serving.placement import Gpu
-from serving.repository import DECODER_TASK, ConfigError, ModelSource
+from serving.repository import HELPER_TASKS, ConfigError, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class ModelManager:
         return bool(model.task) and self._default_name(model.task) == model.name
 
     def _default_name(self, task: str) -> str | None:
-        if task == DECODER_TASK:
+        if task in HELPER_TASKS:
             return None
         names = sorted(
             (name for name, versions in self._models.items() if versions[max(versions)].task == task),
@@ -130,8 +130,8 @@ class ModelManager:
         return [model for _, versions in sorted(self._models.items()) for _, model in sorted(versions.items())]
 
     def tasks(self) -> list[str]:
-        """The tasks some model of the repository serves (caption_decoder excluded), sorted."""
-        return sorted({m.task for m in self.models() if m.task and m.task != DECODER_TASK})
+        """The tasks some model of the repository serves (HELPER_TASKS excluded), sorted."""
+        return sorted({m.task for m in self.models() if m.task and m.task not in HELPER_TASKS})
 
     def index(self) -> list[RepositoryEntry]:
         """Every model folder on disk with the state of each version (for RepositoryIndex)."""

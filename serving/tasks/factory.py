@@ -1,6 +1,6 @@
 """Build each served model's task object once from its config parameters, and hand it out per request.
 
-A task object (Classifier, Detector, Captioner, Generator, Warper) holds what its model's
+A task object (Classifier, Detector, Captioner, Generator, Warper, Aligner) holds what its model's
 `parameters` say (docs/MODEL_REPOSITORY.md) already parsed: preprocessing, labels, vocabulary,
 latent size. It is cached per ServedModel object, so a reloaded model gets a fresh one. It runs
 inference straight through its ServedModel: the transport's `model.request` block counts the request.
@@ -20,6 +20,7 @@ from serving.errors import Unavailable
 from serving.images import ImageLimits
 from serving.models import ModelManager, ServedModel
 from serving.repository import ConfigError
+from serving.tasks.align import Aligner
 from serving.tasks.caption import Captioner
 from serving.tasks.classify import Classifier
 from serving.tasks.common import json_parameter, preprocessing_from
@@ -27,7 +28,7 @@ from serving.tasks.detect import Detector
 from serving.tasks.generate import Generator
 from serving.tasks.warp import Warper
 
-Task = Classifier | Detector | Captioner | Generator | Warper
+Task = Classifier | Detector | Captioner | Generator | Warper | Aligner
 T = TypeVar("T")
 
 
@@ -81,35 +82,72 @@ class TaskFactory:
             return _generator(model)
         if model.task == "caption":
             return self._captioner(model)
+        if model.task == "align":
+            return self._aligner(model)
         raise Unavailable(f"model '{name}' has task '{model.task}', which the task API does not serve")
 
     def _captioner(self, model: ServedModel) -> Captioner:
         parameters, name = model.parameters, model.name
-        required = ("decoder_model", "vocabulary", "start_token", "end_token", "max_length")
-        missing = [key for key in required if key not in parameters]
-        if missing:
-            raise Unavailable(f"model '{name}' lacks caption parameters {missing} in its config.pbtxt; re-export it")
-        vocabulary_file = model.directory / parameters["vocabulary"]
-        if vocabulary_file.parent != model.directory or not vocabulary_file.is_file():
-            raise Unavailable(f"model '{name}': vocabulary '{parameters['vocabulary']}' is not a file in its folder")
-        try:
-            start, end, longest = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
-        except ValueError:
-            raise Unavailable(f"model '{name}': start_token, end_token and max_length must be integers") from None
-        try:
-            vocabulary = tuple(model.files.read_text(vocabulary_file).splitlines())
-        except ConfigError as error:
-            raise Unavailable(f"model '{name}': {error}") from None
+        _require(model, "caption", ("decoder_model", "vocabulary", "start_token", "end_token", "max_length"))
+        start, end, longest = _integers(model, ("start_token", "end_token", "max_length"))
         return Captioner(
             model=model,
             decoder=functools.partial(StartedModel, self._models, parameters["decoder_model"]),
             preprocessing=preprocessing_from(parameters, name),
-            vocabulary=vocabulary,
+            vocabulary=_vocabulary(model),
             start_token=start,
             end_token=end,
             max_length=longest,
             limits=self._limits,
         )
+
+    def _aligner(self, model: ServedModel) -> Aligner:
+        parameters, name = model.parameters, model.name
+        _require(model, "align", ("sentence_model", "vocabulary", "pad_token", "max_words", "regions"))
+        pad, max_words = _integers(model, ("pad_token", "max_words"))
+        try:
+            regions = np.array(json_parameter(parameters, "regions", name), dtype=np.float32)
+            if regions.ndim != 2 or regions.shape[1] != 4 or not len(regions):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise Unavailable(f"model '{name}': regions must be a list of [x1, y1, x2, y2] fractions") from None
+        return Aligner(
+            model=model,
+            sentence_model=functools.partial(StartedModel, self._models, parameters["sentence_model"]),
+            preprocessing=preprocessing_from(parameters, name),
+            vocabulary=_vocabulary(model),
+            pad_token=pad,
+            max_words=max_words,
+            regions=regions,
+            limits=self._limits,
+        )
+
+
+def _require(model: ServedModel, task: str, keys: tuple[str, ...]) -> None:
+    """Unavailable naming the task parameters `model`'s config.pbtxt lacks."""
+    missing = [key for key in keys if key not in model.parameters]
+    if missing:
+        raise Unavailable(f"model '{model.name}' lacks {task} parameters {missing} in its config.pbtxt; re-export it")
+
+
+def _integers(model: ServedModel, keys: tuple[str, ...]) -> list[int]:
+    try:
+        return [int(model.parameters[key]) for key in keys]
+    except ValueError:
+        raise Unavailable(f"model '{model.name}': {', '.join(keys)} must be integers") from None
+
+
+def _vocabulary(model: ServedModel) -> tuple[str, ...]:
+    """The words of the `vocabulary` file in the model's folder (line i = token id i)."""
+    vocabulary_file = model.directory / model.parameters["vocabulary"]
+    if vocabulary_file.parent != model.directory or not vocabulary_file.is_file():
+        raise Unavailable(
+            f"model '{model.name}': vocabulary '{model.parameters['vocabulary']}' is not a file in its folder"
+        )
+    try:
+        return tuple(model.files.read_text(vocabulary_file).splitlines())
+    except ConfigError as error:
+        raise Unavailable(f"model '{model.name}': {error}") from None
 
 
 def _generator(model: ServedModel) -> Generator:
@@ -127,4 +165,3 @@ def _generator(model: ServedModel) -> Generator:
     except (TypeError, ValueError):
         raise Unavailable(f"model '{name}': output_range must be [low, high] with high > low") from None
     return Generator(model=model, latent_size=int(latent.shape[0]), output_range=(low, high))
-

@@ -10,13 +10,16 @@ from PIL import Image
 
 from clients import demo
 from clients.demo_repository import write_stamp
+from tests.serving.tiny_repository import write_tiny_aligner
 
-TASK_PICTURES = ("detect.png", "caption.png", "generate.png", "warp.png")
+TASK_PICTURES = ("detect.png", "caption.png", "generate.png", "warp.png", "align.png")
 
 
 def stamped_copy(repository: Path, destination: Path, leave_out: tuple[str, ...] = ()) -> Path:
     """A copy of `repository` the demo takes as up to date (so it does not export)."""
     shutil.copytree(repository, destination, ignore=shutil.ignore_patterns(*leave_out))
+    if not (destination / "align_small").exists():  # the tiny repository: its aligner is not in the default set
+        write_tiny_aligner(destination)
     for config in destination.glob("*/config.pbtxt"):
         report = config.parent / "1" / "export_report.json"
         if not report.exists():  # hand-written test models have no export report

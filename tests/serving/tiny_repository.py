@@ -10,6 +10,9 @@ families. Every graph computes something simple enough to check answers by hand:
   chain over CAPTION_VOCABULARY biased by h.
 - tiny_generate: images = tanh(z @ weights), 3 x 4 x 4.
 - tiny_warp: warped = the input, theta = WARP_THETA, logits = mean colour @ weights.
+
+`write_tiny_aligner` (not in the default set, whose model list other tests pin) adds tiny_align /
+tiny_align_sentence: regions = mean colour @ weights, words = a table lookup per token.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ CAPTION_MAX_LENGTH = 4
 LATENT_SIZE = 5
 GENERATE_SHAPE = (3, 4, 4)
 WARP_THETA = (1.0, 0.0, 0.25, 0.0, 1.0, -0.25)
+#: Words every synthetic caption has ("a red star on a striped background"), so any scene's caption aligns.
+ALIGN_VOCABULARY = ("<pad>", "a", "on", "background", "red", "square")
+ALIGN_REGIONS = ((0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.5, 0.5))
+ALIGN_MAX_WORDS = 8
 
 
 def write_tiny_repository(repository: Path) -> Path:
@@ -250,3 +257,44 @@ def _write_warper(repository: Path) -> None:
         labelled="logits",
     ))
     (folder / "labels.txt").write_text("\n".join(CLASSIFIER_LABELS) + "\n")
+
+
+def write_tiny_aligner(repository: Path) -> Path:
+    """Add tiny_align (`images` -> `regions` [B, 2, 2]) and tiny_align_sentence (`tokens` [B, 8] -> `words`
+    [B, 8, 2]) to `repository` and return it."""
+    regions, dim = len(ALIGN_REGIONS), 2
+    weights = np.random.default_rng(1).standard_normal((3, regions * dim)).astype(np.float32)
+    image = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images", "axes"], ["colour"], keepdims=0),
+         helper.make_node("MatMul", ["colour", "weights"], ["flat"]),
+         helper.make_node("Reshape", ["flat", "shape"], ["regions"])],
+        "tiny_align",
+        [_value("images", TensorProto.FLOAT, ["B", 3, SIZE, SIZE])],
+        [_value("regions", TensorProto.FLOAT, ["B", regions, dim])],
+        [numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+         numpy_helper.from_array(weights, "weights"),
+         numpy_helper.from_array(np.array([-1, regions, dim], np.int64), "shape")],
+    )
+    folder = _save(repository, "tiny_align", image, _config(
+        "tiny_align", "align",
+        [("images", "TYPE_FP32", (3, SIZE, SIZE))],
+        [("regions", "TYPE_FP32", (regions, dim))],
+        {"preprocessing": _preprocessing(), "sentence_model": "tiny_align_sentence", "vocabulary": "vocabulary.txt",
+         "pad_token": "0", "max_words": str(ALIGN_MAX_WORDS), "regions": json.dumps(ALIGN_REGIONS)},
+    ))
+    (folder / "vocabulary.txt").write_text("\n".join(ALIGN_VOCABULARY) + "\n")
+    table = np.random.default_rng(2).standard_normal((len(ALIGN_VOCABULARY), dim)).astype(np.float32)
+    sentence = helper.make_graph(
+        [helper.make_node("Gather", ["table", "tokens"], ["words"])],
+        "tiny_align_sentence",
+        [_value("tokens", TensorProto.INT64, ["B", ALIGN_MAX_WORDS])],
+        [_value("words", TensorProto.FLOAT, ["B", ALIGN_MAX_WORDS, dim])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    _save(repository, "tiny_align_sentence", sentence, _config(
+        "tiny_align_sentence", "align_sentence",
+        [("tokens", "TYPE_INT64", (ALIGN_MAX_WORDS,))],
+        [("words", "TYPE_FP32", (ALIGN_MAX_WORDS, dim))],
+        {"input_ranges": json.dumps({"tokens": [0, len(ALIGN_VOCABULARY) - 1]})},
+    ))
+    return repository

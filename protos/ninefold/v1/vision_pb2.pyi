@@ -210,6 +210,70 @@ class WarpResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[Warp]
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., results: _Optional[_Iterable[_Union[Warp, _Mapping]]] = ...) -> None: ...
 
+class AlignRequest(_message.Message):
+    __slots__ = ("model", "images", "sentences")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    sentences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., sentences: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AlignedWord(_message.Message):
+    __slots__ = ("word", "region", "score")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    region: int
+    score: float
+    def __init__(self, word: _Optional[str] = ..., region: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SentenceMatch(_message.Message):
+    __slots__ = ("sentence", "score", "words")
+    SENTENCE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    sentence: int
+    score: float
+    words: _containers.RepeatedCompositeFieldContainer[AlignedWord]
+    def __init__(self, sentence: _Optional[int] = ..., score: _Optional[float] = ..., words: _Optional[_Iterable[_Union[AlignedWord, _Mapping]]] = ...) -> None: ...
+
+class ImageMatch(_message.Message):
+    __slots__ = ("image", "score")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    image: int
+    score: float
+    def __init__(self, image: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ImageAlignment(_message.Message):
+    __slots__ = ("sentences", "regions")
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    sentences: _containers.RepeatedCompositeFieldContainer[SentenceMatch]
+    regions: _containers.RepeatedCompositeFieldContainer[Box]
+    def __init__(self, sentences: _Optional[_Iterable[_Union[SentenceMatch, _Mapping]]] = ..., regions: _Optional[_Iterable[_Union[Box, _Mapping]]] = ...) -> None: ...
+
+class SentenceRanking(_message.Message):
+    __slots__ = ("images", "ignored_words")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_WORDS_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[ImageMatch]
+    ignored_words: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageMatch, _Mapping]]] = ..., ignored_words: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AlignResponse(_message.Message):
+    __slots__ = ("model", "images", "sentences")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[ImageAlignment]
+    sentences: _containers.RepeatedCompositeFieldContainer[SentenceRanking]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[ImageAlignment, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[SentenceRanking, _Mapping]]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ("task",)
     TASK_FIELD_NUMBER: _ClassVar[int]
