@@ -19,7 +19,7 @@ import numpy as np
 from clients.bench.targets import SharedMemoryTensor, Target, v2_shm_target
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
-from serving.api.v2_codec import datatype_of, encode_raw
+from contract.v2_codec import datatype_of, encode_raw
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ class Settings:
 
 def scene_jpeg(size: int) -> bytes:
     """A synthetic scene from the export stage's generator, as the JPEG every system receives."""
-    from export.data.scenes import make_scenes
+    from contract.scenes import make_scenes
 
     buffer = io.BytesIO()
     Image.fromarray(make_scenes(1, size, seed=7)[0].image).save(buffer, format="JPEG", quality=90)

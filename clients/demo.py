@@ -26,7 +26,7 @@ from clients.demo_repository import ensure_repository
 from clients.errors import ClientError
 from clients.results import Answer, ModelInfo
 from clients.server_process import ServerProcess
-from export.data.scenes import SHAPES, Scene, make_scenes
+from contract.scenes import SHAPES, Scene, make_scenes
 
 SCENE_SIDE = 64
 """Scenes are drawn at 64 x 64 (the small models' largest input); the server resizes per model."""

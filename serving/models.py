@@ -44,7 +44,7 @@ from serving.repository import (
     ModelSpec,
 )
 from serving.stats import ModelStatistics, ModelStatsSnapshot
-from serving.tensors import TensorSpec
+from contract.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -619,7 +619,7 @@ def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
 
     def from_file(declared: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         return tuple(
-            TensorSpec(t.name, t.data_type, t.shape[1:] if batches else t.shape) for t in declared
+            TensorSpec(t.name, t.shape[1:] if batches else t.shape, t.data_type) for t in declared
         )
 
     reshaped = {t.name for t in (*spec.config.input, *spec.config.output) if t.reshape.shape}

@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from protos.inference import model_config_pb2 as mc
 from serving.backends import ONNX_PLATFORMS, TENSORRT_PLATFORMS
 from serving.batching import BatchPolicy
-from serving.tensors import NUMPY_DTYPES, TensorSpec
+from contract.tensors import NUMPY_DTYPES, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _tensor(
         raise fail(f"{kind} '{name}' dims {list(dims)} must be positive or -1")
     if reshape and -1 not in dims and _count(reshape) != _count(dims):
         raise fail(f"{kind} '{name}' reshape {list(reshape)} must hold as many elements as dims {list(dims)}")
-    return TensorSpec(name, data_type, tuple(dims), labels)
+    return TensorSpec(name, tuple(dims), data_type, labels)
 
 
 def _count(shape: Sequence[int]) -> int:

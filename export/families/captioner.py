@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from export.bleu import corpus_bleu
-from export.data.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
+from contract.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET, normalise
 from export.families import register_family
 from export.families.base import (

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.data.scenes import SHAPES, make_scenes, stack_images
+from contract.scenes import SHAPES, make_scenes, stack_images
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split, normalise
 from export.families.base import (
     FamilyConfig,

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from export.data.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_images, stack_labels
+from contract.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_images, stack_labels
 from export.data.tensors import TRAIN_SEED_OFFSET
 from export.families import register_family
 from export.families.base import (

@@ -29,7 +29,7 @@ from torchvision.models.detection import (
 )
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from export.data.scenes import SHAPES, make_scenes, stack_images
+from contract.scenes import SHAPES, make_scenes, stack_images
 from export.data.tensors import evaluation_split
 from export.families import register_family
 from export.families.base import (

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.data.scenes import SHAPES, make_scenes, stack_images, stack_labels
+from contract.scenes import SHAPES, make_scenes, stack_images, stack_labels
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, evaluation_split, normalise
 from export.families import register_family
 from export.families.base import (

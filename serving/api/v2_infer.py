@@ -20,14 +20,14 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as pb
 from serving.api.shm import SharedMemoryRef, SharedMemoryRegistry
 from serving.api.v2_classification import top_k_strings
-from serving.api.v2_codec import WireSpec, datatype_of, decode_input, encode_raw
+from contract.v2_codec import WireSpec, datatype_of, decode_input, encode_raw
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, NotFound, ResourceExhausted
 from serving.images import EncodedImage, ImageLimits
 from serving.models import ModelManager, ServedModel
 from serving.repository import is_version_name
 from serving.tasks.common import prepare_images, preprocessing_from
-from serving.tensors import TensorSpec
+from contract.tensors import TensorSpec
 
 #: The input name a task model's images arrive under (docs/MODEL_REPOSITORY.md).
 IMAGE_INPUT = "images"

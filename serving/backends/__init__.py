@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from serving.placement import Device
-from serving.tensors import TensorSpec
+from contract.tensors import TensorSpec
 
 
 class Backend(Protocol):

@@ -19,7 +19,7 @@ from protos.inference import model_config_pb2 as mc
 from serving.backends import BackendSettings, tensorrt_loadable
 from serving.cpus import available_cpus
 from serving.placement import Device
-from serving.tensors import TensorSpec
+from contract.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def preload_cuda_libraries() -> None:
 
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) else -1 for dim in arg.shape)
-    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, mc.TYPE_INVALID), shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, mc.TYPE_INVALID))
 
 
 class OnnxRuntimeBackend:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from export.bleu import corpus_bleu
-from export.data.scenes import TEXTURES, make_scenes, stack_images
+from contract.scenes import TEXTURES, make_scenes, stack_images
 from export.data.tensors import normalise
 from export.families import get_family
 from export.families.base import WeightsError

@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 import torch
 
-from export.data.scenes import stack_labels
+from contract.scenes import stack_labels
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.dcgan import (

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import text_format
 
 from export import onnx as onnx_export
-from export.data.scenes import SHAPES, make_scenes, stack_images
+from contract.scenes import SHAPES, make_scenes, stack_images
 from export.data.tensors import normalise
 from export.families import family_names, get_family
 from protos.inference import model_config_pb2

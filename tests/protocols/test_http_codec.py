@@ -10,7 +10,7 @@ import pytest
 
 from protos.inference import grpc_service_pb2 as pb
 from serving.api.http_infer import OutputFormat, infer_request, infer_response
-from serving.api.v2_codec import DATATYPES, decode_raw, encode_raw
+from contract.v2_codec import DATATYPES, decode_raw, encode_raw
 from serving.errors import InvalidArgument
 
 

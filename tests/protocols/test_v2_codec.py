@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from protos.inference import grpc_service_pb2 as pb
-from serving.api.v2_codec import (
+from contract.v2_codec import (
     DATATYPES,
     WireSpec,
     datatype_of,

@@ -1,7 +1,7 @@
 """Every task end to end on the real exported small families (the `small_repository` fixture).
 
 The server runs as a subprocess over loopback; the images are synthetic scenes with ground truth
-(export/data/scenes.py, NumPy only), sent as PNG, JPEG and raw tensors, at sizes other than the
+(contract/scenes.py, NumPy only), sent as PNG, JPEG and raw tensors, at sizes other than the
 models' so that resizing and box rescaling are exercised. Quality checks are loose on purpose:
 they prove the pipeline (preprocessing, label order, box scaling, decoding) is right, not how well
 a few minutes of training did; each model's measured quality is in its export_report.json.
@@ -23,7 +23,7 @@ from PIL import Image
 
 from clients.bench.scrape import read_batch_counters
 from clients.server_process import ServerProcess
-from export.data.scenes import SHAPES, Scene, affine_sample, make_scenes
+from contract.scenes import SHAPES, Scene, affine_sample, make_scenes
 from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc

@@ -1,6 +1,7 @@
 """Procedural synthetic scenes: coloured shapes on textured backgrounds, with ground truth for every task.
 
-Numpy and Pillow only (no torch): the demo and the serving tests import this module to draw images.
+Numpy only: the export trains and evaluates on these scenes; the demo, the benchmarks and the tests draw
+their images from them.
 Every scene is deterministic from the random generator it is drawn with, so ``make_scenes(n, size, seed)``
 returns the same scenes on every machine. The export draws its data from three splits of each seed
 (``split="train"``, ``"validation"``, ``"test"``): independent streams, so that recipes are tuned on

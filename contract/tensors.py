@@ -1,4 +1,4 @@
-"""Tensor signatures and the data-type tables shared by the repository, backends and transports.
+"""Tensor signatures and the data-type tables: what export declares, serving checks and clients send.
 
 Three spellings of one data type meet here: Triton's config enum (`TYPE_FP32`), the Open
 Inference Protocol's string (`"FP32"`) and numpy's dtype. BYTES/STRING tensors have no numpy
@@ -59,8 +59,8 @@ class TensorSpec:
     """
 
     name: str
-    data_type: int
     shape: tuple[int, ...]
+    data_type: int = mc.TYPE_FP32
     label_filename: str = ""
 
     @property

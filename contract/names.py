@@ -1,0 +1,53 @@
+"""The names export writes and serving reads: tasks, tensors and config.pbtxt parameters.
+
+docs/MODEL_REPOSITORY.md documents each of them; a name changes here or nowhere.
+"""
+
+from __future__ import annotations
+
+# Values of the `task` parameter.
+CLASSIFY = "classify"
+DETECT = "detect"
+CAPTION = "caption"
+GENERATE = "generate"
+WARP = "warp"
+CAPTION_DECODER = "caption_decoder"
+"""A captioner's step graph: a model the caption task drives, never a task a request names."""
+
+TASKS: tuple[str, ...] = (CLASSIFY, DETECT, CAPTION, GENERATE, WARP)
+"""The tasks a request can name (one Vision RPC each)."""
+MODEL_TASKS: tuple[str, ...] = (*TASKS, CAPTION_DECODER)
+"""Every value the `task` parameter may hold."""
+
+# Tensor names per task (docs/MODEL_REPOSITORY.md, "Tensor signatures per task").
+IMAGES = "images"
+"""The preprocessed images (FP32 [B, 3, H, W]) of every image-input model; also the generator's output."""
+LOGITS = "logits"
+BOXES = "boxes"
+SCORES = "scores"
+LABELS = "labels"
+NUM_DETECTIONS = "num_detections"
+LATENT = "z"
+WARPED = "warped"
+THETA = "theta"
+STATE_H = "h"
+STATE_C = "c"
+TOKEN = "token"
+LOGPROBS = "logprobs"
+STATE_H_OUT = "h_out"
+STATE_C_OUT = "c_out"
+
+# config.pbtxt parameter keys (all string_value).
+TASK_PARAMETER = "task"
+FAMILY_PARAMETER = "family"
+DEFAULT_PARAMETER = "default"
+PREPROCESSING_PARAMETER = "preprocessing"
+INPUT_RANGES_PARAMETER = "input_ranges"
+OUTPUT_RANGE_PARAMETER = "output_range"
+BELOW_THRESHOLD_PARAMETER = "below_threshold"
+"""The bars a model exported with --allow-below-threshold missed; the server warns when it loads it."""
+DECODER_MODEL_PARAMETER = "decoder_model"
+VOCABULARY_PARAMETER = "vocabulary"
+START_TOKEN_PARAMETER = "start_token"
+END_TOKEN_PARAMETER = "end_token"
+MAX_LENGTH_PARAMETER = "max_length"
