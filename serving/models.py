@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.model_config import CONFIG_FILE
+from contract.names import BELOW_THRESHOLD_PARAMETER, CAPTION_DECODER, DEFAULT_PARAMETER
+from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving import repository
 from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
@@ -35,16 +38,8 @@ from serving.errors import InvalidArgument, NotFound, NotReady, ServingError, Un
 from serving.input_ranges import InputRange, input_ranges
 from serving.ladder import batch_ladder
 from serving.placement import Gpu, Placement, PlacementError, place
-from serving.repository import (
-    BELOW_THRESHOLD_PARAMETER,
-    DECODER_TASK,
-    ConfigError,
-    FileReader,
-    ModelSource,
-    ModelSpec,
-)
+from serving.repository import ConfigError, FileReader, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
-from contract.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -361,13 +356,13 @@ class ModelManager:
         return bool(model.task) and self._default_name(model.task) == model.name
 
     def _default_name(self, task: str) -> str | None:
-        if task == DECODER_TASK:
+        if task == CAPTION_DECODER:
             return None
         names = sorted(
             (name for name, versions in self._models.items() if versions[max(versions)].task == task),
             key=lambda name: (
                 not any(m.ready for m in self._models[name].values()),
-                self._models[name][max(self._models[name])].parameters.get("default", "").lower() != "true",
+                self._models[name][max(self._models[name])].parameters.get(DEFAULT_PARAMETER, "").lower() != "true",
                 name,
             ),
         )
@@ -380,7 +375,7 @@ class ModelManager:
 
     def tasks(self) -> list[str]:
         """The tasks some model of the repository serves (caption_decoder excluded), sorted."""
-        return sorted({m.task for m in self.models() if m.task and m.task != DECODER_TASK})
+        return sorted({m.task for m in self.models() if m.task and m.task != CAPTION_DECODER})
 
     def index(self) -> list[RepositoryEntry]:
         """Every model folder on disk with the state of each version (for RepositoryIndex)."""
@@ -614,7 +609,7 @@ def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
 
     Raises ConfigError naming the tensor and the disagreement.
     """
-    where = f"{spec.name}/{repository.CONFIG_FILE}"
+    where = f"{spec.name}/{CONFIG_FILE}"
     batches = spec.policy.batches
 
     def from_file(declared: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:

@@ -19,6 +19,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from contract.names import CAPTION, CAPTION_DECODER, CLASSIFY, DETECT, GENERATE, WARP
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.api import ServingContext
@@ -26,7 +27,6 @@ from serving.deferred import DeferredRows
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, cancellation_reason
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
-from serving.repository import DECODER_TASK
 from serving.tasks.caption import Caption, Captioner, CaptionOptions
 from serving.tasks.classify import Classification, Classifier
 from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detections, Detector
@@ -97,7 +97,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         model = self._models.get(ref.name, ref.version) if ref.name else self._models.default_for(task)
         if model.task != task:
             serves = f"task '{model.task}'" if model.task else "no task (a plain tensor model for the v2 protocol)"
-            hint = "; name its captioner instead" if model.task == DECODER_TASK else ""
+            hint = "; name its captioner instead" if model.task == CAPTION_DECODER else ""
             error = FailedPrecondition(f"model '{model.name}' serves {serves}, not '{task}'{hint}")
             model.record_failure(error.reason)
             raise error
@@ -122,7 +122,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
 
     # ------------------------------------------------------------------ RPCs
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        model = self._model_for(request.model, "classify")
+        model = self._model_for(request.model, CLASSIFY)
         deadline = deadline_of(context)
 
         async def work(classifier: Classifier) -> list[Classification]:
@@ -141,7 +141,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        model = self._model_for(request.model, "detect")
+        model = self._model_for(request.model, DETECT)
         deadline = deadline_of(context)
 
         async def work(detector: Detector) -> list[Detections]:
@@ -174,7 +174,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Caption(self, request: pb.CaptionRequest, context: grpc.aio.ServicerContext) -> pb.CaptionResponse:
-        model = self._model_for(request.model, "caption")
+        model = self._model_for(request.model, CAPTION)
         deadline = deadline_of(context)
         options = CaptionOptions(beam_size=request.beam_size, max_length=request.max_length)
 
@@ -189,7 +189,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        model = self._model_for(request.model, "generate")
+        model = self._model_for(request.model, GENERATE)
         deadline = deadline_of(context)
 
         async def work(generator: Generator) -> list[GeneratedImage]:
@@ -209,7 +209,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Warp(self, request: pb.WarpRequest, context: grpc.aio.ServicerContext) -> pb.WarpResponse:
-        model = self._model_for(request.model, "warp")
+        model = self._model_for(request.model, WARP)
         deadline = deadline_of(context)
 
         async def work(warper: Warper) -> list[WarpResult]:

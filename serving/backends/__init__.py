@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from serving.placement import Device
 from contract.tensors import TensorSpec
+from serving.placement import Device
 
 
 class Backend(Protocol):

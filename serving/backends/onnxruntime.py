@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving.backends import BackendSettings, tensorrt_loadable
 from serving.cpus import available_cpus
 from serving.placement import Device
-from contract.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.placement import Device
 from contract.tensors import TensorSpec, config_type_of
+from serving.placement import Device
 
 
 def _cuda() -> Any:

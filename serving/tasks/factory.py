@@ -16,6 +16,20 @@ from typing import TypeVar
 
 import numpy as np
 
+from contract.names import (
+    CAPTION,
+    CLASSIFY,
+    DECODER_MODEL_PARAMETER,
+    DETECT,
+    END_TOKEN_PARAMETER,
+    GENERATE,
+    LATENT,
+    MAX_LENGTH_PARAMETER,
+    OUTPUT_RANGE_PARAMETER,
+    START_TOKEN_PARAMETER,
+    VOCABULARY_PARAMETER,
+    WARP,
+)
 from serving.deferred import DeferredRows
 from serving.errors import Unavailable
 from serving.images import ImageLimits
@@ -69,29 +83,31 @@ class TaskFactory:
 
     def _build(self, model: ServedModel) -> Task:
         parameters, name = model.parameters, model.name
-        if model.task == "classify":
+        if model.task == CLASSIFY:
             return Classifier(model, preprocessing_from(parameters, name), model.labels, self._limits)
-        if model.task == "detect":
+        if model.task == DETECT:
             return Detector(model, preprocessing_from(parameters, name), model.labels, self._limits)
-        if model.task == "warp":
+        if model.task == WARP:
             return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits)
-        if model.task == "generate":
+        if model.task == GENERATE:
             return _generator(model)
-        if model.task == "caption":
+        if model.task == CAPTION:
             return self._captioner(model)
         raise Unavailable(f"model '{name}' has task '{model.task}', which the task API does not serve")
 
     def _captioner(self, model: ServedModel) -> Captioner:
         parameters, name = model.parameters, model.name
-        required = ("decoder_model", "vocabulary", "start_token", "end_token", "max_length")
+        numbers = (START_TOKEN_PARAMETER, END_TOKEN_PARAMETER, MAX_LENGTH_PARAMETER)
+        required = (DECODER_MODEL_PARAMETER, VOCABULARY_PARAMETER, *numbers)
         missing = [key for key in required if key not in parameters]
         if missing:
             raise Unavailable(f"model '{name}' lacks caption parameters {missing} in its config.pbtxt; re-export it")
-        vocabulary_file = model.directory / parameters["vocabulary"]
+        vocabulary_name = parameters[VOCABULARY_PARAMETER]
+        vocabulary_file = model.directory / vocabulary_name
         if vocabulary_file.parent != model.directory or not vocabulary_file.is_file():
-            raise Unavailable(f"model '{name}': vocabulary '{parameters['vocabulary']}' is not a file in its folder")
+            raise Unavailable(f"model '{name}': vocabulary '{vocabulary_name}' is not a file in its folder")
         try:
-            start, end, longest = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
+            start, end, longest = (int(parameters[key]) for key in numbers)
         except ValueError:
             raise Unavailable(f"model '{name}': start_token, end_token and max_length must be integers") from None
         try:
@@ -100,7 +116,7 @@ class TaskFactory:
             raise Unavailable(f"model '{name}': {error}") from None
         return Captioner(
             model=model,
-            decoder=functools.partial(StartedModel, self._models, parameters["decoder_model"]),
+            decoder=functools.partial(StartedModel, self._models, parameters[DECODER_MODEL_PARAMETER]),
             preprocessing=preprocessing_from(parameters, name),
             vocabulary=vocabulary,
             start_token=start,
@@ -112,10 +128,11 @@ class TaskFactory:
 
 def _generator(model: ServedModel) -> Generator:
     name = model.name
-    latent = next((tensor for tensor in model.inputs if tensor.name == "z"), None)
+    latent = next((tensor for tensor in model.inputs if tensor.name == LATENT), None)
     if latent is None or len(latent.shape) != 1 or latent.shape[0] < 1:
         raise Unavailable(f"model '{name}' must take input 'z' of shape [B, Z] with a fixed Z to serve generate")
-    value = json_parameter(model.parameters, "output_range", name) if "output_range" in model.parameters else [-1, 1]
+    has_range = OUTPUT_RANGE_PARAMETER in model.parameters
+    value = json_parameter(model.parameters, OUTPUT_RANGE_PARAMETER, name) if has_range else [-1, 1]
     try:
         if not isinstance(value, list):
             raise TypeError

@@ -11,8 +11,8 @@ import onnxruntime
 import pytest
 import torch
 
-from export.bleu import corpus_bleu
 from contract.scenes import TEXTURES, make_scenes, stack_images
+from export.bleu import corpus_bleu
 from export.data.tensors import normalise
 from export.families import get_family
 from export.families.base import WeightsError

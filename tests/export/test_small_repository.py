@@ -11,8 +11,8 @@ import onnx
 import pytest
 from google.protobuf import text_format
 
-from export import onnx as onnx_export
 from contract.scenes import SHAPES, make_scenes, stack_images
+from export import onnx as onnx_export
 from export.data.tensors import normalise
 from export.families import family_names, get_family
 from protos.inference import model_config_pb2
