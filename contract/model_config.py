@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf import text_format
 
@@ -48,6 +49,11 @@ def parse(text: str) -> ParsedConfig:
         config = mc.ModelConfig()
         text_format.Parse(text, config, allow_unknown_field=True)
         return ParsedConfig(config, str(strict_error))
+
+
+def read(folder: Path) -> mc.ModelConfig:
+    """The ModelConfig of model folder `folder` (tools and tests; the server reads through its FileReader)."""
+    return parse((folder / CONFIG_FILE).read_text()).config
 
 
 # A quoted string, a comment, or a field name directly followed by "[" (list of messages).

@@ -18,13 +18,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import text_format
 from PIL import Image
 
 from clients.bench.scrape import read_batch_counters
 from clients.server_process import ServerProcess
+from contract import model_config
 from contract.scenes import SHAPES, Scene, affine_sample, make_scenes
-from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
@@ -58,7 +57,7 @@ def default_model(models: list[pb.ModelInfo], task: str) -> pb.ModelInfo:
 
 def input_size(repository: Path, model: str) -> int:
     """The square side of a model's input, from its preprocessing parameter."""
-    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = model_config.read(repository / model)
     return int(json.loads(config.parameters["preprocessing"].string_value)["size"][0])
 
 
@@ -154,7 +153,7 @@ def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, 
     model's sampler pads with zeros in normalised space, i.e. with the mean colour in pixels."""
     model = default_model(models, "warp")
     size = input_size(small_repository, model.name)
-    config = text_format.Parse((small_repository / model.name / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = model_config.read(small_repository / model.name)
     mean = 255 * np.array(json.loads(config.parameters["preprocessing"].string_value)["mean"], np.float32)
     scenes = make_scenes(6, size, SEED + 3, distort=True)
     response = vision.Warp(pb.WarpRequest(images=[raw_image(s.image) for s in scenes]), timeout=60)
