@@ -47,6 +47,7 @@ from clients.bench.targets import (
 )
 from clients.server_process import ServerProcess, free_ports
 from clients.v2 import response_arrays
+from contract.scenes import make_scenes
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
 from protos.ninefold.v1 import vision_pb2
@@ -69,9 +70,7 @@ class Settings:
 
 
 def scene_jpeg(size: int) -> bytes:
-    """A synthetic scene from the export stage's generator, as the JPEG every system receives."""
-    from contract.scenes import make_scenes
-
+    """A synthetic scene from the contract's generator, as the JPEG every system receives."""
     buffer = io.BytesIO()
     Image.fromarray(make_scenes(1, size, seed=7)[0].image).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()

@@ -4,8 +4,8 @@ into `--out`, stop the server. Exit status 0 only when every step worked.
 
     python -m clients.demo --model-repository model_repository --out demo_output
 
-Images come from the export stage's scene generator (numpy + Pillow, no torch); the export
-itself runs as a child process (`python -m export`), so this module never imports torch.
+Images come from the contract's scene generator (contract.scenes, numpy); the export itself runs
+as a child process (`python -m export`), so this module never imports torch.
 """
 
 from __future__ import annotations
