@@ -2,8 +2,8 @@
 
 ``small_repository``: a model repository with every registered family's small config trained and exported
 once per test run. On a developer machine it is cached under .cache/small_repository/<key>, the key being a
-hash of the export/ and contract/ sources (contract.sources), so an unchanged export stage is not retrained; with CI set it is built fresh
-in a temporary folder. A file lock makes concurrent pytest runs share one build.
+hash of the export/ and contract/ sources (contract.sources), so an unchanged export stage is not retrained;
+with CI set it is built fresh in a temporary folder. A file lock makes concurrent pytest runs share one build.
 
 ``NINEFOLD_TEST_FAMILIES=stn,align`` (development only, never in CI) builds just those families, under
 their own cache key: the quick loop for someone changing one family, who runs that family's tests.
