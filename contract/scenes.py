@@ -168,7 +168,8 @@ def _draw_object(
     return [xs[cols[0]] - 0.25, ys[rows[0]] - 0.25, xs[cols[-1]] + 0.25, ys[rows[-1]] + 0.25]
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes x1, y1, x2, y2 (0 when both are empty)."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -191,7 +192,7 @@ def _place_objects(rng: np.random.Generator, size: int, objects: int) -> list[tu
         radius = rng.uniform(*_MULTI_RADIUS) * size
         cx, cy = rng.uniform(radius, size - radius, size=2)
         box = np.array([cx - radius, cy - radius, cx + radius, cy + radius])
-        if all(_box_iou(box, other) <= _MAX_MULTI_IOU for other in boxes):
+        if all(box_iou(box, other) <= _MAX_MULTI_IOU for other in boxes):
             placed.append((float(cx), float(cy), float(radius)))
             boxes.append(box)
     return placed

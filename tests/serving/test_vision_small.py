@@ -23,7 +23,7 @@ from PIL import Image
 from clients.bench.scrape import read_batch_counters
 from clients.server_process import ServerProcess
 from contract import model_config
-from contract.scenes import SHAPES, Scene, affine_sample, make_scenes
+from contract.scenes import SHAPES, Scene, affine_sample, box_iou, make_scenes
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
@@ -65,14 +65,6 @@ def mixed(scenes: list[Scene]) -> list[pb.Image]:
     """The scenes' images as PNG, JPEG and raw tensors in turn."""
     kinds = (encoded_image, lambda p: encoded_image(p, "JPEG"), raw_image)
     return [kinds[i % 3](scene.image) for i, scene in enumerate(scenes)]
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    overlap = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
-    return overlap / union if union > 0 else 0.0
 
 
 def test_every_task_has_a_ready_default_model(models: list[pb.ModelInfo]) -> None:
@@ -118,7 +110,7 @@ def test_detect_boxes_land_on_the_objects_in_original_pixels(vision, models, sma
     for scene, (sx, sy), result in zip(scenes, stretches, response.results, strict=True):
         boxes = [np.array([d.box.x1, d.box.y1, d.box.x2, d.box.y2]) for d in result.detections]
         for truth in scene.boxes * np.array([sx, sy, sx, sy], np.float32):
-            best_overlaps.append(max((iou(truth, box) for box in boxes), default=0.0))
+            best_overlaps.append(max((box_iou(truth, box) for box in boxes), default=0.0))
     assert np.mean(best_overlaps) > 0.6, best_overlaps  # 0.9+ when right; under 0.6 with either axis unscaled
 
 
