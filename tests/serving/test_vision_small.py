@@ -23,6 +23,7 @@ from PIL import Image
 from clients.bench.scrape import read_batch_counters
 from clients.server_process import ServerProcess
 from contract import model_config
+from contract.names import TASKS
 from contract.scenes import SHAPES, Scene, affine_sample, box_iou, make_scenes
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
@@ -30,7 +31,6 @@ from tests.serving.vision_helpers import encoded_image, raw_image, vision_server
 
 pytestmark = pytest.mark.slow
 
-TASKS = ("classify", "detect", "caption", "generate", "warp")
 SEED = 20261125
 
 
