@@ -23,7 +23,7 @@ from torch import nn
 
 from contract import model_config
 from contract.model_config import CONFIG_FILE, LABELS_FILE
-from contract.names import CLASSIFY, IMAGES, LOGITS, PREPROCESSING_PARAMETER, TASK_PARAMETER
+from contract.names import CLASSIFY, IMAGES, LOGITS, ONNX_PLATFORM, PREPROCESSING_PARAMETER, TASK_PARAMETER
 from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 
@@ -60,7 +60,7 @@ def config_text(name: str, size: int, classes: int, batching: bool, kind: str = 
     `kind` is the instance_group kind: KIND_CPU here, KIND_GPU for `make bench BENCH_ARGS=--device=cuda`.
     """
     preprocessing = json.dumps({"size": [size, size], "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
-    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=MAX_BATCH_SIZE)
+    config = mc.ModelConfig(name=name, platform=ONNX_PLATFORM, max_batch_size=MAX_BATCH_SIZE)
     model_config.add_inputs(config, [TensorSpec(IMAGES, (3, size, size))])
     model_config.add_outputs(config, [TensorSpec(LOGITS, (classes,), label_filename=LABELS_FILE)])
     config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(kind), count=1)

@@ -1,9 +1,12 @@
-"""The names export writes and serving reads: tasks, tensors and config.pbtxt parameters.
+"""The names export writes and serving reads: platforms, tasks, tensors and config.pbtxt parameters.
 
 docs/MODEL_REPOSITORY.md documents each of them; a name changes here or nowhere.
 """
 
 from __future__ import annotations
+
+ONNX_PLATFORM = "onnxruntime_onnx"
+"""config.pbtxt `platform` of an ONNX model (what the export writes; Triton's name)."""
 
 # Values of the `task` parameter.
 CLASSIFY = "classify"

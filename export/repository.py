@@ -17,12 +17,11 @@ from pathlib import Path
 
 from contract import model_config
 from contract.model_config import CONFIG_FILE, LABELS_FILE
-from contract.names import FAMILY_PARAMETER, TASK_PARAMETER
+from contract.names import FAMILY_PARAMETER, ONNX_PLATFORM, TASK_PARAMETER
 from contract.tensors import TensorSpec
 from export.families.base import ExportError, GraphSpec
 from protos.inference import model_config_pb2 as mc
 
-PLATFORM = "onnxruntime_onnx"
 VERSION = "1"
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
@@ -44,7 +43,7 @@ def preferred_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
 def graph_config(name: str, family: str, graph: GraphSpec) -> mc.ModelConfig:
     """The ModelConfig of one exported graph: its tensors, dynamic batching, one instance (KIND_AUTO) and
     the parameters task, family and the graph's own."""
-    config = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=graph.max_batch_size)
+    config = mc.ModelConfig(name=name, platform=ONNX_PLATFORM, max_batch_size=graph.max_batch_size)
     model_config.add_inputs(config, graph.inputs)
     model_config.add_outputs(config, graph.outputs)
     batching = config.dynamic_batching

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from contract import model_config
 from contract.model_config import CONFIG_FILE
+from contract.names import ONNX_PLATFORM
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def find_engine_jobs(repository: Path) -> list[EngineJob]:
         except model_config.ConfigSyntaxError as error:  # the server reports it when it loads the model
             print(f"engine cache: skipping {folder.name}: {CONFIG_FILE}: {error}", file=sys.stderr)
             continue
-        if config.platform != "onnxruntime_onnx":
+        if config.platform != ONNX_PLATFORM:
             continue
         for onnx_path in sorted(folder.glob("*/model.onnx")):
             if onnx_path.parent.name.isdigit():

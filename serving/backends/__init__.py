@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from contract.names import ONNX_PLATFORM
 from contract.tensors import TensorSpec
 from serving.placement import Device
 
@@ -66,7 +67,7 @@ class BackendChoice:
     filename: str
 
 
-ONNX_PLATFORMS = ("onnxruntime_onnx", "onnxruntime")
+ONNX_PLATFORMS = (ONNX_PLATFORM, "onnxruntime")
 TENSORRT_PLATFORMS = ("tensorrt_plan", "tensorrt")
 
 
