@@ -79,8 +79,8 @@ def export(name: str, out: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(1, 3, size, size)
     torch.onnx.export(
-        model, (example,), str(path), input_names=["images"], output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        model, (example,), str(path), input_names=[IMAGES], output_names=[LOGITS],
+        dynamic_axes={IMAGES: {0: "batch"}, LOGITS: {0: "batch"}}, opset_version=17, dynamo=False,
     )
     return path
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from contract import model_config
+from contract.names import PREPROCESSING_PARAMETER
 from serving.backends import BackendSettings
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.images import EncodedImage, ImageLimits, Preprocessing, decode_resized, normalise, open_image
@@ -42,7 +43,7 @@ class ClassifyPipeline:
         settings = BackendSettings(intra_op_threads=threads, spin_wait=spin_wait)
         cores = threads or len(os.sched_getaffinity(0))
         self._backend = OnnxRuntimeBackend(model_dir / "1" / "model.onnx", device, settings, cores)
-        pre = json.loads(config.parameters["preprocessing"].string_value)
+        pre = json.loads(config.parameters[PREPROCESSING_PARAMETER].string_value)
         self._pre = Preprocessing(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
         self._input = config.input[0].name
         self._output = config.output[0].name
