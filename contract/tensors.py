@@ -51,7 +51,8 @@ PROTOCOL_DATATYPES: dict[int, str] = {
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output of a model as a client sees it.
+    """One input or output of a model: what the export declares, config.pbtxt carries, the server checks
+    and a client sees.
 
     `shape` excludes the batch axis when the model batches (Triton's `dims`); -1 = any size.
     (A backend's own declaration includes its batch axis.) `data_type` is the Triton config
