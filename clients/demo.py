@@ -26,6 +26,7 @@ from clients.demo_repository import ensure_repository
 from clients.errors import ClientError
 from clients.results import Answer, ModelInfo
 from clients.server_process import ServerProcess
+from contract.names import CAPTION, CLASSIFY, DETECT, GENERATE, WARP
 from contract.scenes import SHAPES, Scene, make_scenes
 
 SCENE_SIDE = 64
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def classify(client: VisionClient, out: Path, seed: int) -> None:
     """Every ready classifier (one request each, images sent as raw uint8 arrays)."""
     scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
-    classifiers = _ready_models(client, "classify")
+    classifiers = _ready_models(client, CLASSIFY)
     for model in classifiers:
         answer = client.classify(np.stack([scene.image for scene in scenes]), model=model.name, top_k=3)
         tiles = []
@@ -149,11 +150,11 @@ def models(client: VisionClient, out: Path, seed: int) -> None:
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("models", models),
-    ("classify", classify),
-    ("detect", detect),
-    ("caption", caption),
-    ("generate", generate),
-    ("warp", warp),
+    (CLASSIFY, classify),
+    (DETECT, detect),
+    (CAPTION, caption),
+    (GENERATE, generate),
+    (WARP, warp),
 )
 
 
