@@ -9,14 +9,14 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from serving.api import adapters
+from serving.api import available_adapters
 from serving.config import load_config
 from serving.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and NINEFOLD_* variables, run the server until SIGTERM/SIGINT; returns the exit code."""
-    hooks = [adapter.add_arguments for adapter in adapters() if hasattr(adapter, "add_arguments")]
+    hooks = [adapter.add_arguments for adapter in available_adapters() if hasattr(adapter, "add_arguments")]
     config = load_config(argv, os.environ, hooks)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from contract.names import TASKS
-from serving.api import ServingContext, adapters
+from serving.api import ServingContext, available_adapters
 from serving.api.http_server import start_http
 from serving.api.shm import SharedMemoryRegistry
 from serving.api.status import DomainErrorInterceptor
@@ -111,7 +111,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     await health_servicer.set(LIVENESS_SERVICE, _SERVING)
     services = [health.SERVICE_NAME, reflection.SERVICE_NAME]
     context = ServingContext(models=models, config=config, regions=SharedMemoryRegistry(config.max_message_bytes))
-    for adapter in adapters():
+    for adapter in available_adapters():
         services += list(adapter.register(server, context))
     reflection.enable_server_reflection(services, server)
 

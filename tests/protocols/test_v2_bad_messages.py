@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients.server_process import ServerProcess, free_ports
 from clients.v2 import infer_request
 from protos.inference import grpc_service_pb2 as pb
-from serving.api import adapters
+from serving.api import available_adapters
 from serving.config import load_config
 from serving.server import serve
 from tests.protocols.repositories import write_plain_triton_model
@@ -118,7 +118,7 @@ def test_a_client_leaving_a_stream_leaves_no_pending_task(repository: Path, capl
     """In process, so that a garbage collection can run after the disconnect: a task the stream left
     pending is logged "Task was destroyed but it is pending!" when collected."""
     port, metrics_port = free_ports(2)
-    hooks = [adapter.add_arguments for adapter in adapters() if hasattr(adapter, "add_arguments")]
+    hooks = [adapter.add_arguments for adapter in available_adapters() if hasattr(adapter, "add_arguments")]
     config = load_config(["--model-repository", str(repository), "--port", str(port),
                           "--metrics-port", str(metrics_port), "--event-loop", "asyncio"], {}, hooks)
 
