@@ -92,9 +92,6 @@ async def decode_request(
     try:
         inputs = await _decode_inputs(request, model, limits, regions)
         outputs = _requested_outputs(request.outputs, model)
-    except CodecError as error:
-        model.record_failure(InvalidArgument.reason)
-        raise InvalidArgument(str(error)) from None
     except (InvalidArgument, ResourceExhausted, NotFound) as error:  # NotFound: an unknown shared memory region
         model.record_failure(error.reason)
         raise
@@ -133,11 +130,27 @@ async def _decode_inputs(
             decoded[tensor.name] = await _decode_images(tensor, payload, contents, model, limits)
             continue
         spec = declared[tensor.name]
-        decoded[tensor.name] = decode_input(
+        decoded[tensor.name] = _decode_input(
             tensor.name, tensor.datatype, tensor.shape, wire_spec(model, spec),
             raw=payload, contents=contents,
         )
     return decoded
+
+
+def _decode_input(
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    spec: WireSpec,
+    *,
+    raw: bytes | None,
+    contents: pb.InferTensorContents | None,
+) -> np.ndarray:
+    """contract.v2_codec.decode_input, its CodecError raised as the core's InvalidArgument."""
+    try:
+        return decode_input(name, datatype, shape, spec, raw=raw, contents=contents)
+    except CodecError as error:
+        raise InvalidArgument(str(error)) from None
 
 
 async def _decode_images(
@@ -159,7 +172,7 @@ async def _decode_images(
         raise ResourceExhausted(
             f"input '{IMAGES}': {shape[0]} images exceed the limit of {limits.max_images_per_request} per request"
         )
-    blobs = decode_input(IMAGES, "BYTES", shape, spec, raw=payload, contents=contents).reshape(-1)
+    blobs = _decode_input(IMAGES, "BYTES", shape, spec, raw=payload, contents=contents).reshape(-1)
     batch = await prepare_images(
         [EncodedImage(bytes(blob)) for blob in blobs], preprocessing_from(model.parameters, model.name), limits.images
     )
