@@ -30,6 +30,7 @@ import uvloop
 from clients.bench import LoadPlan, measure_system
 from clients.bench.targets import v2_http_tensor_target
 from clients.server_process import free_ports
+from contract.names import IMAGES
 from serving.api.http_infer import HEADER_LENGTH, infer_request, infer_response
 from serving.api.http_routes import routes
 from serving.api.http_server import start_http
@@ -123,7 +124,7 @@ def _measure(candidate: str, repository: Path, model: str, size: int, plan: Load
         assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
         time.sleep(0.5)
         images = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-        points = asyncio.run(measure_system(f"127.0.0.1:{port}", v2_http_tensor_target(model, {"images": images}),
+        points = asyncio.run(measure_system(f"127.0.0.1:{port}", v2_http_tensor_target(model, {IMAGES: images}),
                                             plan, system=candidate, model=model, server_pid=process.pid))
         return [point.as_dict() for point in points]
     finally:

@@ -21,6 +21,12 @@ import torch
 import torchvision
 from torch import nn
 
+from contract import model_config
+from contract.model_config import CONFIG_FILE, LABELS_FILE
+from contract.names import CLASSIFY, IMAGES, LOGITS, ONNX_PLATFORM, PREPROCESSING_PARAMETER, TASK_PARAMETER
+from contract.tensors import TensorSpec
+from protos.inference import model_config_pb2 as mc
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_BATCH_SIZE = 32
@@ -54,19 +60,14 @@ def config_text(name: str, size: int, classes: int, batching: bool, kind: str = 
     `kind` is the instance_group kind: KIND_CPU here, KIND_GPU for `make bench BENCH_ARGS=--device=cuda`.
     """
     preprocessing = json.dumps({"size": [size, size], "mean": IMAGENET_MEAN, "std": IMAGENET_STD})
-    lines = [
-        f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {MAX_BATCH_SIZE}",
-        f'input [ {{ name: "images" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]',
-        f'output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] label_filename: "labels.txt" }} ]',
-        f"instance_group [ {{ kind: {kind} count: 1 }} ]",
-        'parameters { key: "task" value { string_value: "classify" } }',
-        f'parameters {{ key: "preprocessing" value {{ string_value: {json.dumps(preprocessing)} }} }}',
-    ]
+    config = mc.ModelConfig(name=name, platform=ONNX_PLATFORM, max_batch_size=MAX_BATCH_SIZE)
+    model_config.add_inputs(config, [TensorSpec(IMAGES, (3, size, size))])
+    model_config.add_outputs(config, [TensorSpec(LOGITS, (classes,), label_filename=LABELS_FILE)])
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(kind), count=1)
+    model_config.set_parameters(config, {TASK_PARAMETER: CLASSIFY, PREPROCESSING_PARAMETER: preprocessing})
     if batching:
-        lines.append("dynamic_batching { default_queue_policy { max_queue_size: 1024 } }")
-    return "\n".join(lines) + "\n"
+        config.dynamic_batching.default_queue_policy.max_queue_size = 1024
+    return model_config.render(config)
 
 
 def export(name: str, out: Path) -> Path:
@@ -78,8 +79,8 @@ def export(name: str, out: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(1, 3, size, size)
     torch.onnx.export(
-        model, (example,), str(path), input_names=["images"], output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        model, (example,), str(path), input_names=[IMAGES], output_names=[LOGITS],
+        dynamic_axes={IMAGES: {0: "batch"}, LOGITS: {0: "batch"}}, opset_version=17, dynamo=False,
     )
     return path
 
@@ -92,8 +93,8 @@ def write_repositories(out: Path, kind: str = "KIND_CPU") -> None:
             folder = out / variant / name
             shutil.rmtree(folder, ignore_errors=True)
             (folder / "1").mkdir(parents=True)
-            (folder / "config.pbtxt").write_text(config_text(name, size, classes, batching, kind))
-            (folder / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(classes)))
+            (folder / CONFIG_FILE).write_text(config_text(name, size, classes, batching, kind))
+            (folder / LABELS_FILE).write_text("".join(f"class_{i}\n" for i in range(classes)))
             (folder / "1" / "model.onnx").hardlink_to(onnx_path)
 
 

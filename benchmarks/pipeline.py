@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 
-from protos.inference import model_config_pb2 as mc
+from contract import model_config
+from contract.names import PREPROCESSING_PARAMETER
 from serving.backends import BackendSettings
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.images import EncodedImage, ImageLimits, Preprocessing, decode_resized, normalise, open_image
@@ -39,11 +39,11 @@ class ClassifyPipeline:
     """decode -> resize -> normalise (batch) -> ONNX Runtime -> softmax top-k, for one model folder."""
 
     def __init__(self, model_dir: Path, threads: int = 0, spin_wait: bool = False, device: Device = CPU) -> None:
-        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+        config = model_config.read(model_dir)
         settings = BackendSettings(intra_op_threads=threads, spin_wait=spin_wait)
         cores = threads or len(os.sched_getaffinity(0))
         self._backend = OnnxRuntimeBackend(model_dir / "1" / "model.onnx", device, settings, cores)
-        pre = json.loads(config.parameters["preprocessing"].string_value)
+        pre = json.loads(config.parameters[PREPROCESSING_PARAMETER].string_value)
         self._pre = Preprocessing(tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"]))
         self._input = config.input[0].name
         self._output = config.output[0].name

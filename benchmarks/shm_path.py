@@ -17,9 +17,9 @@ import grpc
 import numpy as np
 
 from clients.bench.targets import SharedMemoryTensor, Target, v2_shm_target
+from contract.v2_codec import datatype_of, encode_raw
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
-from serving.api.v2_codec import datatype_of, encode_raw
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from clients.bench.loadgen import Samples, run_closed_loop, run_open_loop
 from clients.bench.targets import V2_INFER_METHOD, Target, make_call, v2_image_target
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
+from contract.names import IMAGES
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
 
@@ -157,7 +158,7 @@ def mix_targets(server: ServerProcess) -> list[tuple[str, Target]]:
                 v2.ModelMetadataRequest(name=classifier.name), timeout=30
             )
         targets.append((f"v2 {classifier.name}",
-                        v2_image_target(classifier.name, "images", jpeg, metadata.outputs[0].name)))
+                        v2_image_target(classifier.name, IMAGES, jpeg, metadata.outputs[0].name)))
     targets.append((BAD_INPUT, Target(V2_INFER_METHOD, b"\xff\xff\xff", BAD_INPUT)))
     return targets
 

@@ -47,6 +47,8 @@ from clients.bench.targets import (
 )
 from clients.server_process import ServerProcess, free_ports
 from clients.v2 import response_arrays
+from contract.names import IMAGES, LOGITS
+from contract.scenes import make_scenes
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
 from protos.ninefold.v1 import vision_pb2
@@ -69,9 +71,7 @@ class Settings:
 
 
 def scene_jpeg(size: int) -> bytes:
-    """A synthetic scene from the export stage's generator, as the JPEG every system receives."""
-    from export.data.scenes import make_scenes
-
+    """A synthetic scene from the contract's generator, as the JPEG every system receives."""
     buffer = io.BytesIO()
     Image.fromarray(make_scenes(1, size, seed=7)[0].image).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
@@ -172,8 +172,8 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     seconds = max(1.0, settings.plan.duration_s / 2)
     raw = measure_raw(pipeline, jpeg, RAW_BATCH_SIZES, seconds)
     expected = pipeline([jpeg], k=1)[0].labels[0]
-    tensors = {"images": pipeline.preprocess([jpeg])}  # the v2 tensors-in / logits-out comparison
-    logits_bytes = pipeline.infer(tensors["images"]).nbytes
+    tensors = {IMAGES: pipeline.preprocess([jpeg])}  # the v2 tensors-in / logits-out comparison
+    logits_bytes = pipeline.infer(tensors[IMAGES]).nbytes
     del pipeline
     print(f"  raw: batch 1 p50 {raw.p50_ms_batch1:.2f} ms; best {raw.best_images_per_s:.0f} img/s at batch "
           f"{raw.best_batch_size}", file=sys.stderr, flush=True)
@@ -192,7 +192,7 @@ def run_model(model: str, models_dir: Path, settings: Settings, peer: Path | Non
     if peer is not None:
         process = PeerProcess(peer, models_dir / "batching" / model, logs / f"kserve-{model}.log")
         try:
-            peer_target = v2_image_target(model, "images", jpeg, "logits")
+            peer_target = v2_image_target(model, IMAGES, jpeg, LOGITS)
             check_answer(process.target, peer_target, expected, "kserve")
             points += asyncio.run(measure_system(
                 process.target, peer_target, settings.plan,
@@ -222,7 +222,7 @@ def transport_points(
 
     points = measure(server.target, v2_tensor_target(model, tensors), "ninefold-v2-tensors")
     points += measure(server.http_target, v2_http_tensor_target(model, tensors), "ninefold-http-tensors")
-    with shared_memory_target(server.target, model, tensors, {"logits": logits_bytes}) as target:
+    with shared_memory_target(server.target, model, tensors, {LOGITS: logits_bytes}) as target:
         points += measure(server.target, target, "ninefold-v2-shm")
     return points
 

@@ -35,6 +35,7 @@ from clients.client import VisionClient
 from clients.errors import ClientError, InputError, VisionError
 from clients.formatting import Output
 from clients.version import ninefold_version
+from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, GENERATE, WARP
 
 PROG = "ninefold"
 EXIT_FAILURE = 1
@@ -137,20 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    classify = task("classify", "top-k labels of each image", _each_image(_classify), [images])
+    classify = task(CLASSIFY, "top-k labels of each image", _each_image(_classify), [images])
     classify.add_argument("--top-k", type=_non_negative_int, default=0, help="labels per image (0 = server's 5)")
-    detect = task("detect", "objects in each image: label, score, box", _each_image(_detect), [images])
+    detect = task(DETECT, "objects in each image: label, score, box", _each_image(_detect), [images])
     detect.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score in [0, 1] (0 = server's 0.5)")
     detect.add_argument("--max-detections", type=_non_negative_int, default=0, help="per image (0 = all)")
-    caption = task("caption", "a sentence describing each image", _each_image(_caption), [images])
+    caption = task(CAPTION, "a sentence describing each image", _each_image(_caption), [images])
     caption.add_argument("--beam-size", type=_non_negative_int, default=0, help="beam search width (0/1 = greedy)")
     caption.add_argument("--max-length", type=_non_negative_int, default=0, help="tokens (0 = model's maximum)")
-    warp = task("warp", "the spatial transformer's warped image and affine theta", _each_image(_warp), [images])
+    warp = task(WARP, "the spatial transformer's warped image and affine theta", _each_image(_warp), [images])
     warp.add_argument("--out", type=Path, default=Path("."), help="folder for the warped PNGs (default: .)")
-    align = task("align", "rank sentences for an image, each word with its best region", _align, [model])
+    align = task(ALIGN, "rank sentences for an image, each word with its best region", _align, [model])
     align.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG or WebP)")
     align.add_argument("sentences", nargs="+", metavar="SENTENCE", help="a sentence to score against the image")
-    generate = task("generate", "draw images from the generator", _generate, [model])
+    generate = task(GENERATE, "draw images from the generator", _generate, [model])
     generate.add_argument("--count", type=_non_negative_int, default=4, help="images to draw (default: 4)")
     generate.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same images")
     generate.add_argument("--out", type=Path, required=True, help="folder for the PNGs")

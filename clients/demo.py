@@ -4,8 +4,8 @@ into `--out`, stop the server. Exit status 0 only when every step worked.
 
     python -m clients.demo --model-repository model_repository --out demo_output
 
-Images come from the export stage's scene generator (numpy + Pillow, no torch); the export
-itself runs as a child process (`python -m export`), so this module never imports torch.
+Images come from the contract's scene generator (contract.scenes, numpy); the export itself runs
+as a child process (`python -m export`), so this module never imports torch.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from clients.demo_repository import ensure_repository
 from clients.errors import ClientError
 from clients.results import Answer, ModelInfo
 from clients.server_process import ServerProcess
-from export.data.scenes import SHAPES, Scene, make_scenes
+from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, GENERATE, WARP
+from contract.scenes import SHAPES, Scene, make_scenes
 
 SCENE_SIDE = 64
 """Scenes are drawn at 64 x 64 (the small models' largest input); the server resizes per model."""
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def classify(client: VisionClient, out: Path, seed: int) -> None:
     """Every ready classifier (one request each, images sent as raw uint8 arrays)."""
     scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
-    classifiers = _ready_models(client, "classify")
+    classifiers = _ready_models(client, CLASSIFY)
     for model in classifiers:
         answer = client.classify(np.stack([scene.image for scene in scenes]), model=model.name, top_k=3)
         tiles = []
@@ -176,12 +177,12 @@ def models(client: VisionClient, out: Path, seed: int) -> None:
 
 STEPS: tuple[tuple[str, Step], ...] = (
     ("models", models),
-    ("classify", classify),
-    ("detect", detect),
-    ("caption", caption),
-    ("generate", generate),
-    ("warp", warp),
-    ("align", align),
+    (CLASSIFY, classify),
+    (DETECT, detect),
+    (CAPTION, caption),
+    (GENERATE, generate),
+    (WARP, warp),
+    (ALIGN, align),
 )
 
 

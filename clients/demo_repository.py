@@ -1,9 +1,10 @@
 """Is the demo's model repository up to date, and if not, export it.
 
 "Up to date" means: the stamp file the demo wrote after its last export exists, its digest of
-the export stage's sources (every export/**/*.py) equals today's, and every model it lists still
-has its config.pbtxt and an export_report.json. Any edit to export/ therefore re-exports; a
-repository exported by hand (no stamp) is exported again once, then reused.
+the sources a repository depends on (contract.sources: every export/**/*.py and contract/**/*.py)
+equals today's, and every model it lists still has its config.pbtxt and an export_report.json. Any
+edit to export/ or contract/ therefore re-exports; a repository exported by hand (no stamp) is
+exported again once, then reused.
 
 `python -m clients.demo_repository [--model-repository DIR] [--force] [--allow-below-threshold]` (what
 `make export` runs) exports and stamps, so that a later `make demo` reuses the result. An export that
@@ -13,7 +14,6 @@ fails (a model below its quality or parity bar) stops the demo with the export's
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,19 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clients.errors import ClientError
+from contract.model_config import CONFIG_FILE
+from contract.sources import export_sources_digest
 
 STAMP_FILE = ".ninefold-demo-export.json"
-EXPORT_SOURCES = Path(__file__).resolve().parent.parent / "export"
-"""The export package, a sibling of this one in the source tree and in site-packages alike."""
-
-
-def export_sources_digest() -> str:
-    """sha256 over the relative path and bytes of every Python file of the export package."""
-    root = EXPORT_SOURCES
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def is_up_to_date(repository: Path) -> bool:
@@ -85,7 +76,7 @@ def write_stamp(repository: Path) -> None:
 
 
 def _is_complete(folder: Path) -> bool:
-    return (folder / "config.pbtxt").is_file() and any(folder.glob("*/export_report.json"))
+    return (folder / CONFIG_FILE).is_file() and any(folder.glob("*/export_report.json"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from contract.v2_codec import DATATYPES, datatype_of, decode_raw, encode_raw
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from serving.api.v2_codec import DATATYPES, datatype_of, decode_raw, encode_raw
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import onnx
 import onnxruntime
 import torch
 
-from export.families.base import GraphSpec, ParityCheck, TensorSpec, Tolerance
+from contract.tensors import TensorSpec
+from export.families.base import GraphSpec, ParityCheck, Tolerance
 
 OPSET = 17
 EXPORTER = "torchscript"
@@ -28,7 +29,7 @@ def dynamic_axes(tensors: Sequence[TensorSpec]) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {}
     for tensor in tensors:
         named = {0: "batch"}
-        named.update({i + 1: f"{tensor.name}_{i + 1}" for i, dim in enumerate(tensor.dims) if dim == -1})
+        named.update({i + 1: f"{tensor.name}_{i + 1}" for i, dim in enumerate(tensor.shape) if dim == -1})
         axes[tensor.name] = named
     return axes
 
@@ -69,7 +70,7 @@ def declare_output_dims(path: Path, outputs: Sequence[TensorSpec]) -> None:
     changed = False
     for value in model.graph.output:
         axes = value.type.tensor_type.shape.dim
-        for axis, dim in zip(axes[1:], by_name[value.name].dims, strict=True):
+        for axis, dim in zip(axes[1:], by_name[value.name].shape, strict=True):
             if dim > 0 and axis.dim_value != dim:
                 axis.dim_value = dim  # clears the dim_param (a oneof)
                 changed = True
@@ -119,5 +120,6 @@ def graph_parity(graph: GraphSpec, session: onnxruntime.InferenceSession) -> tup
         expected = run_torch(graph, case.inputs)
         actual = run_session(session, case.inputs)
         for spec in graph.outputs:
-            checks.append(compare(f"{case.name}/{spec.name}", expected[spec.name], actual[spec.name], spec.tolerance))
+            name = spec.name
+            checks.append(compare(f"{case.name}/{name}", expected[name], actual[name], graph.tolerance(name)))
     return tuple(checks)

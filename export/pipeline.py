@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from contract.names import BELOW_THRESHOLD_PARAMETER
 from export import onnx as onnx_export
 from export import repository, tensorrt
 from export.families import family_names, get_family
@@ -40,7 +41,6 @@ from export.families.base import (
     WeightsError,
 )
 from export.train import set_threads
-from serving.repository import BELOW_THRESHOLD_PARAMETER
 
 #: torch's weights_only refusal names the class a checkpoint pickled (a whole model, an optimizer...).
 _PICKLED_CLASS = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")

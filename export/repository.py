@@ -15,10 +15,13 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from export.families.base import TRITON_DTYPES, ExportError, GraphSpec, TensorSpec
+from contract import model_config
+from contract.model_config import CONFIG_FILE, LABELS_FILE
+from contract.names import FAMILY_PARAMETER, ONNX_PLATFORM, TASK_PARAMETER
+from contract.tensors import TensorSpec
+from export.families.base import ExportError, GraphSpec
+from protos.inference import model_config_pb2 as mc
 
-PLATFORM = "onnxruntime_onnx"
-LABELS_FILE = "labels.txt"
 VERSION = "1"
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "export_report.json"
@@ -31,56 +34,32 @@ def model_name(family: str, config: str, suffix: str = "") -> str:
     return f"{family}_{config}{suffix}"
 
 
-def _quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _tensor_entry(tensor: TensorSpec, *, output: bool) -> str:
-    dims = ", ".join(str(d) for d in tensor.dims)
-    entry = f"name: {_quote(tensor.name)} data_type: {TRITON_DTYPES[tensor.dtype]} dims: [ {dims} ]"
-    if output and tensor.label_filename:
-        entry += f" label_filename: {_quote(tensor.label_filename)}"
-    return "  { " + entry + " }"
-
-
 def preferred_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
     """Quarter and half of max_batch_size (powers of two >= 2 only): batches worth waiting a moment for."""
     sizes = [size for size in (max_batch_size // 4, max_batch_size // 2) if size >= 2]
     return tuple(sorted(set(sizes)))
 
 
+def graph_config(name: str, family: str, graph: GraphSpec) -> mc.ModelConfig:
+    """The ModelConfig of one exported graph: its tensors, dynamic batching, one instance (KIND_AUTO) and
+    the parameters task, family and the graph's own."""
+    config = mc.ModelConfig(name=name, platform=ONNX_PLATFORM, max_batch_size=graph.max_batch_size)
+    model_config.add_inputs(config, graph.inputs)
+    model_config.add_outputs(config, graph.outputs)
+    batching = config.dynamic_batching
+    batching.SetInParent()  # present even when every field below is at its default
+    batching.preferred_batch_size.extend(preferred_batch_sizes(graph.max_batch_size))
+    batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    batching.default_queue_policy.max_queue_size = MAX_QUEUE_SIZE
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=1)
+    task = {} if graph.task is None else {TASK_PARAMETER: graph.task}
+    model_config.set_parameters(config, {**task, FAMILY_PARAMETER: family, **graph.parameters})
+    return config
+
+
 def render_config(name: str, family: str, graph: GraphSpec) -> str:
-    """config.pbtxt text (Triton ModelConfig text format) for one exported graph."""
-    lines = [
-        f"name: {_quote(name)}",
-        f"platform: {_quote(PLATFORM)}",
-        f"max_batch_size: {graph.max_batch_size}",
-        "input [",
-        ",\n".join(_tensor_entry(t, output=False) for t in graph.inputs),
-        "]",
-        "output [",
-        ",\n".join(_tensor_entry(t, output=True) for t in graph.outputs),
-        "]",
-        "dynamic_batching {",
-    ]
-    preferred = preferred_batch_sizes(graph.max_batch_size)
-    if preferred:
-        lines.append(f"  preferred_batch_size: [ {', '.join(str(s) for s in preferred)} ]")
-    lines += [
-        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
-        f"  default_queue_policy {{ max_queue_size: {MAX_QUEUE_SIZE} default_timeout_microseconds: 0 }}",
-        "}",
-        "instance_group [ { kind: KIND_AUTO count: 1 } ]",
-    ]
-    parameters: dict[str, str] = {}
-    if graph.task is not None:
-        parameters["task"] = graph.task
-    parameters["family"] = family
-    parameters.update(graph.parameters)
-    for key, value in parameters.items():
-        lines.append(f"parameters {{ key: {_quote(key)} value {{ string_value: {_quote(value)} }} }}")
-    return "\n".join(lines) + "\n"
+    """config.pbtxt text for one exported graph."""
+    return model_config.render(graph_config(name, family, graph))
 
 
 def check_writable(repository: Path) -> None:
@@ -121,7 +100,7 @@ def staged_model(repository: Path, name: str) -> Iterator[Path]:
 
 def write_metadata(folder: Path, name: str, family: str, graph: GraphSpec, report: Mapping[str, object]) -> None:
     """config.pbtxt, labels.txt, extra files and 1/export_report.json into a (staged) model folder."""
-    (folder / "config.pbtxt").write_text(render_config(name, family, graph))
+    (folder / CONFIG_FILE).write_text(render_config(name, family, graph))
     if graph.labels is not None:
         (folder / LABELS_FILE).write_text("".join(f"{label}\n" for label in graph.labels))
     for file_name, content in graph.extra_files.items():
@@ -131,4 +110,4 @@ def write_metadata(folder: Path, name: str, family: str, graph: GraphSpec, repor
 
 def signature(tensors: Sequence[TensorSpec]) -> list[dict[str, object]]:
     """JSON-friendly tensor list for the report: name, dtype, shape with "B" for the batch axis."""
-    return [{"name": t.name, "dtype": t.dtype, "shape": ["B", *t.dims]} for t in tensors]
+    return [{"name": t.name, "dtype": t.dtype.name, "shape": ["B", *t.shape]} for t in tensors]

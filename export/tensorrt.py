@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.families.base import ParityCheck, TensorSpec
+from contract.tensors import TensorSpec
+from export.families.base import ParityCheck
 
 # fp16 engines: agreement with the fp32 ONNX graph is reported, judged against a looser bound.
 FP16_TOLERANCE_ATOL = 2e-2
@@ -43,7 +44,7 @@ def optimisation_profile(
     optimum = max(1, max_batch_size // 2)
     profile = []
     for spec in inputs:
-        dims = tuple(example_shapes[spec.name][i + 1] if dim == -1 else dim for i, dim in enumerate(spec.dims))
+        dims = tuple(example_shapes[spec.name][i + 1] if dim == -1 else dim for i, dim in enumerate(spec.shape))
         profile.append(ProfileShape(name=spec.name, min=(1, *dims), opt=(optimum, *dims), max=(max_batch_size, *dims)))
     return tuple(profile)
 

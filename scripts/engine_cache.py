@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_BATCH_PATTERN = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
-PLATFORM_PATTERN = re.compile(r'^\s*platform\s*:\s*"([^"]+)"', re.MULTILINE)
+from contract import model_config
+from contract.model_config import CONFIG_FILE
+from contract.names import ONNX_PLATFORM
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,17 @@ def cache_key(arch: str, tensorrt_version: str) -> str:
 def find_engine_jobs(repository: Path) -> list[EngineJob]:
     """Every `<model>/<version>/model.onnx` of an ONNX model in the repository, in a stable order."""
     jobs = []
-    for config in sorted(repository.glob("*/config.pbtxt")):
-        text = config.read_text()
-        platform = PLATFORM_PATTERN.search(text)
-        if platform is None or platform.group(1) != "onnxruntime_onnx":
+    for folder in sorted(path.parent for path in repository.glob(f"*/{CONFIG_FILE}")):
+        try:
+            config = model_config.read(folder)
+        except model_config.ConfigSyntaxError as error:  # the server reports it when it loads the model
+            print(f"engine cache: skipping {folder.name}: {CONFIG_FILE}: {error}", file=sys.stderr)
             continue
-        batch = MAX_BATCH_PATTERN.search(text)
-        max_batch_size = int(batch.group(1)) if batch else 0
-        for onnx_path in sorted(config.parent.glob("*/model.onnx")):
+        if config.platform != ONNX_PLATFORM:
+            continue
+        for onnx_path in sorted(folder.glob("*/model.onnx")):
             if onnx_path.parent.name.isdigit():
-                jobs.append(EngineJob(config.parent.name, onnx_path.parent.name, onnx_path, max_batch_size))
+                jobs.append(EngineJob(folder.name, onnx_path.parent.name, onnx_path, config.max_batch_size))
     return jobs
 
 
@@ -109,7 +110,7 @@ def fill_cache(repository: Path, cache: Path, arch: str, build: EngineBuilder) -
 
 def link_view(repository: Path, cache: Path, arch: str, view: Path) -> None:
     """Mirror `repository` into `view` with symlinks and add this GPU's cached plans beside each model.onnx."""
-    for model_dir in sorted(path for path in repository.iterdir() if (path / "config.pbtxt").is_file()):
+    for model_dir in sorted(path for path in repository.iterdir() if (path / CONFIG_FILE).is_file()):
         _link_tree(model_dir, view / model_dir.name)
         for plan in sorted((cache / model_dir.name).glob(f"*/model.{arch}.plan")):
             target = view / model_dir.name / plan.parent.name / plan.name

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.model_config import CONFIG_FILE
+from contract.names import INPUT_RANGES_PARAMETER
 from serving.errors import InvalidArgument
-from serving.repository import CONFIG_FILE, ConfigError, ModelSpec
-
-PARAMETER = "input_ranges"
+from serving.repository import ConfigError, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,10 @@ class InputRange:
 
 def input_ranges(spec: ModelSpec) -> tuple[InputRange, ...]:
     """The `input_ranges` parameter of `spec`, checked against its numeric inputs; () when absent."""
-    text = spec.parameters.get(PARAMETER)
+    text = spec.parameters.get(INPUT_RANGES_PARAMETER)
     if text is None:
         return ()
-    where = f"{spec.name}/{CONFIG_FILE}: parameter '{PARAMETER}'"
+    where = f"{spec.name}/{CONFIG_FILE}: parameter '{INPUT_RANGES_PARAMETER}'"
     try:
         value = json.loads(text)
     except json.JSONDecodeError:

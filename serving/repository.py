@@ -10,31 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
+from contract import model_config
+from contract.model_config import CONFIG_FILE
+from contract.names import FAMILY_PARAMETER, MODEL_TASKS, TASK_PARAMETER
+from contract.tensors import NUMPY_DTYPES, TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving.backends import ONNX_PLATFORMS, TENSORRT_PLATFORMS
 from serving.batching import BatchPolicy
-from serving.tensors import NUMPY_DTYPES, TensorSpec
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.pbtxt"
-#: Values of the `task` parameter (docs/MODEL_REPOSITORY.md).
-TASKS = ("classify", "detect", "caption", "generate", "warp", "align")
-DECODER_TASK = "caption_decoder"
-SENTENCE_TASK = "align_sentence"
-#: Tasks of the second graph of a two-graph task (caption's decoder step, align's sentence side): never a
-#: default model, never answering a task RPC of their own; their main model names them.
-HELPER_TASKS = (DECODER_TASK, SENTENCE_TASK)
-#: Parameter `ninefold export --allow-below-threshold` writes into a model that missed a quality bar (the
-#: bars it missed); the server logs it as a warning when it loads the model.
-BELOW_THRESHOLD_PARAMETER = "below_threshold"
 
 
 class ConfigError(ValueError):
@@ -138,35 +126,16 @@ def read_config(source: ModelSource, files: FileReader = UNCONFINED) -> mc.Model
     path = source.directory / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{where} is missing")
-    text = _colon_before_lists(files.read_text(path))
-    config = mc.ModelConfig()
     try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as strict_error:
-        config = mc.ModelConfig()
-        try:
-            text_format.Parse(text, config, allow_unknown_field=True)
-        except text_format.ParseError as error:
-            raise ConfigError(f"{where}: {error}") from None
-        log.info("%s: ignoring fields ninefold does not use (first: %s)", where, strict_error)
+        parsed = model_config.parse(files.read_text(path))
+    except model_config.ConfigSyntaxError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if parsed.ignored:
+        log.info("%s: ignoring fields ninefold does not use (first: %s)", where, parsed.ignored)
+    config = parsed.config
     if not config.name:
         config.name = source.name
     return config
-
-
-# A quoted string, a comment, or a field name directly followed by "[" (list of messages).
-_LIST_WITHOUT_COLON = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|\b([A-Za-z_]\w*)(\s*)\[')
-
-
-def _colon_before_lists(text: str) -> str:
-    """Write `field [ {...} ]` as `field: [ {...} ]` (same meaning).
-
-    protobuf can skip an unknown field only in the colon form, and Triton configs often use the
-    other (`model_warmup [ ... ]`, `control_input [ ... ]`); strings and comments are left alone.
-    """
-    return _LIST_WITHOUT_COLON.sub(
-        lambda match: f"{match.group(1)}:{match.group(2)}[" if match.group(1) else match.group(0), text
-    )
 
 
 def model_spec(source: ModelSource, config: mc.ModelConfig, files: FileReader = UNCONFINED) -> ModelSpec:
@@ -186,10 +155,10 @@ def model_spec(source: ModelSource, config: mc.ModelConfig, files: FileReader = 
         raise fail("platform is missing; use onnxruntime_onnx or tensorrt_plan")
     if config.max_batch_size < 0:
         raise fail(f"max_batch_size must be >= 0, got {config.max_batch_size}")
-    parameters = {key: value.string_value for key, value in config.parameters.items()}
-    task = parameters.get("task", "")
-    if task and task not in TASKS + HELPER_TASKS:
-        raise fail(f"parameters.task '{task}' is unknown; expected one of {', '.join(TASKS + HELPER_TASKS)}")
+    parameters = model_config.parameters(config)
+    task = parameters.get(TASK_PARAMETER, "")
+    if task and task not in MODEL_TASKS:
+        raise fail(f"parameters.task '{task}' is unknown; expected one of {', '.join(MODEL_TASKS)}")
     inputs = tuple(_tensor(where, "input", t.name, t.data_type, t.dims, t.reshape.shape) for t in config.input)
     outputs = tuple(
         _tensor(where, "output", t.name, t.data_type, t.dims, t.reshape.shape, t.label_filename)
@@ -209,7 +178,7 @@ def model_spec(source: ModelSource, config: mc.ModelConfig, files: FileReader = 
         config=config,
         platform=platform,
         task=task,
-        family=parameters.get("family", ""),
+        family=parameters.get(FAMILY_PARAMETER, ""),
         parameters=parameters,
         inputs=inputs,
         outputs=outputs,
@@ -260,7 +229,7 @@ def _tensor(
         raise fail(f"{kind} '{name}' dims {list(dims)} must be positive or -1")
     if reshape and -1 not in dims and _count(reshape) != _count(dims):
         raise fail(f"{kind} '{name}' reshape {list(reshape)} must hold as many elements as dims {list(dims)}")
-    return TensorSpec(name, data_type, tuple(dims), labels)
+    return TensorSpec(name, tuple(dims), data_type, labels)
 
 
 def _count(shape: Sequence[int]) -> int:

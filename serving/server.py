@@ -25,6 +25,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from contract.names import TASKS
 from serving.api import ServingContext, inference, vision
 from serving.api.http_server import start_http
 from serving.api.shm import SharedMemoryRegistry
@@ -35,7 +36,7 @@ from serving.heap import start_trimming
 from serving.metrics import start_metrics_server
 from serving.models import ModelManager
 from serving.placement import discover_gpus
-from serving.repository import TASKS, FileReader
+from serving.repository import FileReader
 from serving.tls import TlsSettingsError, server_credentials
 
 log = logging.getLogger(__name__)

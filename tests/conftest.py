@@ -2,8 +2,8 @@
 
 ``small_repository``: a model repository with every registered family's small config trained and exported
 once per test run. On a developer machine it is cached under .cache/small_repository/<key>, the key being a
-hash of the export/ sources, so an unchanged export stage is not retrained; with CI set it is built fresh
-in a temporary folder. A file lock makes concurrent pytest runs share one build.
+hash of the export/ and contract/ sources (contract.sources), so an unchanged export stage is not retrained;
+with CI set it is built fresh in a temporary folder. A file lock makes concurrent pytest runs share one build.
 
 ``NINEFOLD_TEST_FAMILIES=stn,align`` (development only, never in CI) builds just those families, under
 their own cache key: the quick loop for someone changing one family, who runs that family's tests.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.demo_repository import export_sources_digest
+from contract.sources import export_sources_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "small_repository"
@@ -42,7 +42,7 @@ def chosen_families() -> list[str] | None:
 
 
 def export_sources_key() -> str:
-    """A short key over every file under export/ (paths and contents), and the chosen families."""
+    """A short key over the sources a repository depends on (export/, contract/), and the chosen families."""
     families = chosen_families()
     return export_sources_digest()[:16] + ("" if families is None else "-" + "-".join(families))
 

@@ -25,6 +25,7 @@ from clients.bench.scrape import average_batch_size, process_cpu_seconds, read_b
 from clients.bench.stats import combine, summarise
 from clients.bench.targets import HttpTarget, Target, classify_target, open_call, v2_image_target
 from clients.channel import NO_SERVER_HINT, SERVER_VARIABLE, default_target
+from contract.names import IMAGES, LOGITS
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.protocol == "ninefold":
         target = classify_target(args.model, jpeg, args.top_k)
     else:
-        target = v2_image_target(args.model, "images", jpeg, "logits", args.top_k)
+        target = v2_image_target(args.model, IMAGES, jpeg, LOGITS, args.top_k)
     plan = LoadPlan(
         concurrencies=_numbers(args.concurrency, int),
         rates=_numbers(args.rate, float),

@@ -1,1 +1,1 @@
-"""Training and evaluation data made, not fetched: procedural scenes (numpy + Pillow only, no torch)."""
+"""Training and evaluation data made, not fetched: the contract's scenes as torch tensors (export only)."""

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.data.scenes import SPLITS, make_scenes, stack_images, stack_labels
+from contract.scenes import SPLITS, make_scenes, stack_images, stack_labels
 
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.25, 0.25, 0.25)
 
 # Seeds offset from the user's seed so that training and held-out scenes never coincide (the families
-# not yet drawing from the train / validation / test splits of export.data.scenes).
+# not yet drawing from the train / validation / test splits of contract.scenes).
 TRAIN_SEED_OFFSET = 0
 HELD_OUT_SEED_OFFSET = 1_000_003
 

@@ -9,7 +9,7 @@ over the other images and sentences of a batch). The word's best region is the a
 
 Served as two graphs so the server batches each side on its own: the image side (`images` ->
 `regions`) and the sentence side (`tokens` -> `words`); the server computes the scores (numpy,
-serving.tasks.alignment_scores, the same function the export's retrieval gate uses).
+contract.alignment_scores, the same function the export's retrieval gate uses).
 """
 
 from __future__ import annotations
@@ -23,7 +23,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.data.scenes import Scene, make_scenes, stack_images
+from contract.alignment_scores import alignment_scores, recall_at
+from contract.names import (
+    ALIGN,
+    ALIGN_SENTENCE,
+    IMAGES,
+    INPUT_RANGES_PARAMETER,
+    MAX_WORDS_PARAMETER,
+    PAD_TOKEN_PARAMETER,
+    PREPROCESSING_PARAMETER,
+    REGIONS,
+    REGIONS_PARAMETER,
+    SENTENCE_MODEL_PARAMETER,
+    TOKENS,
+    VOCABULARY_PARAMETER,
+    WORDS,
+)
+from contract.scenes import Scene, make_scenes, stack_images
+from contract.tensors import TensorSpec
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, evaluation_split, normalise
 from export.families import register_family
 from export.families.base import (
@@ -34,7 +51,6 @@ from export.families.base import (
     ParityCase,
     ParityCheck,
     Quality,
-    TensorSpec,
     input_ranges_parameter,
     load_state_dict_strict,
     preprocessing_parameter,
@@ -43,7 +59,7 @@ from export.families.captioner import Vocabulary, synthetic_vocabulary
 from export.families.narrow import narrow
 from export.repository import model_name
 from export.train import fit_adam_one_cycle, set_threads
-from serving.tasks.alignment_scores import alignment_scores, recall_at
+from protos.inference import model_config_pb2 as mc
 
 
 @dataclass(frozen=True)
@@ -273,7 +289,7 @@ class AlignFamily:
     """Registry entry. The vocabulary is the captioner's (the words of the synthetic captions)."""
 
     name = "align"
-    task = "align"
+    task = ALIGN
     configs: Mapping[str, AlignConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
@@ -305,34 +321,34 @@ class AlignFamily:
         random_tokens[:, words // 2 :] = vocabulary.pad_id
         image = GraphSpec(
             module=aligner.image,
-            inputs=(TensorSpec("images", (3, side, side)),),
-            outputs=(TensorSpec("regions", (align_config.regions, dim)),),
+            inputs=(TensorSpec(IMAGES, (3, side, side)),),
+            outputs=(TensorSpec(REGIONS, (align_config.regions, dim)),),
             parity_cases=(
-                ParityCase("real", {"images": _images(scenes).numpy()}),
-                ParityCase("random", {"images": rng.standard_normal((3, 3, side, side), np.float32)}),
+                ParityCase("real", {IMAGES: _images(scenes).numpy()}),
+                ParityCase("random", {IMAGES: rng.standard_normal((3, 3, side, side), np.float32)}),
             ),
             max_batch_size=align_config.max_batch_size,
             task=self.task,
             parameters={
-                "preprocessing": preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD),
-                "sentence_model": model_name(self.name, config.name, SENTENCE_SUFFIX),
-                "vocabulary": VOCABULARY_FILE,
-                "pad_token": str(vocabulary.pad_id),
-                "max_words": str(words),
-                "regions": json.dumps(region_boxes(align_config.grid)),
+                PREPROCESSING_PARAMETER: preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD),
+                SENTENCE_MODEL_PARAMETER: model_name(self.name, config.name, SENTENCE_SUFFIX),
+                VOCABULARY_PARAMETER: VOCABULARY_FILE,
+                PAD_TOKEN_PARAMETER: str(vocabulary.pad_id),
+                MAX_WORDS_PARAMETER: str(words),
+                REGIONS_PARAMETER: json.dumps(region_boxes(align_config.grid)),
             },
             extra_files={VOCABULARY_FILE: "\n".join(vocabulary.tokens) + "\n"},
         )
         sentence = GraphSpec(
             module=aligner.sentence,
-            inputs=(TensorSpec("tokens", (words,), dtype="int64"),),
-            outputs=(TensorSpec("words", (words, dim)),),
-            parity_cases=(ParityCase("real", {"tokens": real_tokens}), ParityCase("random", {"tokens": random_tokens})),
+            inputs=(TensorSpec(TOKENS, (words,), mc.TYPE_INT64),),
+            outputs=(TensorSpec(WORDS, (words, dim)),),
+            parity_cases=(ParityCase("real", {TOKENS: real_tokens}), ParityCase("random", {TOKENS: random_tokens})),
             max_batch_size=align_config.max_batch_size,
-            task="align_sentence",
+            task=ALIGN_SENTENCE,
             suffix=SENTENCE_SUFFIX,
             # The embedding lookup fails a whole batch on a token id outside the vocabulary.
-            parameters={"input_ranges": input_ranges_parameter({"tokens": (0, len(vocabulary.tokens) - 1)})},
+            parameters={INPUT_RANGES_PARAMETER: input_ranges_parameter({TOKENS: (0, len(vocabulary.tokens) - 1)})},
         )
         return (image, sentence)
 

@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-TASKS = ("classify", "detect", "caption", "caption_decoder", "generate", "warp", "align", "align_sentence")
-
-# Triton data types of the tensors ninefold exports (numpy dtype name -> config.pbtxt data_type).
-TRITON_DTYPES: Mapping[str, str] = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+from contract.names import MODEL_TASKS
+from contract.tensors import TensorSpec
 
 
 @dataclass(frozen=True)
@@ -63,24 +61,8 @@ class Tolerance:
         return Tolerance(atol=0.0, rtol=0.0)
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of an exported graph.
-
-    dims exclude the batch axis (Triton's convention; axis 0 of every tensor is the dynamic batch);
-    -1 marks a further dynamic axis. dtype is a numpy dtype name from TRITON_DTYPES.
-    tolerance applies to outputs only (parity bound); label_filename names labels.txt for class outputs.
-    """
-
-    name: str
-    dims: tuple[int, ...]
-    dtype: str = "float32"
-    tolerance: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-4))
-    label_filename: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.dtype not in TRITON_DTYPES:
-            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} not one of {sorted(TRITON_DTYPES)}")
+DEFAULT_TOLERANCE = Tolerance(atol=1e-4)
+"""The parity bound of an output a GraphSpec names no tolerance for."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +85,11 @@ class GraphSpec:
         parts (auxiliary heads, discriminators) out of it.
     suffix: appended to ``<family>_<config>`` for the model name ("" for the main graph, "_decoder" for
         the captioner's step graph).
-    task: the config.pbtxt ``task`` parameter (one of TASKS), or None for a plain tensor model.
+    inputs, outputs: the graph's tensors (contract.tensors.TensorSpec: shapes without the batch axis, which is
+        dynamic in every exported graph; -1 marks a further dynamic axis).
+    tolerances: output name -> its parity bound; outputs not named get DEFAULT_TOLERANCE.
+    task: the config.pbtxt ``task`` parameter (one of contract.names.MODEL_TASKS), or None for a plain
+        tensor model.
     parameters: further config.pbtxt parameters (string values; see docs/MODEL_REPOSITORY.md), e.g.
         ``preprocessing_parameter(...)``, "output_range", "decoder_model", "vocabulary".
     labels: written to labels.txt (line i = class i) when given; outputs refer to it by label_filename.
@@ -122,10 +108,18 @@ class GraphSpec:
     parameters: Mapping[str, str] = field(default_factory=dict)
     labels: tuple[str, ...] | None = None
     extra_files: Mapping[str, str] = field(default_factory=dict)
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task is not None and self.task not in TASKS:
-            raise ValueError(f"graph task {self.task!r} is not one of {TASKS}")
+        if self.task is not None and self.task not in MODEL_TASKS:
+            raise ValueError(f"graph task {self.task!r} is not one of {MODEL_TASKS}")
+        unknown = set(self.tolerances) - {tensor.name for tensor in self.outputs}
+        if unknown:
+            raise ValueError(f"tolerances for {sorted(unknown)}, which are not outputs of the graph")
+
+    def tolerance(self, output: str) -> Tolerance:
+        """The parity bound of `output`."""
+        return self.tolerances.get(output, DEFAULT_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -210,7 +204,7 @@ class Family(Protocol[ConfigT]):
 
     @property
     def task(self) -> str:
-        """The task of the main graph (one of TASKS)."""
+        """The task of the main graph (one of contract.names.TASKS)."""
         ...
 
     @property

@@ -17,8 +17,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.names import (
+    CAPTION,
+    CAPTION_DECODER,
+    DECODER_MODEL_PARAMETER,
+    END_TOKEN_PARAMETER,
+    IMAGES,
+    INPUT_RANGES_PARAMETER,
+    LOGPROBS,
+    MAX_LENGTH_PARAMETER,
+    PREPROCESSING_PARAMETER,
+    START_TOKEN_PARAMETER,
+    STATE_C,
+    STATE_C_OUT,
+    STATE_H,
+    STATE_H_OUT,
+    TOKEN,
+    VOCABULARY_PARAMETER,
+)
+from contract.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
+from contract.tensors import TensorSpec
 from export.bleu import corpus_bleu
-from export.data.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET, normalise
 from export.families import register_family
 from export.families.base import (
@@ -29,7 +48,6 @@ from export.families.base import (
     ParityCase,
     ParityCheck,
     Quality,
-    TensorSpec,
     input_ranges_parameter,
     load_state_dict_strict,
     preprocessing_parameter,
@@ -37,6 +55,7 @@ from export.families.base import (
 from export.families.narrow import narrow
 from export.repository import model_name
 from export.train import fit_adam_one_cycle, set_threads
+from protos.inference import model_config_pb2 as mc
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -397,7 +416,7 @@ class CaptionerFamily:
     shapes), so `--weights captioner=PATH` takes a `Captioner` state_dict trained with that vocabulary."""
 
     name = "captioner"
-    task = "caption"
+    task = CAPTION
     configs: Mapping[str, CaptionerConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
@@ -451,48 +470,52 @@ class CaptionerFamily:
         start = np.full((4, 1), vocabulary.start_id, dtype=np.int64)
         encoder = GraphSpec(
             module=captioner.encoder,
-            inputs=(TensorSpec("images", (3, side, side)),),
-            outputs=(TensorSpec("h", (state,)), TensorSpec("c", (state,))),
+            inputs=(TensorSpec(IMAGES, (3, side, side)),),
+            outputs=(TensorSpec(STATE_H, (state,)), TensorSpec(STATE_C, (state,))),
             parity_cases=(
-                ParityCase("real", {"images": real.numpy()}),
-                ParityCase("random", {"images": rng.standard_normal((3, 3, side, side), np.float32)}),
+                ParityCase("real", {IMAGES: real.numpy()}),
+                ParityCase("random", {IMAGES: rng.standard_normal((3, 3, side, side), np.float32)}),
             ),
             max_batch_size=captioner_config.max_batch_size,
             task=self.task,
             parameters={
-                "preprocessing": preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD),
-                "decoder_model": model_name(self.name, config.name, DECODER_SUFFIX),
-                "vocabulary": VOCABULARY_FILE,
-                "start_token": str(vocabulary.start_id),
-                "end_token": str(vocabulary.end_id),
-                "max_length": str(caption_max_length()),
+                PREPROCESSING_PARAMETER: preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD),
+                DECODER_MODEL_PARAMETER: model_name(self.name, config.name, DECODER_SUFFIX),
+                VOCABULARY_PARAMETER: VOCABULARY_FILE,
+                START_TOKEN_PARAMETER: str(vocabulary.start_id),
+                END_TOKEN_PARAMETER: str(vocabulary.end_id),
+                MAX_LENGTH_PARAMETER: str(caption_max_length()),
             },
             extra_files={VOCABULARY_FILE: "\n".join(vocabulary.tokens) + "\n"},
         )
         decoder = GraphSpec(
             module=captioner.decoder,
-            inputs=(TensorSpec("token", (1,), dtype="int64"), TensorSpec("h", (state,)), TensorSpec("c", (state,))),
+            inputs=(
+                TensorSpec(TOKEN, (1,), mc.TYPE_INT64),
+                TensorSpec(STATE_H, (state,)),
+                TensorSpec(STATE_C, (state,)),
+            ),
             outputs=(
-                TensorSpec("logprobs", (len(vocabulary.tokens),)),
-                TensorSpec("h_out", (state,)),
-                TensorSpec("c_out", (state,)),
+                TensorSpec(LOGPROBS, (len(vocabulary.tokens),)),
+                TensorSpec(STATE_H_OUT, (state,)),
+                TensorSpec(STATE_C_OUT, (state,)),
             ),
             parity_cases=(
-                ParityCase("real", {"token": start, "h": real_h.numpy(), "c": real_c.numpy()}),
+                ParityCase("real", {TOKEN: start, STATE_H: real_h.numpy(), STATE_C: real_c.numpy()}),
                 ParityCase(
                     "random",
                     {
-                        "token": rng.integers(0, len(vocabulary.tokens), (3, 1), dtype=np.int64),
-                        "h": np.tanh(rng.standard_normal((3, state), np.float32)),
-                        "c": rng.standard_normal((3, state), np.float32),
+                        TOKEN: rng.integers(0, len(vocabulary.tokens), (3, 1), dtype=np.int64),
+                        STATE_H: np.tanh(rng.standard_normal((3, state), np.float32)),
+                        STATE_C: rng.standard_normal((3, state), np.float32),
                     },
                 ),
             ),
             max_batch_size=captioner_config.max_batch_size,
-            task="caption_decoder",
+            task=CAPTION_DECODER,
             suffix=DECODER_SUFFIX,
             # The embedding lookup fails a whole batch on a token id outside the vocabulary.
-            parameters={"input_ranges": input_ranges_parameter({"token": (0, len(vocabulary.tokens) - 1)})},
+            parameters={INPUT_RANGES_PARAMETER: input_ranges_parameter({TOKEN: (0, len(vocabulary.tokens) - 1)})},
         )
         return (encoder, decoder)
 

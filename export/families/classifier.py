@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.data.scenes import SHAPES, make_scenes, stack_images
+from contract.model_config import LABELS_FILE
+from contract.names import CLASSIFY, IMAGES, LOGITS, PREPROCESSING_PARAMETER
+from contract.scenes import SHAPES, make_scenes, stack_images
+from contract.tensors import TensorSpec
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split, normalise
 from export.families.base import (
     FamilyConfig,
@@ -25,7 +28,6 @@ from export.families.base import (
     ParityCase,
     ParityCheck,
     Quality,
-    TensorSpec,
     load_state_dict_strict,
     preprocessing_parameter,
 )
@@ -197,7 +199,7 @@ class ClassifierFamily(Generic[C]):
     name: str
     configs: Mapping[str, C]
     builder: Callable[[C], nn.Module]
-    task: str = "classify"
+    task: str = CLASSIFY
     weights_variant: Callable[[C, Mapping[str, torch.Tensor]], C] | None = None
     """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
 
@@ -254,15 +256,15 @@ class ClassifierFamily(Generic[C]):
         return (
             GraphSpec(
                 module=model.eval(),
-                inputs=(TensorSpec("images", (3, size, size)),),
-                outputs=(TensorSpec("logits", (config.num_classes,), label_filename="labels.txt"),),
+                inputs=(TensorSpec(IMAGES, (3, size, size)),),
+                outputs=(TensorSpec(LOGITS, (config.num_classes,), label_filename=LABELS_FILE),),
                 parity_cases=(
-                    ParityCase("real", {"images": held_out_inputs(8, size, seed, config.mean, config.std)}),
-                    ParityCase("random", {"images": random}),
+                    ParityCase("real", {IMAGES: held_out_inputs(8, size, seed, config.mean, config.std)}),
+                    ParityCase("random", {IMAGES: random}),
                 ),
                 max_batch_size=config.max_batch_size,
                 task=self.task,
-                parameters={"preprocessing": preprocessing_parameter((size, size), config.mean, config.std)},
+                parameters={PREPROCESSING_PARAMETER: preprocessing_parameter((size, size), config.mean, config.std)},
                 labels=labels,
             ),
         )

@@ -27,7 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from export.data.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_images, stack_labels
+from contract.names import GENERATE, IMAGES, LATENT, OUTPUT_RANGE_PARAMETER
+from contract.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_images, stack_labels
+from contract.tensors import TensorSpec
 from export.data.tensors import TRAIN_SEED_OFFSET
 from export.families import register_family
 from export.families.base import (
@@ -38,8 +40,6 @@ from export.families.base import (
     ParityCase,
     ParityCheck,
     Quality,
-    TensorSpec,
-    Tolerance,
     load_state_dict_strict,
 )
 from export.families.narrow import narrow
@@ -388,7 +388,7 @@ class DcganFamily:
     """
 
     name = "dcgan"
-    task = "generate"
+    task = GENERATE
     configs: Mapping[str, DcganConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
@@ -451,15 +451,15 @@ class DcganFamily:
         return (
             GraphSpec(
                 module=narrow(model, Dcgan, self.name).generator.eval(),
-                inputs=(TensorSpec("z", (dcgan_config.z_dim,)),),
-                outputs=(TensorSpec("images", (3, side, side), tolerance=Tolerance(atol=1e-4)),),
+                inputs=(TensorSpec(LATENT, (dcgan_config.z_dim,)),),
+                outputs=(TensorSpec(IMAGES, (3, side, side)),),
                 parity_cases=(
-                    ParityCase("standard_normal", {"z": rng.standard_normal((4, dcgan_config.z_dim), np.float32)}),
-                    ParityCase("wide_normal", {"z": 3 * rng.standard_normal((3, dcgan_config.z_dim), np.float32)}),
+                    ParityCase("standard_normal", {LATENT: rng.standard_normal((4, dcgan_config.z_dim), np.float32)}),
+                    ParityCase("wide_normal", {LATENT: 3 * rng.standard_normal((3, dcgan_config.z_dim), np.float32)}),
                 ),
                 max_batch_size=dcgan_config.max_batch_size,
                 task=self.task,
-                parameters={"output_range": json.dumps(OUTPUT_RANGE)},
+                parameters={OUTPUT_RANGE_PARAMETER: json.dumps(OUTPUT_RANGE)},
             ),
         )
 

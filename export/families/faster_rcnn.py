@@ -29,7 +29,19 @@ from torchvision.models.detection import (
 )
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from export.data.scenes import SHAPES, make_scenes, stack_images
+from contract.model_config import LABELS_FILE
+from contract.names import (
+    BOXES,
+    DETECT,
+    IMAGES,
+    INPUT_RANGES_PARAMETER,
+    LABELS,
+    NUM_DETECTIONS,
+    PREPROCESSING_PARAMETER,
+    SCORES,
+)
+from contract.scenes import SHAPES, make_scenes, stack_images
+from contract.tensors import TensorSpec
 from export.data.tensors import evaluation_split
 from export.families import register_family
 from export.families.base import (
@@ -39,7 +51,6 @@ from export.families.base import (
     ParityCase,
     ParityCheck,
     Quality,
-    TensorSpec,
     Tolerance,
     WeightsError,
     input_ranges_parameter,
@@ -53,8 +64,8 @@ from export.families.detection.mean_ap import ImageDetections
 from export.families.detection.small import SmallDetectorShape, build_small
 from export.families.detection.training import evaluate_detector, scene_set, train_detector
 from export.families.narrow import narrow
-from export.repository import LABELS_FILE
 from export.train import SGDRecipe, set_threads
+from protos.inference import model_config_pb2 as mc
 
 MAP_THRESHOLD = 0.80
 # Row-by-row differences of the padded outputs are recorded but do not decide: two detections whose
@@ -185,7 +196,7 @@ class FasterRCNNFamily:
     """Registry entry: small trains on synthetic scenes; full loads torchvision Faster R-CNN weights."""
 
     name = "faster_rcnn"
-    task = "detect"
+    task = DETECT
     configs: Mapping[str, FasterRCNNConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
@@ -240,24 +251,28 @@ class FasterRCNNFamily:
         real = normalise_pixels(scene_pixels(3, side, seed), transform.image_mean, transform.image_std)
         random = normalise_pixels(noise, transform.image_mean, transform.image_std)
         num_classes = detector.roi_heads.box_predictor.cls_score.out_features
+        outputs = (
+            TensorSpec(BOXES, (max_detections, 4)),
+            TensorSpec(SCORES, (max_detections,)),
+            TensorSpec(LABELS, (max_detections,), mc.TYPE_INT64, LABELS_FILE),
+            TensorSpec(NUM_DETECTIONS, (1,), mc.TYPE_INT64),
+        )
         return (
             GraphSpec(
                 module=BatchedFasterRCNN(detector, (side, side)),
-                inputs=(TensorSpec("images", (3, side, side)),),
-                outputs=(
-                    TensorSpec("boxes", (max_detections, 4), tolerance=RECORDED_ONLY),
-                    TensorSpec("scores", (max_detections,), tolerance=RECORDED_ONLY),
-                    TensorSpec("labels", (max_detections,), "int64", RECORDED_ONLY, LABELS_FILE),
-                    TensorSpec("num_detections", (1,), "int64", RECORDED_ONLY),
-                ),
-                parity_cases=(ParityCase("real", {"images": real}), ParityCase("random", {"images": random})),
+                inputs=(TensorSpec(IMAGES, (3, side, side)),),
+                outputs=outputs,
+                tolerances={tensor.name: RECORDED_ONLY for tensor in outputs},
+                parity_cases=(ParityCase("real", {IMAGES: real}), ParityCase("random", {IMAGES: random})),
                 max_batch_size=_own(config).max_batch_size,
                 task=self.task,
                 parameters={
-                    "preprocessing": preprocessing_parameter((side, side), transform.image_mean, transform.image_std),
+                    PREPROCESSING_PARAMETER: preprocessing_parameter(
+                        (side, side), transform.image_mean, transform.image_std
+                    ),
                     # RoiAlign fails a whole batch on non-finite boxes, which NaN or huge inputs produce.
-                    "input_ranges": input_ranges_parameter(
-                        {"images": pixel_range(transform.image_mean, transform.image_std)}
+                    INPUT_RANGES_PARAMETER: input_ranges_parameter(
+                        {IMAGES: pixel_range(transform.image_mean, transform.image_std)}
                     ),
                 },
                 labels=SHAPES if _own(config).small is not None else class_names(num_classes),

@@ -16,7 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from export.data.scenes import SHAPES, make_scenes, stack_images, stack_labels
+from contract.model_config import LABELS_FILE
+from contract.names import IMAGES, LOGITS, PREPROCESSING_PARAMETER, THETA, WARP, WARPED
+from contract.scenes import SHAPES, make_scenes, stack_images, stack_labels
+from contract.tensors import TensorSpec
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, evaluation_split, normalise
 from export.families import register_family
 from export.families.base import (
@@ -26,12 +29,10 @@ from export.families.base import (
     ParityCase,
     ParityCheck,
     Quality,
-    TensorSpec,
     load_state_dict_strict,
     preprocessing_parameter,
 )
 from export.families.narrow import narrow
-from export.repository import LABELS_FILE
 from export.train import fit_adam_one_cycle, set_threads
 
 
@@ -198,7 +199,7 @@ class StnFamily:
     """Registry entry: small trains on distorted scenes; full loads a `SpatialTransformerNet` state_dict."""
 
     name = "stn"
-    task = "warp"
+    task = WARP
     configs: Mapping[str, StnConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
@@ -249,19 +250,19 @@ class StnFamily:
         return (
             GraphSpec(
                 module=narrow(model, SpatialTransformerNet, self.name).eval(),
-                inputs=(TensorSpec("images", (3, side, side)),),
+                inputs=(TensorSpec(IMAGES, (3, side, side)),),
                 outputs=(
-                    TensorSpec("warped", (3, side, side)),
-                    TensorSpec("theta", (2, 3)),
-                    TensorSpec("logits", (len(SHAPES),), label_filename=LABELS_FILE),
+                    TensorSpec(WARPED, (3, side, side)),
+                    TensorSpec(THETA, (2, 3)),
+                    TensorSpec(LOGITS, (len(SHAPES),), label_filename=LABELS_FILE),
                 ),
                 parity_cases=(
-                    ParityCase("real", {"images": real}),
-                    ParityCase("random", {"images": rng.standard_normal((3, 3, side, side), np.float32)}),
+                    ParityCase("real", {IMAGES: real}),
+                    ParityCase("random", {IMAGES: rng.standard_normal((3, 3, side, side), np.float32)}),
                 ),
                 max_batch_size=stn_config.max_batch_size,
                 task=self.task,
-                parameters={"preprocessing": preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD)},
+                parameters={PREPROCESSING_PARAMETER: preprocessing_parameter((side, side), DEFAULT_MEAN, DEFAULT_STD)},
                 labels=SHAPES,
             ),
         )

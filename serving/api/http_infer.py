@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.v2_codec import DATATYPES, decode_raw, encode_raw
 from protos.inference import grpc_service_pb2 as pb
-from serving.api.v2_codec import DATATYPES, decode_raw, encode_raw
 from serving.api.v2_infer import SHM_REGION
 from serving.errors import InvalidArgument
 

@@ -2,7 +2,7 @@
 
 The same `ServedModel.infer` (and so the same dynamic batcher) serves v2 and task requests, and the
 same `model.request` block counts each request once, from decoding to the encoded response.
-Everything a client sent is checked before any array is built (serving.api.v2_codec). Task
+Everything a client sent is checked before any array is built (contract.v2_codec). Task
 models whose input is `images` also take that input as BYTES, one encoded JPEG/PNG/WebP image
 per element (shape [B] or [B, 1]), decoded and preprocessed by the task layer exactly as the
 task API does. An output requested with parameter `classification` = k answers Triton's
@@ -18,20 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.names import IMAGES, PREPROCESSING_PARAMETER
+from contract.tensors import TensorSpec
+from contract.v2_codec import CodecError, WireSpec, datatype_of, decode_input, encode_raw
 from protos.inference import grpc_service_pb2 as pb
 from serving.api.shm import SharedMemoryRef, SharedMemoryRegistry
 from serving.api.v2_classification import top_k_strings
-from serving.api.v2_codec import WireSpec, datatype_of, decode_input, encode_raw
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import EncodedImage, ImageLimits
 from serving.models import ModelManager, ServedModel
 from serving.repository import is_version_name
 from serving.tasks.common import prepare_images, preprocessing_from
-from serving.tensors import TensorSpec
 
-#: The input name a task model's images arrive under (docs/MODEL_REPOSITORY.md).
-IMAGE_INPUT = "images"
 SHM_REGION, SHM_BYTE_SIZE, SHM_OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 
 
@@ -81,8 +80,8 @@ def wire_spec(model: ServedModel, tensor: TensorSpec) -> WireSpec:
 
 def takes_encoded_images(model: ServedModel) -> bool:
     """Whether the model's `images` input may be sent as encoded image bytes."""
-    return bool(model.task) and "preprocessing" in model.parameters and any(
-        t.name == IMAGE_INPUT for t in model.inputs
+    return bool(model.task) and PREPROCESSING_PARAMETER in model.parameters and any(
+        t.name == IMAGES for t in model.inputs
     )
 
 
@@ -124,15 +123,31 @@ async def _decode_inputs(
         else:
             payload = next(payloads, None)
         contents = tensor.contents if tensor.HasField("contents") and ref is None else None
-        if tensor.datatype == "BYTES" and tensor.name == IMAGE_INPUT and takes_encoded_images(model):
+        if tensor.datatype == "BYTES" and tensor.name == IMAGES and takes_encoded_images(model):
             decoded[tensor.name] = await _decode_images(tensor, payload, contents, model, limits)
             continue
         spec = declared[tensor.name]
-        decoded[tensor.name] = decode_input(
+        decoded[tensor.name] = _decode_input(
             tensor.name, tensor.datatype, tensor.shape, wire_spec(model, spec),
             raw=payload, contents=contents,
         )
     return decoded
+
+
+def _decode_input(
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    spec: WireSpec,
+    *,
+    raw: bytes | None,
+    contents: pb.InferTensorContents | None,
+) -> np.ndarray:
+    """contract.v2_codec.decode_input, its CodecError raised as the core's InvalidArgument."""
+    try:
+        return decode_input(name, datatype, shape, spec, raw=raw, contents=contents)
+    except CodecError as error:
+        raise InvalidArgument(str(error)) from None
 
 
 async def _decode_images(
@@ -147,14 +162,14 @@ async def _decode_images(
     shape = list(tensor.shape)
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or min(shape, default=0) < 1:
         raise InvalidArgument(
-            f"input '{IMAGE_INPUT}': encoded images need shape [B] or [B, 1] (one image per element), got {shape}"
+            f"input '{IMAGES}': encoded images need shape [B] or [B, 1] (one image per element), got {shape}"
         )
-    spec = WireSpec(IMAGE_INPUT, "BYTES", tuple(shape))
+    spec = WireSpec(IMAGES, "BYTES", tuple(shape))
     if shape[0] > limits.max_images_per_request:
         raise ResourceExhausted(
-            f"input '{IMAGE_INPUT}': {shape[0]} images exceed the limit of {limits.max_images_per_request} per request"
+            f"input '{IMAGES}': {shape[0]} images exceed the limit of {limits.max_images_per_request} per request"
         )
-    blobs = decode_input(IMAGE_INPUT, "BYTES", shape, spec, raw=payload, contents=contents).reshape(-1)
+    blobs = _decode_input(IMAGES, "BYTES", shape, spec, raw=payload, contents=contents).reshape(-1)
     batch = await prepare_images(
         [EncodedImage(bytes(blob)) for blob in blobs], preprocessing_from(model.parameters, model.name), limits.images
     )

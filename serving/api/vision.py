@@ -17,13 +17,13 @@ from typing import TypeVar
 
 import grpc
 
+from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, GENERATE, HELPER_TASKS, WARP
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.api import ServingContext
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from serving.images import EncodedImage, ImageInput, ImageLimits, RawImage
 from serving.models import ModelManager, ServedModel
-from serving.repository import HELPER_TASKS
 from serving.tasks.align import Aligner
 from serving.tasks.caption import Captioner, CaptionOptions
 from serving.tasks.classify import Classifier
@@ -89,9 +89,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
 
     # ------------------------------------------------------------------ RPCs
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        model, deadline = self._model_for(request.model, "classify"), deadline_of(context)
+        model, deadline = self._model_for(request.model, CLASSIFY), deadline_of(context)
         with model.request(deadline):
-            classifier = self._task(model, "classify", Classifier)
+            classifier = self._task(model, CLASSIFY, Classifier)
             images = images_from_grpc(request.images, self._max_images)
             results = await classifier.classify(images, request.top_k, deadline)
         return pb.ClassifyResponse(
@@ -105,9 +105,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Detect(self, request: pb.DetectRequest, context: grpc.aio.ServicerContext) -> pb.DetectResponse:
-        model, deadline = self._model_for(request.model, "detect"), deadline_of(context)
+        model, deadline = self._model_for(request.model, DETECT), deadline_of(context)
         with model.request(deadline):
-            detector = self._task(model, "detect", Detector)
+            detector = self._task(model, DETECT, Detector)
             if not 0.0 <= request.score_threshold <= 1.0:
                 raise InvalidArgument(f"score_threshold {request.score_threshold} is outside [0, 1]")
             options = DetectionOptions(
@@ -135,10 +135,10 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Caption(self, request: pb.CaptionRequest, context: grpc.aio.ServicerContext) -> pb.CaptionResponse:
-        model, deadline = self._model_for(request.model, "caption"), deadline_of(context)
+        model, deadline = self._model_for(request.model, CAPTION), deadline_of(context)
         options = CaptionOptions(beam_size=request.beam_size, max_length=request.max_length)
         with model.request(deadline):
-            captioner = self._task(model, "caption", Captioner)
+            captioner = self._task(model, CAPTION, Captioner)
             images = images_from_grpc(request.images, self._max_images)
             results = await captioner.caption(images, options, deadline)
         return pb.CaptionResponse(
@@ -147,9 +147,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        model, deadline = self._model_for(request.model, "generate"), deadline_of(context)
+        model, deadline = self._model_for(request.model, GENERATE), deadline_of(context)
         with model.request(deadline):
-            generator = self._task(model, "generate", Generator)
+            generator = self._task(model, GENERATE, Generator)
             count = len(request.latents) or request.count or 1
             if count > self._max_images:
                 raise ResourceExhausted(f"{count} images in one request; the limit is {self._max_images}")
@@ -164,9 +164,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Warp(self, request: pb.WarpRequest, context: grpc.aio.ServicerContext) -> pb.WarpResponse:
-        model, deadline = self._model_for(request.model, "warp"), deadline_of(context)
+        model, deadline = self._model_for(request.model, WARP), deadline_of(context)
         with model.request(deadline):
-            warper = self._task(model, "warp", Warper)
+            warper = self._task(model, WARP, Warper)
             images = images_from_grpc(request.images, self._max_images)
             results = await warper.warp(images, deadline)
         return pb.WarpResponse(
@@ -175,9 +175,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         )
 
     async def Align(self, request: pb.AlignRequest, context: grpc.aio.ServicerContext) -> pb.AlignResponse:
-        model, deadline = self._model_for(request.model, "align"), deadline_of(context)
+        model, deadline = self._model_for(request.model, ALIGN), deadline_of(context)
         with model.request(deadline):
-            aligner = self._task(model, "align", Aligner)
+            aligner = self._task(model, ALIGN, Aligner)
             images = images_from_grpc(request.images, self._max_images)
             result = await aligner.align(images, request.sentences, deadline)
         return pb.AlignResponse(

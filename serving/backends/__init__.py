@@ -16,8 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from contract.names import ONNX_PLATFORM
+from contract.tensors import TensorSpec
 from serving.placement import Device
-from serving.tensors import TensorSpec
 
 
 class Backend(Protocol):
@@ -66,7 +67,7 @@ class BackendChoice:
     filename: str
 
 
-ONNX_PLATFORMS = ("onnxruntime_onnx", "onnxruntime")
+ONNX_PLATFORMS = (ONNX_PLATFORM, "onnxruntime")
 TENSORRT_PLATFORMS = ("tensorrt_plan", "tensorrt")
 
 

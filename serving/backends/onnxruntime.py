@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving.backends import BackendSettings, tensorrt_loadable
 from serving.cpus import available_cpus
 from serving.placement import Device
-from serving.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def preload_cuda_libraries() -> None:
 
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) else -1 for dim in arg.shape)
-    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, mc.TYPE_INVALID), shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, mc.TYPE_INVALID))
 
 
 class OnnxRuntimeBackend:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.tensors import TensorSpec, config_type_of
 from serving.placement import Device
-from serving.tensors import TensorSpec, config_type_of
 
 
 def _cuda() -> Any:
@@ -65,7 +65,7 @@ class TensorRTBackend:
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             shape = tuple(self._engine.get_tensor_shape(name))
             largest = tuple(self._engine.get_tensor_profile_shape(name, 0)[2]) if is_input else None
-            spec = TensorSpec(name, config_type_of(dtype), shape)
+            spec = TensorSpec(name, shape, config_type_of(dtype))
             (inputs if is_input else outputs).append((spec, dtype, largest))
         self.inputs = tuple(spec for spec, _, _ in inputs)
         self.outputs = tuple(spec for spec, _, _ in outputs)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from contract.model_config import CONFIG_FILE
+from contract.names import BELOW_THRESHOLD_PARAMETER
+from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
-from serving import repository
 from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
 from serving.backends.fixed_shapes import batcher_ladder, warm_batch_sizes
 from serving.batching import DynamicBatcher
@@ -25,8 +27,7 @@ from serving.input_ranges import InputRange, input_ranges
 from serving.ladder import batch_ladder
 from serving.models.served import ModelState, ServedModel
 from serving.placement import Gpu, Placement, PlacementError, place
-from serving.repository import BELOW_THRESHOLD_PARAMETER, ConfigError, ModelSpec
-from serving.tensors import TensorSpec
+from serving.repository import ConfigError, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,12 @@ def reconcile(spec: ModelSpec, backend: Backend) -> ModelSpec:
 
     Raises ConfigError naming the tensor and the disagreement.
     """
-    where = f"{spec.name}/{repository.CONFIG_FILE}"
+    where = f"{spec.name}/{CONFIG_FILE}"
     batches = spec.policy.batches
 
     def from_file(declared: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
         return tuple(
-            TensorSpec(t.name, t.data_type, t.shape[1:] if batches else t.shape) for t in declared
+            TensorSpec(t.name, t.shape[1:] if batches else t.shape, t.data_type) for t in declared
         )
 
     reshaped = {t.name for t in (*spec.config.input, *spec.config.output) if t.reshape.shape}

@@ -13,13 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.names import DEFAULT_PARAMETER, HELPER_TASKS
 from serving import repository
 from serving.backends import BackendSettings
 from serving.errors import NotFound, NotReady, Unavailable
 from serving.models.loader import Loader
 from serving.models.served import ModelState, ServedModel
 from serving.placement import Gpu
-from serving.repository import HELPER_TASKS, ConfigError, ModelSource
+from serving.repository import ConfigError, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class ModelManager:
             (name for name, versions in self._models.items() if versions[max(versions)].task == task),
             key=lambda name: (
                 not any(m.ready for m in self._models[name].values()),
-                self._models[name][max(self._models[name])].parameters.get("default", "").lower() != "true",
+                self._models[name][max(self._models[name])].parameters.get(DEFAULT_PARAMETER, "").lower() != "true",
                 name,
             ),
         )

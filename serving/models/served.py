@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving.backends import Backend
 from serving.batching import DynamicBatcher, Tensors
@@ -30,7 +31,6 @@ from serving.input_ranges import InputRange
 from serving.placement import Placement
 from serving.repository import FileReader, ModelSource, ModelSpec
 from serving.stats import ModelStatistics, ModelStatsSnapshot
-from serving.tensors import TensorSpec
 
 if TYPE_CHECKING:
     from serving.models.loader import Loaded

@@ -4,7 +4,7 @@ Model contract (docs/MODEL_REPOSITORY.md): the image model maps `images` FP32 [B
 `regions` FP32 [B, R, D]; the sentence model maps `tokens` INT64 [B, T] (word ids, then the pad id)
 to `words` FP32 [B, T, D]. The two run through their own batchers at once (images batch with other
 requests' images, sentences with other requests' sentences); the scores are computed here, with the
-function the export's retrieval gate uses (serving.tasks.alignment_scores).
+function the export's retrieval gate uses (contract.alignment_scores).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.alignment_scores import alignment_scores
+from contract.names import IMAGES, REGIONS, TOKENS, WORDS
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import ImageInput, ImageLimits, Preprocessing
-from serving.tasks.alignment_scores import alignment_scores
 from serving.tasks.common import ImageSize, TensorModel, prepare_images
 from serving.tasks.detect import Box, to_original_pixels
 
@@ -179,8 +180,8 @@ class Aligner:
         sentence_model = self.sentence_model()
         batch = await prepare_images(images, self.preprocessing, self.limits)
         image_side, sentence_side = await asyncio.gather(
-            self.model.infer({"images": batch.tensor}, deadline),
-            sentence_model.infer({"tokens": encoded.tokens}, deadline),
+            self.model.infer({IMAGES: batch.tensor}, deadline),
+            sentence_model.infer({TOKENS: encoded.tokens}, deadline),
         )
         boxes = region_boxes(self.regions, self.preprocessing.size, batch.original_sizes)
-        return alignment_results(image_side["regions"], sentence_side["words"], encoded, self.pad_token, boxes)
+        return alignment_results(image_side[REGIONS], sentence_side[WORDS], encoded, self.pad_token, boxes)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.names import IMAGES, LOGPROBS, STATE_C, STATE_C_OUT, STATE_H, STATE_H_OUT, TOKEN
 from serving.errors import InvalidArgument
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.classify import top_columns
@@ -138,9 +139,9 @@ def decoder_step(decoder: TensorModel, deadline: float | None) -> DecoderStep:
     """A DecoderStep that runs through `decoder`'s batcher (tensor names per the model contract)."""
 
     async def step(tokens: np.ndarray, state: DecoderState) -> StepOutput:
-        outputs = await decoder.infer({"token": tokens, "h": state.h, "c": state.c}, deadline)
+        outputs = await decoder.infer({TOKEN: tokens, STATE_H: state.h, STATE_C: state.c}, deadline)
         return StepOutput(
-            logprobs=outputs["logprobs"], state=DecoderState(h=outputs["h_out"], c=outputs["c_out"])
+            logprobs=outputs[LOGPROBS], state=DecoderState(h=outputs[STATE_H_OUT], c=outputs[STATE_C_OUT])
         )
 
     return step
@@ -193,8 +194,8 @@ class Captioner:
         settings = self.settings(options)
         decoder = self.decoder()
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        encoded = await self.model.infer({"images": batch.tensor}, deadline)
-        initial = DecoderState(h=encoded["h"], c=encoded["c"])
+        encoded = await self.model.infer({IMAGES: batch.tensor}, deadline)
+        initial = DecoderState(h=encoded[STATE_H], c=encoded[STATE_C])
         sequences = await beam_search(decoder_step(decoder, deadline), initial, settings)
         return [
             Caption(text=self.text(sequence.tokens), log_probability=sequence.log_probability)

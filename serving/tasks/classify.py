@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.names import IMAGES, LOGITS
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.common import TensorModel, prepare_images
 
@@ -97,5 +98,5 @@ class Classifier:
     ) -> list[Classification]:
         """`top_k` 0 means DEFAULT_TOP_K; results in the order of `images`."""
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        outputs = await self.model.infer({"images": batch.tensor}, deadline)
-        return classifications(outputs["logits"], self.labels, top_k or DEFAULT_TOP_K)
+        outputs = await self.model.infer({IMAGES: batch.tensor}, deadline)
+        return classifications(outputs[LOGITS], self.labels, top_k or DEFAULT_TOP_K)

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from contract.names import PREPROCESSING_PARAMETER
 from serving.decoding_budget import DECODING
 from serving.deferred import DeferredRows, RowWriter
 from serving.errors import ResourceExhausted, Unavailable
@@ -123,7 +124,7 @@ def json_parameter(parameters: Mapping[str, str], key: str, model: str) -> objec
 
 def preprocessing_from(parameters: Mapping[str, str], model: str) -> Preprocessing:
     """Parse the `preprocessing` parameter (docs/MODEL_REPOSITORY.md) of an image-input model."""
-    value = json_parameter(parameters, "preprocessing", model)
+    value = json_parameter(parameters, PREPROCESSING_PARAMETER, model)
     try:
         if not isinstance(value, dict):
             raise TypeError

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.names import BOXES, IMAGES, LABELS, NUM_DETECTIONS, SCORES
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.classify import label_of
 from serving.tasks.common import ImageSize, TensorModel, prepare_images
@@ -73,16 +74,16 @@ def select_detections(
     options: DetectionOptions,
 ) -> list[Detections]:
     """Per image: drop padding rows and scores under the threshold, best first, at most max_detections."""
-    boxes = to_original_pixels(outputs["boxes"], input_size, original_sizes)
-    counts = outputs["num_detections"].reshape(-1)
+    boxes = to_original_pixels(outputs[BOXES], input_size, original_sizes)
+    counts = outputs[NUM_DETECTIONS].reshape(-1)
     results = []
     for image, count in enumerate(counts.tolist()):
-        scores = outputs["scores"][image, :count]
+        scores = outputs[SCORES][image, :count]
         keep = np.flatnonzero(scores >= options.score_threshold)
         keep = keep[np.argsort(-scores[keep], kind="stable")]
         if options.max_detections:
             keep = keep[: options.max_detections]
-        classes = outputs["labels"][image, keep].tolist()
+        classes = outputs[LABELS][image, keep].tolist()
         results.append(
             Detections(
                 detections=tuple(
@@ -109,5 +110,5 @@ class Detector:
         self, images: Sequence[ImageInput], options: DetectionOptions, deadline: float | None
     ) -> list[Detections]:
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        outputs = await self.model.infer({"images": batch.tensor}, deadline)
+        outputs = await self.model.infer({IMAGES: batch.tensor}, deadline)
         return select_detections(outputs, self.preprocessing.size, batch.original_sizes, self.labels, options)

@@ -15,6 +15,25 @@ from typing import TypeVar
 
 import numpy as np
 
+from contract.names import (
+    ALIGN,
+    CAPTION,
+    CLASSIFY,
+    DECODER_MODEL_PARAMETER,
+    DETECT,
+    END_TOKEN_PARAMETER,
+    GENERATE,
+    LATENT,
+    MAX_LENGTH_PARAMETER,
+    MAX_WORDS_PARAMETER,
+    OUTPUT_RANGE_PARAMETER,
+    PAD_TOKEN_PARAMETER,
+    REGIONS_PARAMETER,
+    SENTENCE_MODEL_PARAMETER,
+    START_TOKEN_PARAMETER,
+    VOCABULARY_PARAMETER,
+    WARP,
+)
 from serving.deferred import DeferredRows
 from serving.errors import Unavailable
 from serving.images import ImageLimits
@@ -72,27 +91,28 @@ class TaskFactory:
 
     def _build(self, model: ServedModel) -> Task:
         parameters, name = model.parameters, model.name
-        if model.task == "classify":
+        if model.task == CLASSIFY:
             return Classifier(model, preprocessing_from(parameters, name), model.labels, self._limits)
-        if model.task == "detect":
+        if model.task == DETECT:
             return Detector(model, preprocessing_from(parameters, name), model.labels, self._limits)
-        if model.task == "warp":
+        if model.task == WARP:
             return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits)
-        if model.task == "generate":
+        if model.task == GENERATE:
             return _generator(model)
-        if model.task == "caption":
+        if model.task == CAPTION:
             return self._captioner(model)
-        if model.task == "align":
+        if model.task == ALIGN:
             return self._aligner(model)
         raise Unavailable(f"model '{name}' has task '{model.task}', which the task API does not serve")
 
     def _captioner(self, model: ServedModel) -> Captioner:
         parameters, name = model.parameters, model.name
-        _require(model, "caption", ("decoder_model", "vocabulary", "start_token", "end_token", "max_length"))
-        start, end, longest = _integers(model, ("start_token", "end_token", "max_length"))
+        numbers = (START_TOKEN_PARAMETER, END_TOKEN_PARAMETER, MAX_LENGTH_PARAMETER)
+        _require(model, CAPTION, (DECODER_MODEL_PARAMETER, VOCABULARY_PARAMETER, *numbers))
+        start, end, longest = _integers(model, numbers)
         return Captioner(
             model=model,
-            decoder=functools.partial(StartedModel, self._models, parameters["decoder_model"]),
+            decoder=functools.partial(StartedModel, self._models, parameters[DECODER_MODEL_PARAMETER]),
             preprocessing=preprocessing_from(parameters, name),
             vocabulary=_vocabulary(model),
             start_token=start,
@@ -103,17 +123,27 @@ class TaskFactory:
 
     def _aligner(self, model: ServedModel) -> Aligner:
         parameters, name = model.parameters, model.name
-        _require(model, "align", ("sentence_model", "vocabulary", "pad_token", "max_words", "regions"))
-        pad, max_words = _integers(model, ("pad_token", "max_words"))
+        _require(
+            model,
+            ALIGN,
+            (
+                SENTENCE_MODEL_PARAMETER,
+                VOCABULARY_PARAMETER,
+                PAD_TOKEN_PARAMETER,
+                MAX_WORDS_PARAMETER,
+                REGIONS_PARAMETER,
+            ),
+        )
+        pad, max_words = _integers(model, (PAD_TOKEN_PARAMETER, MAX_WORDS_PARAMETER))
         try:
-            regions = np.array(json_parameter(parameters, "regions", name), dtype=np.float32)
+            regions = np.array(json_parameter(parameters, REGIONS_PARAMETER, name), dtype=np.float32)
             if regions.ndim != 2 or regions.shape[1] != 4 or not len(regions):
                 raise ValueError
         except (TypeError, ValueError):
             raise Unavailable(f"model '{name}': regions must be a list of [x1, y1, x2, y2] fractions") from None
         return Aligner(
             model=model,
-            sentence_model=functools.partial(StartedModel, self._models, parameters["sentence_model"]),
+            sentence_model=functools.partial(StartedModel, self._models, parameters[SENTENCE_MODEL_PARAMETER]),
             preprocessing=preprocessing_from(parameters, name),
             vocabulary=_vocabulary(model),
             pad_token=pad,
@@ -139,7 +169,7 @@ def _integers(model: ServedModel, keys: tuple[str, ...]) -> list[int]:
 
 def _vocabulary(model: ServedModel) -> tuple[str, ...]:
     """The words of the `vocabulary` file in the model's folder (line i = token id i)."""
-    vocabulary_file = model.directory / model.parameters["vocabulary"]
+    vocabulary_file = model.directory / model.parameters[VOCABULARY_PARAMETER]
     if vocabulary_file.parent != model.directory or not vocabulary_file.is_file():
         raise Unavailable(
             f"model '{model.name}': vocabulary '{model.parameters['vocabulary']}' is not a file in its folder"
@@ -152,10 +182,11 @@ def _vocabulary(model: ServedModel) -> tuple[str, ...]:
 
 def _generator(model: ServedModel) -> Generator:
     name = model.name
-    latent = next((tensor for tensor in model.inputs if tensor.name == "z"), None)
+    latent = next((tensor for tensor in model.inputs if tensor.name == LATENT), None)
     if latent is None or len(latent.shape) != 1 or latent.shape[0] < 1:
         raise Unavailable(f"model '{name}' must take input 'z' of shape [B, Z] with a fixed Z to serve generate")
-    value = json_parameter(model.parameters, "output_range", name) if "output_range" in model.parameters else [-1, 1]
+    has_range = OUTPUT_RANGE_PARAMETER in model.parameters
+    value = json_parameter(model.parameters, OUTPUT_RANGE_PARAMETER, name) if has_range else [-1, 1]
     try:
         if not isinstance(value, list):
             raise TypeError

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.names import IMAGES, LATENT
 from serving.errors import InvalidArgument
 from serving.images import encode_png, from_range
 from serving.tasks.common import TensorModel
@@ -59,6 +60,6 @@ class Generator:
 
     async def generate(self, latents: np.ndarray, deadline: float | None) -> list[GeneratedImage]:
         """One PNG per row of `latents` float32 (N, Z), in order."""
-        outputs = await self.model.infer({"z": latents}, deadline)
-        images = outputs["images"]
+        outputs = await self.model.infer({LATENT: latents}, deadline)
+        images = outputs[IMAGES]
         return await run_image_work(lambda: png_images(images, self.output_range), images[0, 0].size * len(images))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.names import IMAGES, LOGITS, THETA, WARPED
 from serving.images import ImageInput, ImageLimits, Preprocessing, denormalise, encode_png
 from serving.tasks.classify import label_of, softmax_top_k
 from serving.tasks.common import TensorModel, prepare_images
@@ -29,9 +30,9 @@ def warp_results(
     outputs: Mapping[str, np.ndarray], preprocessing: Preprocessing, labels: Sequence[str]
 ) -> list[WarpResult]:
     """De-normalise and PNG-encode `warped`, flatten `theta`, take the best class of `logits`."""
-    pixels = denormalise(outputs["warped"], preprocessing)
-    best = softmax_top_k(outputs["logits"], 1)
-    thetas = outputs["theta"].reshape(len(pixels), 6).tolist()
+    pixels = denormalise(outputs[WARPED], preprocessing)
+    best = softmax_top_k(outputs[LOGITS], 1)
+    thetas = outputs[THETA].reshape(len(pixels), 6).tolist()
     return [
         WarpResult(png=encode_png(image), theta=tuple(theta), label=label_of(labels, index), score=score)
         for image, theta, index, score in zip(
@@ -51,7 +52,7 @@ class Warper:
 
     async def warp(self, images: Sequence[ImageInput], deadline: float | None) -> list[WarpResult]:
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        outputs = await self.model.infer({"images": batch.tensor}, deadline)
+        outputs = await self.model.infer({IMAGES: batch.tensor}, deadline)
         height, width = self.preprocessing.size
         return await run_image_work(
             lambda: warp_results(outputs, self.preprocessing, self.labels), height * width * len(images)

@@ -13,12 +13,12 @@ from clients import pictures
 from clients.demo_repository import (
     STAMP_FILE,
     ensure_repository,
-    export_sources_digest,
     is_up_to_date,
     main,
     write_stamp,
 )
 from clients.errors import ClientError
+from contract.sources import export_sources_digest
 from export.families import get_family
 
 

@@ -94,6 +94,15 @@ def test_jobs_are_the_onnx_versions_with_their_batch_size(repository: Path) -> N
         ("faster_rcnn_small", "1", 8), ("resnet_small", "1", 8), ("resnet_small", "2", 8), ("vgg_small", "1", 16)]
 
 
+def test_a_model_whose_config_does_not_parse_is_skipped_not_fatal(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repository / "vgg_small" / "config.pbtxt").write_text('name: "vgg_small"\nmax_batch_size: "sixteen"\n')
+    jobs = engine_cache.find_engine_jobs(repository)
+    assert "vgg_small" not in {job.model for job in jobs} and "resnet_small" in {job.model for job in jobs}
+    assert "skipping vgg_small: config.pbtxt:" in capsys.readouterr().err
+
+
 def test_second_pod_on_the_same_gpu_builds_nothing(repository: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache" / engine_cache.cache_key("sm90", "10.16.1.11")
     first = RecordingBuilder(failing=frozenset({"faster_rcnn_small"}))

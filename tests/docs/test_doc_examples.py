@@ -26,7 +26,7 @@ from PIL import Image
 
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
-from export.data.scenes import make_scenes
+from contract.scenes import make_scenes
 from tests.docs.doc_examples import ROOT, Example, documents, examples
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from contract.alignment_scores import alignment_scores, recall_at
+from contract.scenes import make_scenes
 from export import onnx as onnx_export
-from export.data.scenes import make_scenes
 from export.families.align import (
     POOL_SIZE,
     SMALL,
@@ -23,7 +24,6 @@ from export.families.align import (
     token_tensor,
 )
 from export.families.captioner import synthetic_vocabulary
-from serving.tasks.alignment_scores import alignment_scores, recall_at
 
 
 def test_padding_changes_no_word_vector() -> None:

@@ -11,8 +11,9 @@ import onnxruntime
 import pytest
 import torch
 
+from contract import model_config
+from contract.scenes import TEXTURES, make_scenes, stack_images
 from export.bleu import corpus_bleu
-from export.data.scenes import TEXTURES, make_scenes, stack_images
 from export.data.tensors import normalise
 from export.families import get_family
 from export.families.base import WeightsError
@@ -31,7 +32,6 @@ from export.families.captioner import (
     tokenize,
     train_captioner,
 )
-from serving.repository import ModelSource, read_config
 
 TINY = replace(
     SMALL,
@@ -187,8 +187,7 @@ def test_full_checkpoint_round_trips_and_mismatch_is_refused(tmp_path: Path) -> 
 
 
 def _parameters(folder: Path) -> dict[str, str]:
-    config = read_config(ModelSource(folder.name, folder, (1,)))
-    return {key: value.string_value for key, value in config.parameters.items()}
+    return model_config.parameters(model_config.read(folder))
 
 
 def _session(folder: Path) -> onnxruntime.InferenceSession:

@@ -10,7 +10,9 @@ import onnxruntime
 import pytest
 import torch
 
-from export.data.scenes import stack_labels
+from contract import model_config
+from contract.names import OUTPUT_RANGE_PARAMETER
+from contract.scenes import stack_labels
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.dcgan import (
@@ -226,8 +228,8 @@ def test_exported_generator_serves_any_batch_in_output_range(generator_folder: P
         str(generator_folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     onnx.checker.check_model(str(generator_folder / "1" / "model.onnx"))
-    config = (generator_folder / "config.pbtxt").read_text()
-    assert 'key: "output_range" value { string_value: "[-1.0, 1.0]" }' in config
+    config = model_config.read(generator_folder)
+    assert model_config.parameters(config)[OUTPUT_RANGE_PARAMETER] == "[-1.0, 1.0]"
     for batch in (1, 5):
         z = np.random.default_rng(batch).standard_normal((batch, SMALL.z_dim), dtype=np.float32)
         (images,) = session.run(["images"], {"z": z})

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torchvision
 
+from contract import model_config
+from contract.names import BELOW_THRESHOLD_PARAMETER
 from export import onnx as onnx_export
 from export import tensorrt
 from export.__main__ import EXIT_FAILED, main
@@ -101,8 +103,8 @@ def test_allow_below_threshold_writes_the_model_stamped_in_report_and_config(tmp
     (miss,) = result.quality.misses()
     report = json.loads((result.path / "1" / "export_report.json").read_text())
     assert report["below_threshold"] == [miss] and not report["quality"]["passed"]
-    config = (result.path / "config.pbtxt").read_text()
-    assert f'key: "below_threshold" value {{ string_value: "{miss}" }}' in config
+    config = model_config.read(result.path)
+    assert model_config.parameters(config)[BELOW_THRESHOLD_PARAMETER] == miss
 
 
 def test_every_family_below_its_bar_is_named_not_only_the_first(tmp_path: Path) -> None:
@@ -154,6 +156,6 @@ def test_full_resnet50_exports_from_a_torchvision_checkpoint_with_parity(tmp_pat
     assert result.name == "resnet_full" and result.parity_passed and result.quality is None
     assert {check.name for check in result.parity} == {"real/logits", "random/logits"}
     assert all(check.max_abs_diff <= 1e-4 for check in result.parity)
-    config = (result.path / "config.pbtxt").read_text()
-    assert "dims: [ 3, 224, 224 ]" in config and "dims: [ 1000 ]" in config
+    config = model_config.read(result.path)
+    assert list(config.input[0].dims) == [3, 224, 224] and list(config.output[0].dims) == [1000]
     assert len((result.path / "labels.txt").read_text().splitlines()) == 1000

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 from torch import nn
 
+from contract import model_config
+from contract.tensors import TensorSpec
 from export import repository
-from export.families.base import ExportError, GraphSpec, ParityCase, TensorSpec, Tolerance
+from export.families.base import DEFAULT_TOLERANCE, ExportError, GraphSpec, ParityCase, Tolerance
 from protos.inference import model_config_pb2
 
 
 def _graph() -> GraphSpec:
     return GraphSpec(
         module=nn.Identity(),
-        inputs=(TensorSpec("token", (1,), dtype="int64"), TensorSpec("h", (16,))),
+        inputs=(TensorSpec("token", (1,), model_config_pb2.TYPE_INT64), TensorSpec("h", (16,))),
         outputs=(
             TensorSpec("logprobs", (-1,), label_filename="labels.txt"),
-            TensorSpec("count", (1,), dtype="int64", tolerance=Tolerance.exact()),
+            TensorSpec("count", (1,), model_config_pb2.TYPE_INT64),
         ),
+        tolerances={"count": Tolerance.exact()},
         parity_cases=(ParityCase("random", {"token": np.zeros((1, 1), np.int64)}),),
         max_batch_size=64,
         task="caption_decoder",
@@ -34,7 +37,9 @@ def _graph() -> GraphSpec:
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
+    parsed = model_config.parse(text)
+    assert not parsed.ignored, parsed.ignored
+    return parsed.config
 
 
 def test_rendered_config_parses_as_triton_model_config() -> None:
@@ -49,13 +54,31 @@ def test_rendered_config_parses_as_triton_model_config() -> None:
     assert list(config.dynamic_batching.preferred_batch_size) == [16, 32]
     assert config.dynamic_batching.max_queue_delay_microseconds == repository.MAX_QUEUE_DELAY_US
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO
-    parameters = {key: value.string_value for key, value in config.parameters.items()}
-    assert parameters == {
+    assert model_config.parameters(config) == {
         "task": "caption_decoder",
         "family": "captioner",
         "preprocessing": '{"size": [32, 32], "mean": [0.5], "std": [0.25]}',
         "max_length": "12",
     }
+
+
+def test_the_rendered_config_reads_back_as_the_message_it_was_rendered_from() -> None:
+    config = repository.graph_config("captioner_small_decoder", "captioner", _graph())
+    assert parse_config(model_config.render(config)) == config
+
+
+def test_outputs_without_a_named_tolerance_get_the_default_and_unknown_names_are_refused() -> None:
+    graph = _graph()
+    assert graph.tolerance("count") == Tolerance.exact() and graph.tolerance("logprobs") == DEFAULT_TOLERANCE
+    with pytest.raises(ValueError, match=r"tolerances for \['h'\], which are not outputs"):
+        dataclasses.replace(graph, tolerances={"h": DEFAULT_TOLERANCE})
+
+
+def test_signature_names_numpy_dtypes_and_the_batch_axis() -> None:
+    assert repository.signature(_graph().inputs) == [
+        {"name": "token", "dtype": "int64", "shape": ["B", 1]},
+        {"name": "h", "dtype": "float32", "shape": ["B", 16]},
+    ]
 
 
 @pytest.mark.parametrize(("max_batch", "preferred"), [(1, ()), (4, (2,)), (32, (8, 16)), (6, (3,))])

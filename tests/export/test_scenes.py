@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.data.scenes import COLORS, SHAPES, SPLITS, TEXTURES, affine_sample, make_scene, make_scenes
+from contract.scenes import COLORS, SHAPES, SPLITS, TEXTURES, affine_sample, make_scene, make_scenes
 
 
 def test_same_seed_same_scenes_and_different_seed_different_scenes() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from google.protobuf import text_format
 
+from contract import model_config
+from contract.scenes import SHAPES, make_scenes, stack_images
 from export import onnx as onnx_export
-from export.data.scenes import SHAPES, make_scenes, stack_images
 from export.data.tensors import normalise
 from export.families import family_names, get_family
 from protos.inference import model_config_pb2
@@ -53,7 +53,7 @@ def test_family_meets_its_quality_threshold(small_repository: Path, family: str)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_config_matches_the_onnx_graph(small_repository: Path, family: str) -> None:
     for folder in _model_folders(small_repository, family):
-        config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        config = model_config.read(folder)
         assert config.name == folder.name and config.platform == "onnxruntime_onnx" and config.max_batch_size > 0
         graph = onnx.load(str(folder / "1" / "model.onnx"))
         for declared, actual in ((config.input, graph.graph.input), (config.output, graph.graph.output)):
@@ -76,7 +76,7 @@ def test_config_matches_the_onnx_graph(small_repository: Path, family: str) -> N
 @pytest.mark.parametrize("family", CLASSIFIERS)
 def test_exported_classifier_classifies_fresh_scenes_in_any_batch_size(small_repository: Path, family: str) -> None:
     folder = small_repository / f"{family}_small"
-    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = model_config.read(folder)
     preprocessing = json.loads(config.parameters["preprocessing"].string_value)
     assert (folder / "labels.txt").read_text().splitlines() == list(SHAPES)
     # 240 scenes: at the recipes' >= 0.97 the chance of 24 misses (below 0.9) is negligible; with 48 it was not.

@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 import torch
 
-from export.data.scenes import affine_sample
+from contract.scenes import affine_sample
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.stn import FULL, SMALL, SpatialTransformerNet, distorted_set, to_pixels, train_stn

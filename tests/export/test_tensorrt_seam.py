@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.tensors import TensorSpec
 from export import tensorrt
-from export.families.base import TensorSpec
+from protos.inference import model_config_pb2
 
 
 def test_profile_spans_batch_one_to_max_and_keeps_the_other_dims() -> None:
@@ -17,7 +18,7 @@ def test_profile_spans_batch_one_to_max_and_keeps_the_other_dims() -> None:
 
 
 def test_profile_takes_dynamic_dims_from_the_example_and_covers_every_input() -> None:
-    inputs = (TensorSpec("token", (1,), dtype="int64"), TensorSpec("h", (-1,)))
+    inputs = (TensorSpec("token", (1,), model_config_pb2.TYPE_INT64), TensorSpec("h", (-1,)))
     profile = tensorrt.optimisation_profile(inputs, 1, {"token": (2, 1), "h": (2, 48)})
     assert [(p.name, p.min, p.opt, p.max) for p in profile] == [
         ("token", (1, 1), (1, 1), (1, 1)),

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from contract.v2_codec import DATATYPES, decode_raw, encode_raw
 from protos.inference import grpc_service_pb2 as pb
 from serving.api.http_infer import OutputFormat, infer_request, infer_response
-from serving.api.v2_codec import DATATYPES, decode_raw, encode_raw
 from serving.errors import InvalidArgument
 
 

@@ -14,11 +14,11 @@ import pytest
 import tritonclient.http as httpclient
 
 from clients.server_process import ServerProcess
+from contract.v2_codec import datatype_of
 from tests.protocols.conftest import TritonRunner, curl
 from tests.protocols.test_v2_server import inputs_for, ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")]
-_DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def _http_infer(client: httpclient.InferenceServerClient, model: str, arrays: di
                 outputs: list[str], binary: bool) -> dict[str, np.ndarray]:
     tensors = []
     for name, array in arrays.items():
-        tensor = httpclient.InferInput(name, list(array.shape), _DATATYPES[array.dtype])
+        tensor = httpclient.InferInput(name, list(array.shape), datatype_of(array))
         tensor.set_data_from_numpy(array, binary_data=binary)
         tensors.append(tensor)
     requested = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in outputs]
@@ -48,7 +48,7 @@ def test_every_small_family_model_serves_oip_http(small_server: ServerProcess, t
     requests = {name: inputs_for(metadata[name], rng) for name in names}
     grpc = TritonRunner(small_server.target, tmp_path).run(
         [{"op": "infer", "model": name, "inputs": [
-            {"name": key, "datatype": _DATATYPES[array.dtype], "array": f"{name}.{key}"}
+            {"name": key, "datatype": datatype_of(array), "array": f"{name}.{key}"}
             for key, array in arrays.items()]} for name, arrays in requests.items()],
         {f"{name}.{key}": array for name, arrays in requests.items() for key, array in arrays.items()},
     )
@@ -58,7 +58,7 @@ def test_every_small_family_model_serves_oip_http(small_server: ServerProcess, t
         binary = _http_infer(client, name, requests[name], outputs, binary=True)
         as_json = _http_infer(client, name, requests[name], outputs, binary=False)
         body = json.dumps({"inputs": [
-            {"name": key, "datatype": _DATATYPES[a.dtype], "shape": list(a.shape), "data": a.tolist()}
+            {"name": key, "datatype": datatype_of(a), "shape": list(a.shape), "data": a.tolist()}
             for key, a in requests[name].items()]}).encode()
         answer = curl(f"http://{small_server.http_target}/v2/models/{name}/infer", body)
         assert answer.status == 200, answer.body

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from clients.server_process import ServerProcess
+from contract.v2_codec import encode_raw
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.api.inference import STREAM_IN_FLIGHT
-from serving.api.v2_codec import encode_raw
 from tests.protocols.repositories import tiny_classifier_logits
 from tests.serving.tiny_repository import SIZE
 

@@ -21,11 +21,11 @@ from google.protobuf import text_format
 from clients import cli
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
-from export.data.scenes import make_scenes
+from contract.alignment_scores import alignment_scores
+from contract.scenes import make_scenes
 from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
-from serving.tasks.alignment_scores import alignment_scores
 from tests.serving.test_vision_tiny import metric
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 

@@ -1,7 +1,7 @@
 """Every task end to end on the real exported small families (the `small_repository` fixture).
 
 The server runs as a subprocess over loopback; the images are synthetic scenes with ground truth
-(export/data/scenes.py, NumPy only), sent as PNG, JPEG and raw tensors, at sizes other than the
+(contract/scenes.py, NumPy only), sent as PNG, JPEG and raw tensors, at sizes other than the
 models' so that resizing and box rescaling are exercised. Quality checks are loose on purpose:
 they prove the pipeline (preprocessing, label order, box scaling, decoding) is right, not how well
 a few minutes of training did; each model's measured quality is in its export_report.json.
@@ -18,20 +18,19 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import text_format
 from PIL import Image
 
 from clients.bench.scrape import read_batch_counters
 from clients.server_process import ServerProcess
-from export.data.scenes import SHAPES, Scene, affine_sample, make_scenes
-from protos.inference import model_config_pb2 as mc
+from contract import model_config
+from contract.names import TASKS
+from contract.scenes import SHAPES, Scene, affine_sample, box_iou, make_scenes
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 pytestmark = pytest.mark.slow
 
-TASKS = ("classify", "detect", "caption", "generate", "warp")
 SEED = 20261125
 
 
@@ -58,7 +57,7 @@ def default_model(models: list[pb.ModelInfo], task: str) -> pb.ModelInfo:
 
 def input_size(repository: Path, model: str) -> int:
     """The square side of a model's input, from its preprocessing parameter."""
-    config = text_format.Parse((repository / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = model_config.read(repository / model)
     return int(json.loads(config.parameters["preprocessing"].string_value)["size"][0])
 
 
@@ -66,14 +65,6 @@ def mixed(scenes: list[Scene]) -> list[pb.Image]:
     """The scenes' images as PNG, JPEG and raw tensors in turn."""
     kinds = (encoded_image, lambda p: encoded_image(p, "JPEG"), raw_image)
     return [kinds[i % 3](scene.image) for i, scene in enumerate(scenes)]
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    overlap = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
-    return overlap / union if union > 0 else 0.0
 
 
 def test_every_task_has_a_ready_default_model(models: list[pb.ModelInfo]) -> None:
@@ -119,7 +110,7 @@ def test_detect_boxes_land_on_the_objects_in_original_pixels(vision, models, sma
     for scene, (sx, sy), result in zip(scenes, stretches, response.results, strict=True):
         boxes = [np.array([d.box.x1, d.box.y1, d.box.x2, d.box.y2]) for d in result.detections]
         for truth in scene.boxes * np.array([sx, sy, sx, sy], np.float32):
-            best_overlaps.append(max((iou(truth, box) for box in boxes), default=0.0))
+            best_overlaps.append(max((box_iou(truth, box) for box in boxes), default=0.0))
     assert np.mean(best_overlaps) > 0.6, best_overlaps  # 0.9+ when right; under 0.6 with either axis unscaled
 
 
@@ -154,7 +145,7 @@ def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, 
     model's sampler pads with zeros in normalised space, i.e. with the mean colour in pixels."""
     model = default_model(models, "warp")
     size = input_size(small_repository, model.name)
-    config = text_format.Parse((small_repository / model.name / "config.pbtxt").read_text(), mc.ModelConfig())
+    config = model_config.read(small_repository / model.name)
     mean = 255 * np.array(json.loads(config.parameters["preprocessing"].string_value)["mean"], np.float32)
     scenes = make_scenes(6, size, SEED + 3, distort=True)
     response = vision.Warp(pb.WarpRequest(images=[raw_image(s.image) for s in scenes]), timeout=60)

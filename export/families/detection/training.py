@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.models.detection import FasterRCNN
 
-from export.data.scenes import Scene, make_scenes
+from contract.scenes import Scene, make_scenes
 from export.families.detection.mean_ap import ImageDetections, ImageTruth, MeanAP, mean_average_precision
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 

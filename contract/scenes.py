@@ -1,6 +1,7 @@
 """Procedural synthetic scenes: coloured shapes on textured backgrounds, with ground truth for every task.
 
-Numpy and Pillow only (no torch): the demo and the serving tests import this module to draw images.
+Numpy only: the export trains and evaluates on these scenes; the demo, the benchmarks and the tests draw
+their images from them.
 Every scene is deterministic from the random generator it is drawn with, so ``make_scenes(n, size, seed)``
 returns the same scenes on every machine. The export draws its data from three splits of each seed
 (``split="train"``, ``"validation"``, ``"test"``): independent streams, so that recipes are tuned on
@@ -167,7 +168,8 @@ def _draw_object(
     return [xs[cols[0]] - 0.25, ys[rows[0]] - 0.25, xs[cols[-1]] + 0.25, ys[rows[-1]] + 0.25]
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes x1, y1, x2, y2 (0 when both are empty)."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -190,7 +192,7 @@ def _place_objects(rng: np.random.Generator, size: int, objects: int) -> list[tu
         radius = rng.uniform(*_MULTI_RADIUS) * size
         cx, cy = rng.uniform(radius, size - radius, size=2)
         box = np.array([cx - radius, cy - radius, cx + radius, cy + radius])
-        if all(_box_iou(box, other) <= _MAX_MULTI_IOU for other in boxes):
+        if all(box_iou(box, other) <= _MAX_MULTI_IOU for other in boxes):
             placed.append((float(cx), float(cy), float(radius)))
             boxes.append(box)
     return placed

@@ -1,4 +1,4 @@
-"""Tensor signatures and the data-type tables shared by the repository, backends and transports.
+"""Tensor signatures and the data-type tables: what export declares, serving checks and clients send.
 
 Three spellings of one data type meet here: Triton's config enum (`TYPE_FP32`), the Open
 Inference Protocol's string (`"FP32"`) and numpy's dtype. BYTES/STRING tensors have no numpy
@@ -51,7 +51,8 @@ PROTOCOL_DATATYPES: dict[int, str] = {
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output of a model as a client sees it.
+    """One input or output of a model: what the export declares, config.pbtxt carries, the server checks
+    and a client sees.
 
     `shape` excludes the batch axis when the model batches (Triton's `dims`); -1 = any size.
     (A backend's own declaration includes its batch axis.) `data_type` is the Triton config
@@ -59,8 +60,8 @@ class TensorSpec:
     """
 
     name: str
-    data_type: int
     shape: tuple[int, ...]
+    data_type: int = mc.TYPE_FP32
     label_filename: str = ""
 
     @property

@@ -6,8 +6,9 @@ have no typed `contents` field and travel raw only. BF16 has no numpy type, so i
 float32 on the way in (exact) and rounded to nearest-even on the way out.
 
 Every check runs on the declared shape and the bytes actually received, before any array is
-built, so a request claiming a huge shape costs nothing; errors are InvalidArgument naming the
-tensor and what was expected.
+built, so a request claiming a huge shape costs nothing; errors are CodecError naming the
+tensor and what was expected. Shared by the server (serving.api.v2_infer) and the clients
+(clients.v2); the server answers a CodecError as INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from typing import Protocol
 
 import numpy as np
 
-from serving.errors import InvalidArgument
-
 _LENGTH = struct.Struct("<I")
+
+
+class CodecError(ValueError):
+    """A tensor that breaks the wire rules or its declaration; the message names the tensor."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def datatype_of(array: np.ndarray) -> str:
     try:
         return _BY_NUMPY[array.dtype.newbyteorder("=")]
     except KeyError:
-        raise InvalidArgument(f"arrays of dtype {array.dtype} have no Open Inference Protocol datatype") from None
+        raise CodecError(f"arrays of dtype {array.dtype} have no Open Inference Protocol datatype") from None
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def check_shape(kind: str, name: str, shape: Sequence[int], spec: WireSpec) -> i
         dim >= 0 and want in (-1, dim) for dim, want in zip(shape, spec.shape, strict=True)
     )
     if not matches:
-        raise InvalidArgument(
+        raise CodecError(
             f"{kind} '{name}': shape {list(shape)} does not match the model's {list(spec.shape)} "
             "(-1 = any size)"
         )
@@ -116,7 +119,7 @@ def decode_input(
     Datatype, shape and byte size are checked against `spec` and each other before decoding.
     """
     if datatype != spec.datatype:
-        raise InvalidArgument(f"input '{name}': datatype {datatype or '(empty)'}, the model expects {spec.datatype}")
+        raise CodecError(f"input '{name}': datatype {datatype or '(empty)'}, the model expects {spec.datatype}")
     count = check_shape("input", name, shape, spec)
     kind = DATATYPES[datatype]
     if raw is not None:
@@ -124,7 +127,7 @@ def decode_input(
     elif contents is not None:
         flat = _decode_typed(name, kind, contents, count)
     else:
-        raise InvalidArgument(f"input '{name}': no data; send it in raw_input_contents or in contents")
+        raise CodecError(f"input '{name}': no data; send it in raw_input_contents or in contents")
     return flat.reshape(tuple(shape))
 
 
@@ -134,7 +137,7 @@ def decode_raw(name: str, kind: Datatype, raw: bytes, count: int) -> np.ndarray:
         return _decode_bytes(name, raw, count)
     expected = count * kind.wire.itemsize
     if len(raw) != expected:
-        raise InvalidArgument(
+        raise CodecError(
             f"input '{name}': {len(raw)} bytes of raw data, expected {expected} "
             f"({count} {kind.name} elements of {kind.wire.itemsize} bytes)"
         )
@@ -146,7 +149,7 @@ def decode_raw(name: str, kind: Datatype, raw: bytes, count: int) -> np.ndarray:
 
 def _decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     if count * _LENGTH.size > len(raw):
-        raise InvalidArgument(
+        raise CodecError(
             f"input '{name}': {len(raw)} bytes cannot hold {count} BYTES elements "
             "(each needs a 4-byte little-endian length prefix)"
         )
@@ -154,26 +157,26 @@ def _decode_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     offset = 0
     for index in range(count):
         if offset + _LENGTH.size > len(raw):
-            raise InvalidArgument(f"input '{name}': raw data ends before BYTES element {index} of {count}")
+            raise CodecError(f"input '{name}': raw data ends before BYTES element {index} of {count}")
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += _LENGTH.size
         if offset + length > len(raw):
-            raise InvalidArgument(
+            raise CodecError(
                 f"input '{name}': BYTES element {index} claims {length} bytes, only {len(raw) - offset} remain"
             )
         out[index] = raw[offset : offset + length]
         offset += length
     if offset != len(raw):
-        raise InvalidArgument(f"input '{name}': {len(raw) - offset} bytes left after {count} BYTES elements")
+        raise CodecError(f"input '{name}': {len(raw) - offset} bytes left after {count} BYTES elements")
     return out
 
 
 def _decode_typed(name: str, kind: Datatype, contents: TensorContents, count: int) -> np.ndarray:
     if kind.contents_field is None:
-        raise InvalidArgument(f"input '{name}': {kind.name} has no typed contents; send it in raw_input_contents")
+        raise CodecError(f"input '{name}': {kind.name} has no typed contents; send it in raw_input_contents")
     values = getattr(contents, kind.contents_field)
     if len(values) != count:
-        raise InvalidArgument(
+        raise CodecError(
             f"input '{name}': {len(values)} values in contents.{kind.contents_field}, the shape needs {count}"
         )
     if kind.name == "BYTES":

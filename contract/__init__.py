@@ -1,0 +1,12 @@
+"""The contract between the stages: what export writes, serving reads and clients send, defined once.
+
+Neutral ground: numpy, protobuf and the generated protos only (never torch, grpc or a module of export,
+serving or clients), so that every stage can import it without pulling in another.
+
+    names.py         task names, tensor names, config.pbtxt parameter keys
+    tensors.py       TensorSpec and the Triton enum <-> numpy <-> v2 datatype tables
+    model_config.py  config.pbtxt: the one writer (render) and the one reader (parse)
+    v2_codec.py      Open Inference Protocol tensors <-> numpy arrays, checked
+    scenes.py        the procedural scenes every stage draws its images from
+    sources.py       the digest of the sources an exported repository depends on
+"""

@@ -1,0 +1,70 @@
+"""The names export writes and serving reads: platforms, tasks, tensors and config.pbtxt parameters.
+
+docs/MODEL_REPOSITORY.md documents each of them; a name changes here or nowhere.
+"""
+
+from __future__ import annotations
+
+ONNX_PLATFORM = "onnxruntime_onnx"
+"""config.pbtxt `platform` of an ONNX model (what the export writes; Triton's name)."""
+
+# Values of the `task` parameter.
+CLASSIFY = "classify"
+DETECT = "detect"
+CAPTION = "caption"
+GENERATE = "generate"
+WARP = "warp"
+ALIGN = "align"
+CAPTION_DECODER = "caption_decoder"
+"""A captioner's step graph: a model the caption task drives, never a task a request names."""
+ALIGN_SENTENCE = "align_sentence"
+"""An aligner's sentence graph: a model the align task drives, never a task a request names."""
+
+TASKS: tuple[str, ...] = (CLASSIFY, DETECT, CAPTION, GENERATE, WARP, ALIGN)
+"""The tasks a request can name (one Vision RPC each)."""
+HELPER_TASKS: tuple[str, ...] = (CAPTION_DECODER, ALIGN_SENTENCE)
+"""Tasks of the second graph of a two-graph task: never a default model, never answering an RPC of their own;
+their main model names them."""
+MODEL_TASKS: tuple[str, ...] = (*TASKS, *HELPER_TASKS)
+"""Every value the `task` parameter may hold."""
+
+# Tensor names per task (docs/MODEL_REPOSITORY.md, "Tensor signatures per task").
+IMAGES = "images"
+"""The preprocessed images (FP32 [B, 3, H, W]) of every image-input model; also the generator's output."""
+LOGITS = "logits"
+BOXES = "boxes"
+SCORES = "scores"
+LABELS = "labels"
+NUM_DETECTIONS = "num_detections"
+LATENT = "z"
+WARPED = "warped"
+THETA = "theta"
+STATE_H = "h"
+STATE_C = "c"
+TOKEN = "token"
+LOGPROBS = "logprobs"
+STATE_H_OUT = "h_out"
+STATE_C_OUT = "c_out"
+REGIONS = "regions"
+"""The aligner's region embeddings (FP32 [B, R, D]); its sentence graph maps TOKENS to WORDS."""
+TOKENS = "tokens"
+WORDS = "words"
+
+# config.pbtxt parameter keys (all string_value).
+TASK_PARAMETER = "task"
+FAMILY_PARAMETER = "family"
+DEFAULT_PARAMETER = "default"
+PREPROCESSING_PARAMETER = "preprocessing"
+INPUT_RANGES_PARAMETER = "input_ranges"
+OUTPUT_RANGE_PARAMETER = "output_range"
+BELOW_THRESHOLD_PARAMETER = "below_threshold"
+"""The bars a model exported with --allow-below-threshold missed; the server warns when it loads it."""
+DECODER_MODEL_PARAMETER = "decoder_model"
+VOCABULARY_PARAMETER = "vocabulary"
+START_TOKEN_PARAMETER = "start_token"
+END_TOKEN_PARAMETER = "end_token"
+MAX_LENGTH_PARAMETER = "max_length"
+SENTENCE_MODEL_PARAMETER = "sentence_model"
+PAD_TOKEN_PARAMETER = "pad_token"
+MAX_WORDS_PARAMETER = "max_words"
+REGIONS_PARAMETER = "regions"
