@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
 #: Values of the `task` parameter (docs/MODEL_REPOSITORY.md).
-TASKS = ("classify", "detect", "caption", "generate", "warp")
+TASKS = ("classify", "detect", "caption", "generate", "warp", "explain")
 DECODER_TASK = "caption_decoder"
 #: Parameter `ninefold export --allow-below-threshold` writes into a model that missed a quality bar (the
 #: bars it missed); the server logs it as a warning when it loads the model.

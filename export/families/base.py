@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-TASKS = ("classify", "detect", "caption", "caption_decoder", "generate", "warp")
+TASKS = ("classify", "detect", "caption", "caption_decoder", "generate", "warp", "explain")
 
 # Triton data types of the tensors ninefold exports (numpy dtype name -> config.pbtxt data_type).
 TRITON_DTYPES: Mapping[str, str] = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}

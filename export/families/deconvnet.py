@@ -1,0 +1,251 @@
+"""DeconvNet (Zeiler & Fergus 2013): project one strong activation of a layer back to pixel space.
+
+For a chosen layer and channel the network keeps only that channel's strongest activation (every
+other activation of the layer set to zero) and runs the layers backwards, as the paper's figure 1:
+unpool by the forward pass's max-pooling switches, rectify, filter with the transposed filters of the
+same convolution (``conv_transpose2d`` with the trained weights, no bias). Nothing is trained: the
+DeconvNet reads the classifier's own weights.
+
+The exported graph does the forward pass with switches and the deconvolution in one go, per row:
+``images`` FP32 [B, 3, S, S], ``layer`` INT64 [B, 1] (1-based) and ``rank`` INT64 [B, 1] (0 = the
+layer's strongest channel on that image) -> ``projection`` FP32 [B, 3, S, S] (the normalised input
+space), ``channel`` INT64 [B, 1], ``activation`` FP32 [B, 1] and ``position`` INT64 [B, 2] (y, x on the
+layer's map). One request's top-k channels are k rows of the same image, so they batch like any rows.
+
+Unpooling adds the values of overlapping windows that chose the same switch (the transpose of max
+pooling, as its gradient does); where one window chose a position it is exactly MaxUnpool2d.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.families.base import (
+    GraphSpec,
+    ParityCase,
+    TensorSpec,
+    Tolerance,
+    input_ranges_parameter,
+    pixel_range,
+    preprocessing_parameter,
+)
+from export.families.classifier import ClassifierConfig, held_out_inputs
+
+TASK = "explain"
+SUFFIX = "_explain"
+#: config.pbtxt parameter: JSON list of ExplainedLayer (what the server validates requests against).
+LAYERS_PARAMETER = "explain_layers"
+INPUTS = ("images", "layer", "rank")
+OUTPUTS = ("projection", "channel", "activation", "position")
+
+
+@dataclass(frozen=True)
+class Pool:
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One visualised layer: a convolution, its ReLU, and the max-pool after it (None: no pooling)."""
+
+    name: str
+    conv: nn.Conv2d
+    pool: Pool | None = None
+
+
+@dataclass(frozen=True)
+class ExplainedLayer:
+    """What a request may ask of one layer, and where its map positions look in the input.
+
+    A position (y, x) of the layer's ``side`` x ``side`` map sees the input pixels
+    [x * stride + offset, x * stride + offset + size) (same for y), clipped to the image.
+    """
+
+    name: str
+    channels: int
+    side: int
+    stride: int
+    offset: int
+    size: int
+
+
+def _window(side: int, kernel: int, stride: int, padding: int) -> int:
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+def explained_layers(stages: Sequence[Stage], image_size: int) -> tuple[ExplainedLayer, ...]:
+    """Map sides and receptive fields of every stage's output (after its pooling) on a square image."""
+    layers = []
+    side, stride, offset, size = image_size, 1, 0, 1
+    for stage in stages:
+        conv = stage.conv
+        operations = [(conv.kernel_size[0], conv.stride[0], conv.padding[0])]
+        if stage.pool is not None:
+            operations.append((stage.pool.kernel, stage.pool.stride, stage.pool.padding))
+        for kernel, step, padding in operations:
+            side = _window(side, kernel, step, padding)
+            offset -= padding * stride
+            size += (kernel - 1) * stride
+            stride *= step
+        layers.append(ExplainedLayer(stage.name, conv.out_channels, side, stride, offset, size))
+    return tuple(layers)
+
+
+def unpool(signal: torch.Tensor, switches: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Place each pooled value at its switch in a zero map shaped as ``like`` (the pre-pool map)."""
+    flat = torch.zeros_like(like).flatten(2)
+    return flat.scatter_add(2, switches.flatten(2), signal.flatten(2)).view_as(like)
+
+
+def strongest(top: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The map holding only the peak of the ``rank``-th strongest channel of ``top`` [B, C, H, W].
+
+    Channels rank by their peak, ties by index (a count of stronger channels rather than a sort,
+    so that ONNX Runtime and PyTorch break ties alike). Returns (map, channel [B, 1], activation
+    [B, 1], flat position [B, 1]).
+    """
+    flat = top.flatten(2)
+    peaks, positions = flat.max(2)
+    index = torch.arange(peaks.shape[1], device=top.device)
+    beats = (peaks.unsqueeze(1) > peaks.unsqueeze(2)) | (
+        (peaks.unsqueeze(1) == peaks.unsqueeze(2)) & (index.view(1, 1, -1) < index.view(1, -1, 1))
+    )
+    order = beats.sum(2)  # [B, C]: how many channels outrank each channel
+    channel = (order == rank).float().argmax(1, keepdim=True)
+    activation = peaks.gather(1, channel)
+    position = positions.gather(1, channel)
+    cells = flat.shape[2]
+    kept = torch.zeros_like(flat).flatten(1).scatter(1, channel * cells + position, activation)
+    return kept.view_as(top), channel, activation, position
+
+
+class DeconvNet(nn.Module):
+    """The forward pass with switches of ``stages`` and the DeconvNet attached to it (module doc)."""
+
+    def __init__(self, stages: Sequence[Stage], image_size: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(stage.conv for stage in stages)
+        self.pools = tuple(stage.pool for stage in stages)
+        self.output_paddings = []  # per stage: what conv_transpose2d adds to land on the input's side
+        self.sides = []  # per stage: the side of its output map (after pooling)
+        side = image_size
+        for stage in stages:
+            kernel, stride, padding = stage.conv.kernel_size[0], stage.conv.stride[0], stage.conv.padding[0]
+            convolved = _window(side, kernel, stride, padding)
+            self.output_paddings.append(side - ((convolved - 1) * stride - 2 * padding + kernel))
+            pool = stage.pool
+            side = convolved if pool is None else _window(convolved, pool.kernel, pool.stride, pool.padding)
+            self.sides.append(side)
+
+    def forward(
+        self, images: torch.Tensor, layer: torch.Tensor, rank: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rectified, switches, tops = [], [], []
+        x = images
+        for conv, pool in zip(self.convs, self.pools, strict=True):
+            x = F.relu(conv(x))
+            rectified.append(x)
+            chosen = None
+            if pool is not None:
+                x, chosen = F.max_pool2d(x, pool.kernel, pool.stride, pool.padding, return_indices=True)
+            switches.append(chosen)
+            tops.append(x)
+        signal = torch.zeros_like(tops[-1])
+        channel = torch.zeros_like(layer)
+        activation = torch.zeros_like(layer, dtype=images.dtype)
+        position = torch.zeros_like(layer).expand(-1, 2)
+        for index in reversed(range(len(tops))):
+            is_layer = layer == index + 1
+            kept, picked, value, flat = strongest(tops[index], rank)
+            signal = signal + kept * is_layer.view(-1, 1, 1, 1).to(kept.dtype)
+            channel = torch.where(is_layer, picked, channel)
+            activation = torch.where(is_layer, value, activation)
+            side = self.sides[index]
+            position = torch.where(is_layer, torch.cat([flat // side, flat % side], 1), position)
+            signal = self._down(index, signal, switches[index], rectified[index])
+        return signal, channel, activation, position
+
+    def _down(
+        self, index: int, signal: torch.Tensor, switches: torch.Tensor | None, rectified: torch.Tensor
+    ) -> torch.Tensor:
+        """One layer backwards: unpool (if the layer pools), rectify, filter with the transposed weights."""
+        if switches is not None:
+            signal = unpool(signal, switches, rectified)
+        conv = self.convs[index]
+        return F.conv_transpose2d(
+            F.relu(signal),
+            conv.weight,
+            None,
+            conv.stride,
+            conv.padding,
+            output_padding=self.output_paddings[index],
+        )
+
+
+def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int) -> GraphSpec:
+    """The ``<family>_<config>_explain`` graph over ``stages`` (the trained classifier's own modules).
+
+    Parity runs on held-out scenes, two rows per layer (ranks 0 and 1), and on random images with
+    layers and ranks spread out.
+    """
+    image_size, mean, std = config.image_size, config.mean, config.std
+    layers = explained_layers(stages, image_size)
+    count = len(layers)
+    rng = np.random.default_rng(seed)
+    real_rows = np.repeat(held_out_inputs(count, image_size, seed, mean, std), 2, axis=0)
+    column = np.int64
+
+    def case(name: str, images: np.ndarray, layer: Sequence[int], rank: Sequence[int]) -> ParityCase:
+        return ParityCase(
+            name,
+            {
+                "images": images,
+                "layer": np.asarray(layer, column).reshape(-1, 1),
+                "rank": np.asarray(rank, column).reshape(-1, 1),
+            },
+        )
+
+    widest = max(layer.channels for layer in layers)
+    random_rows = len(layers) + 1
+    return GraphSpec(
+        module=DeconvNet(stages, image_size).eval(),
+        inputs=(
+            TensorSpec("images", (3, image_size, image_size)),
+            TensorSpec("layer", (1,), dtype="int64"),
+            TensorSpec("rank", (1,), dtype="int64"),
+        ),
+        outputs=(
+            TensorSpec("projection", (3, image_size, image_size), tolerance=Tolerance(atol=1e-4, rtol=1e-3)),
+            TensorSpec("channel", (1,), dtype="int64", tolerance=Tolerance.exact()),
+            TensorSpec("activation", (1,), tolerance=Tolerance(atol=1e-4, rtol=1e-5)),
+            TensorSpec("position", (2,), dtype="int64", tolerance=Tolerance.exact()),
+        ),
+        parity_cases=(
+            case("real", real_rows, [i // 2 + 1 for i in range(2 * count)], [i % 2 for i in range(2 * count)]),
+            case(
+                "random",
+                rng.standard_normal((random_rows, 3, image_size, image_size), np.float32),
+                [i % count + 1 for i in range(random_rows)],
+                [i % 3 for i in range(random_rows)],
+            ),
+        ),
+        max_batch_size=config.max_batch_size,
+        task=TASK,
+        suffix=SUFFIX,
+        parameters={
+            "preprocessing": preprocessing_parameter((image_size, image_size), mean, std),
+            LAYERS_PARAMETER: json.dumps([asdict(layer) for layer in layers]),
+            "input_ranges": input_ranges_parameter(
+                {"images": pixel_range(mean, std), "layer": (1, count), "rank": (0, widest - 1)}
+            ),
+        },
+    )
