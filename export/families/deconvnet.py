@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -82,13 +83,19 @@ def _window(side: int, kernel: int, stride: int, padding: int) -> int:
     return (side + 2 * padding - kernel) // stride + 1
 
 
+def _geometry(conv: nn.Conv2d) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of a square convolution with numeric padding."""
+    if isinstance(conv.padding, str):
+        raise ValueError(f"DeconvNet needs numeric padding, got {conv.padding!r}")
+    return conv.kernel_size[0], conv.stride[0], conv.padding[0]
+
+
 def explained_layers(stages: Sequence[Stage], image_size: int) -> tuple[ExplainedLayer, ...]:
     """Map sides and receptive fields of every stage's output (after its pooling) on a square image."""
     layers = []
     side, stride, offset, size = image_size, 1, 0, 1
     for stage in stages:
-        conv = stage.conv
-        operations = [(conv.kernel_size[0], conv.stride[0], conv.padding[0])]
+        operations = [_geometry(stage.conv)]
         if stage.pool is not None:
             operations.append((stage.pool.kernel, stage.pool.stride, stage.pool.padding))
         for kernel, step, padding in operations:
@@ -96,7 +103,7 @@ def explained_layers(stages: Sequence[Stage], image_size: int) -> tuple[Explaine
             offset -= padding * stride
             size += (kernel - 1) * stride
             stride *= step
-        layers.append(ExplainedLayer(stage.name, conv.out_channels, side, stride, offset, size))
+        layers.append(ExplainedLayer(stage.name, stage.conv.out_channels, side, stride, offset, size))
     return tuple(layers)
 
 
@@ -135,11 +142,11 @@ class DeconvNet(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList(stage.conv for stage in stages)
         self.pools = tuple(stage.pool for stage in stages)
-        self.output_paddings = []  # per stage: what conv_transpose2d adds to land on the input's side
-        self.sides = []  # per stage: the side of its output map (after pooling)
+        self.geometries = tuple(_geometry(stage.conv) for stage in stages)
+        self.output_paddings: list[int] = []  # per stage: what conv_transpose2d adds to land on the input's side
+        self.sides: list[int] = []  # per stage: the side of its output map (after pooling)
         side = image_size
-        for stage in stages:
-            kernel, stride, padding = stage.conv.kernel_size[0], stage.conv.stride[0], stage.conv.padding[0]
+        for stage, (kernel, stride, padding) in zip(stages, self.geometries, strict=True):
             convolved = _window(side, kernel, stride, padding)
             self.output_paddings.append(side - ((convolved - 1) * stride - 2 * padding + kernel))
             pool = stage.pool
@@ -180,15 +187,9 @@ class DeconvNet(nn.Module):
         """One layer backwards: unpool (if the layer pools), rectify, filter with the transposed weights."""
         if switches is not None:
             signal = unpool(signal, switches, rectified)
-        conv = self.convs[index]
-        return F.conv_transpose2d(
-            F.relu(signal),
-            conv.weight,
-            None,
-            conv.stride,
-            conv.padding,
-            output_padding=self.output_paddings[index],
-        )
+        _, stride, padding = self.geometries[index]
+        weight = cast(nn.Conv2d, self.convs[index]).weight
+        return F.conv_transpose2d(F.relu(signal), weight, None, stride, padding, self.output_paddings[index])
 
 
 def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int) -> GraphSpec:
