@@ -21,6 +21,7 @@ from clients.results import (
     Caption,
     Classification,
     Detections,
+    Explanation,
     GeneratedImage,
     ModelInfo,
     Warp,
@@ -105,6 +106,16 @@ def generate(
 def warp(images: ImagesInput, model: str = "", version: int = 0) -> Call[Answer[Warp]]:
     request = vision_pb2.WarpRequest(model=_model_ref(model, version), images=to_proto_images(images))
     return Call("Warp", request, _answer(results.warp))
+
+
+def explain(
+    images: ImagesInput, model: str = "", version: int = 0, layer: str | int = "", top_k: int = 0
+) -> Call[Answer[Explanation]]:
+    """layer: a name ("conv1") or 1-based index ("" = the last); top_k: channels per image (0 = the server's 9)."""
+    request = vision_pb2.ExplainRequest(
+        model=_model_ref(model, version), images=to_proto_images(images), layer=str(layer), top_k=_count("top_k", top_k)
+    )
+    return Call("Explain", request, _answer(results.explanation))
 
 
 def list_models(task: str = "") -> Call[tuple[ModelInfo, ...]]:

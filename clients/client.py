@@ -30,7 +30,16 @@ from clients.calls import Call
 from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles, open_aio_channel, open_channel
 from clients.errors import InputError, VisionError
 from clients.images import ImagesInput
-from clients.results import Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
+from clients.results import (
+    Answer,
+    Caption,
+    Classification,
+    Detections,
+    Explanation,
+    GeneratedImage,
+    ModelInfo,
+    Warp,
+)
 from protos.ninefold.v1 import vision_pb2_grpc
 
 R = TypeVar("R")
@@ -101,6 +110,18 @@ class VisionClient:
         self, images: ImagesInput, *, model: str = "", version: int = 0, timeout: float | None = None
     ) -> Answer[Warp]:
         return self.call(calls.warp(images, model, version), timeout)
+
+    def explain(
+        self,
+        images: ImagesInput,
+        *,
+        layer: str | int = "",
+        top_k: int = 0,
+        model: str = "",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Answer[Explanation]:
+        return self.call(calls.explain(images, model, version, layer, top_k), timeout)
 
     def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return self.call(calls.list_models(task), timeout)
@@ -217,6 +238,18 @@ class AsyncVisionClient:
         self, images: ImagesInput, *, model: str = "", version: int = 0, timeout: float | None = None
     ) -> Answer[Warp]:
         return await self.call(calls.warp(images, model, version), timeout)
+
+    async def explain(
+        self,
+        images: ImagesInput,
+        *,
+        layer: str | int = "",
+        top_k: int = 0,
+        model: str = "",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Answer[Explanation]:
+        return await self.call(calls.explain(images, model, version, layer, top_k), timeout)
 
     async def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return await self.call(calls.list_models(task), timeout)

@@ -38,13 +38,10 @@ from export.families.base import (
     preprocessing_parameter,
 )
 from export.families.classifier import ClassifierConfig, held_out_inputs
+from serving.tasks.explain import LAYERS_PARAMETER, ExplainedLayer
 
 TASK = "explain"
 SUFFIX = "_explain"
-#: config.pbtxt parameter: JSON list of ExplainedLayer (what the server validates requests against).
-LAYERS_PARAMETER = "explain_layers"
-INPUTS = ("images", "layer", "rank")
-OUTPUTS = ("projection", "channel", "activation", "position")
 
 
 @dataclass(frozen=True)
@@ -61,22 +58,6 @@ class Stage:
     name: str
     conv: nn.Conv2d
     pool: Pool | None = None
-
-
-@dataclass(frozen=True)
-class ExplainedLayer:
-    """What a request may ask of one layer, and where its map positions look in the input.
-
-    A position (y, x) of the layer's ``side`` x ``side`` map sees the input pixels
-    [x * stride + offset, x * stride + offset + size) (same for y), clipped to the image.
-    """
-
-    name: str
-    channels: int
-    side: int
-    stride: int
-    offset: int
-    size: int
 
 
 def _window(side: int, kernel: int, stride: int, padding: int) -> int:

@@ -30,6 +30,7 @@ from serving.repository import DECODER_TASK
 from serving.tasks.caption import Caption, Captioner, CaptionOptions
 from serving.tasks.classify import Classification, Classifier
 from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detections, Detector
+from serving.tasks.explain import Explainer, Explanation
 from serving.tasks.factory import TaskFactory
 from serving.tasks.generate import GeneratedImage, Generator, latents_from_seed, latents_from_values
 from serving.tasks.warp import Warper, WarpResult
@@ -220,6 +221,39 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         return pb.WarpResponse(
             model=model_ref(model),
             results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],
+        )
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        model = self._model_for(request.model, "explain")
+        deadline = deadline_of(context)
+
+        async def work(explainer: Explainer) -> list[Explanation]:
+            images = images_from_grpc(request.images, self._max_images)
+            return await explainer.explain(images, request.layer, request.top_k, deadline)
+
+        results = await self._run(model, Explainer, work, deadline)
+        return pb.ExplainResponse(
+            model=model_ref(model),
+            results=[
+                pb.Explanation(
+                    layer=result.layer,
+                    channels=[
+                        pb.ChannelProjection(
+                            channel=c.channel,
+                            activation=c.activation,
+                            png=c.png,
+                            receptive_field=pb.Box(
+                                x1=c.receptive_field[0],
+                                y1=c.receptive_field[1],
+                                x2=c.receptive_field[2],
+                                y2=c.receptive_field[3],
+                            ),
+                        )
+                        for c in result.channels
+                    ],
+                )
+                for result in results
+            ],
         )
 
     async def ListModels(

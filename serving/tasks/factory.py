@@ -1,8 +1,8 @@
 """Build each served model's task object once from its config parameters, and hand it out per request.
 
-A task object (Classifier, Detector, Captioner, Generator, Warper) holds what its model's
+A task object (Classifier, Detector, Captioner, Generator, Warper, Explainer) holds what its model's
 `parameters` say (docs/MODEL_REPOSITORY.md) already parsed: preprocessing, labels, vocabulary,
-latent size. It is cached per ServedModel object, so a reloaded model gets a fresh one.
+latent size, explained layers. It is cached per ServedModel object, so a reloaded model gets a fresh one.
 `for_request` binds the cached object to the model a request goes through (see serving.api.vision).
 """
 
@@ -25,10 +25,11 @@ from serving.tasks.caption import Captioner
 from serving.tasks.classify import Classifier
 from serving.tasks.common import TensorModel, json_parameter, preprocessing_from
 from serving.tasks.detect import Detector
+from serving.tasks.explain import Explainer, layers_from
 from serving.tasks.generate import Generator
 from serving.tasks.warp import Warper
 
-Task = Classifier | Detector | Captioner | Generator | Warper
+Task = Classifier | Detector | Captioner | Generator | Warper | Explainer
 T = TypeVar("T")
 
 
@@ -75,6 +76,10 @@ class TaskFactory:
             return Detector(model, preprocessing_from(parameters, name), model.labels, self._limits)
         if model.task == "warp":
             return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits)
+        if model.task == "explain":
+            return Explainer(
+                model, preprocessing_from(parameters, name), layers_from(parameters, name), self._limits
+            )
         if model.task == "generate":
             return _generator(model)
         if model.task == "caption":
