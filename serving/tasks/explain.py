@@ -88,10 +88,13 @@ def projection_pngs(projections: np.ndarray) -> list[bytes]:
     return [encode_png(image) for image in from_range(scaled, -1.0, 1.0)]
 
 
-def repeat_rows(tensor: np.ndarray | DeferredRows, times: int) -> np.ndarray | DeferredRows:
-    """Each row `times` times in a row (image 0 k times, then image 1 ...), still deferred if it was."""
+def repeat_rows(tensor: np.ndarray | DeferredRows, times: int) -> np.ndarray:
+    """Each row `times` times in a row (image 0 k times, then image 1 ...). Deferred rows are decoded
+    here, once each: a deferred image can be decoded only once, and they are small (few pixels)."""
     if isinstance(tensor, DeferredRows):
-        return DeferredRows(tensor.item_shape, tensor.dtype, tuple(w for w in tensor.writers for _ in range(times)))
+        rows = np.empty(tensor.shape, tensor.dtype)
+        tensor.write_into(rows)
+        tensor = rows
     return np.repeat(tensor, times, axis=0)
 
 

@@ -31,7 +31,7 @@ from tests.serving.vision_helpers import encoded_image, raw_image, vision_server
 
 pytestmark = pytest.mark.slow
 
-TASKS = ("classify", "detect", "caption", "generate", "warp")
+TASKS = ("classify", "detect", "caption", "generate", "warp", "explain")
 SEED = 20261125
 
 

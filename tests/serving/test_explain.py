@@ -1,0 +1,163 @@
+"""Explain (Zeiler & Fergus's DeconvNet) end to end: the exported ZF Net explain graph served over
+loopback gRPC, its answers against the autograd reference DeconvNet on the trained weights (read
+back from the served ONNX graph), its receptive fields, its batching and its errors.
+
+The server gets a repository of the explain model alone (a copy from `small_repository`), so that
+it starts in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+from onnx import numpy_helper
+from PIL import Image
+
+from clients.bench.scrape import read_batch_counters
+from clients.server_process import ServerProcess
+from export.data.scenes import make_scenes
+from export.data.tensors import normalise
+from export.families.zfnet import SMALL, ZFNet
+from export.train import set_threads
+from protos.inference import model_config_pb2 as mc
+from protos.ninefold.v1 import vision_pb2 as pb
+from protos.ninefold.v1 import vision_pb2_grpc
+from tests.export.deconvnet_reference import project, receptive_field
+from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
+
+MODEL = "zfnet_small_explain"
+SEED = 20261127
+
+
+@pytest.fixture(scope="module")
+def repository(small_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("explain_repository")
+    shutil.copytree(small_repository / MODEL, root / MODEL)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[ServerProcess]:
+    with vision_server(repository) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with vision_stub(server) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def trained(repository: Path) -> ZFNet:
+    """ZF Net with the served graph's own convolution weights (the classifier head is not needed)."""
+    set_threads()
+    graph = onnx.load(str(repository / MODEL / "1" / "model.onnx"))
+    weights = {}
+    for tensor in graph.graph.initializer:  # the DeconvNet's convs.0 .. convs.4 are ZF Net's conv1 .. conv5
+        _, index, part = tensor.name.split(".")
+        weights[f"conv{int(index) + 1}.{part}"] = torch.from_numpy(numpy_helper.to_array(tensor).copy())
+    model = ZFNet(SMALL).eval()
+    missing, _ = model.load_state_dict(weights, strict=False)
+    assert all(name.startswith("classifier.") for name in missing), missing
+    return model
+
+
+def preprocessing(repository: Path) -> dict:
+    config = text_format.Parse((repository / MODEL / "config.pbtxt").read_text(), mc.ModelConfig())
+    return json.loads(config.parameters["preprocessing"].string_value)
+
+
+def pixels_of(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def expected_png_pixels(projection: torch.Tensor) -> np.ndarray:
+    """The served normalisation: grey = 0, the largest magnitude at 0 or 255."""
+    scaled = projection.numpy() / float(projection.abs().max())
+    return np.clip(np.rint((scaled + 1) * 127.5), 0, 255).transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("layer", ["conv1", "2", "conv5"])
+def test_served_projections_equal_the_reference_deconvnet(
+    vision, trained: ZFNet, repository: Path, layer: str
+) -> None:
+    scenes = make_scenes(2, SMALL.image_size, SEED)
+    images = [encoded_image(scenes[0].image), raw_image(scenes[1].image)]
+    response = vision.Explain(pb.ExplainRequest(images=images, layer=layer, top_k=3), timeout=60)
+    assert response.model.name == MODEL and len(response.results) == 2
+    settings = preprocessing(repository)
+    number = int(layer[-1])
+    for scene, result in zip(scenes, response.results, strict=True):
+        assert result.layer == f"conv{number}" and len(result.channels) == 3
+        image = normalise(scene.image[None], settings["mean"], settings["std"])[0]
+        activations = [c.activation for c in result.channels]
+        assert activations == sorted(activations, reverse=True) and activations[0] > 0
+        for rank, served in enumerate(result.channels):
+            reference = project(trained, image, number, rank)
+            assert served.channel == reference.channel
+            assert served.activation == pytest.approx(reference.activation, rel=1e-4)
+            # PNG levels: the float difference (about 1e-6 relative) can move a value across a rounding edge.
+            assert np.abs(pixels_of(served.png) - expected_png_pixels(reference.pixels)).max() <= 1
+            y1, y2, x1, x2 = receptive_field(trained, number, *reference.position)
+            box = served.receptive_field
+            assert (box.x1, box.y1, box.x2, box.y2) == (max(x1, 0), max(y1, 0), min(x2, 64), min(y2, 64))
+
+
+def test_k_channels_of_several_requests_batch_together(vision, server: ServerProcess) -> None:
+    scenes = make_scenes(6, SMALL.image_size, SEED + 1)
+    before = read_batch_counters(server.metrics_url, MODEL)
+
+    async def explain_all() -> list[pb.ExplainResponse]:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = vision_pb2_grpc.VisionStub(channel)
+            requests = [pb.ExplainRequest(images=[raw_image(s.image)], layer="conv2", top_k=4) for s in scenes]
+            return await asyncio.gather(*(stub.Explain(r, timeout=60) for r in requests))
+
+    responses = asyncio.run(explain_all())
+    assert [len(r.results[0].channels) for r in responses] == [4] * len(scenes)
+    after = read_batch_counters(server.metrics_url, MODEL)
+    assert after.inferences - before.inferences == 4 * len(scenes)  # one row per channel
+    assert after.executions - before.executions <= len(scenes)  # a request's k rows run as one batch, or with others
+
+
+def test_defaults_are_the_last_layer_and_nine_channels(vision) -> None:
+    result = vision.Explain(pb.ExplainRequest(images=[raw_image(make_scenes(1, 64, SEED)[0].image)]), timeout=60)
+    assert result.results[0].layer == "conv5" and len(result.results[0].channels) == 9
+
+
+@pytest.mark.parametrize(
+    ("layer", "top_k", "code", "words"),
+    [
+        ("conv9", 1, grpc.StatusCode.INVALID_ARGUMENT, ("'conv9'", "conv1, conv2, conv3, conv4, conv5", "1 to 5")),
+        ("0", 1, grpc.StatusCode.INVALID_ARGUMENT, ("'0'", "1 to 5")),
+        ("6", 1, grpc.StatusCode.INVALID_ARGUMENT, ("'6'",)),
+        ("conv2", SMALL.conv_widths[1] + 1, grpc.StatusCode.INVALID_ARGUMENT, ("top_k 49", "conv2", "48 channels")),
+    ],
+)
+def test_bad_layer_or_k_is_refused_naming_the_problem(vision, layer: str, top_k: int, code, words) -> None:
+    image = raw_image(make_scenes(1, 64, SEED)[0].image)
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.Explain(pb.ExplainRequest(images=[image], layer=layer, top_k=top_k), timeout=30)
+    assert raised.value.code() == code
+    assert all(word in raised.value.details() for word in words), raised.value.details()
+    assert len(vision.Explain(pb.ExplainRequest(images=[image], top_k=1), timeout=30).results) == 1  # still serving
+
+
+def test_too_many_projections_are_refused(vision) -> None:
+    images = [raw_image(scene.image) for scene in make_scenes(8, 64, SEED)]
+    with pytest.raises(grpc.RpcError) as raised:
+        vision.Explain(pb.ExplainRequest(images=images, layer="conv3", top_k=64), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "512 projections" in raised.value.details() and "256" in raised.value.details()
