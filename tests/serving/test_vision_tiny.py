@@ -179,7 +179,8 @@ def test_warp_returns_the_warped_image_theta_and_label(vision: vision_pb2_grpc.V
 def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:
     models = {m.name: m for m in vision.ListModels(pb.ListModelsRequest(), timeout=10).models}
     assert set(models) == {"tiny_classify", "tiny_detect", "tiny_caption", "tiny_caption_decoder",
-                           "tiny_generate", "tiny_warp", "tiny_broken", "tiny_caption_without_vocabulary"}
+                           "tiny_generate", "tiny_warp", "tiny_explain", "tiny_broken",
+                           "tiny_caption_without_vocabulary"}
     assert not models["tiny_broken"].ready and models["tiny_broken"].state_reason
     assert models["tiny_classify"].is_default and models["tiny_classify"].ready
     assert list(models["tiny_classify"].labels) == list(CLASSIFIER_LABELS)
