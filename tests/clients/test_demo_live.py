@@ -11,7 +11,7 @@ from PIL import Image
 from clients import demo
 from clients.demo_repository import write_stamp
 
-TASK_PICTURES = ("detect.png", "caption.png", "generate.png", "warp.png")
+TASK_PICTURES = ("detect.png", "caption.png", "generate.png", "warp.png", "explain_conv1.png")
 
 
 def stamped_copy(repository: Path, destination: Path, leave_out: tuple[str, ...] = ()) -> Path:
