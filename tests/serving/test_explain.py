@@ -25,6 +25,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from clients.bench.scrape import read_batch_counters
+from clients.cli import main
 from clients.server_process import ServerProcess
 from export.data.scenes import make_scenes
 from export.data.tensors import normalise
@@ -161,3 +162,18 @@ def test_too_many_projections_are_refused(vision) -> None:
         vision.Explain(pb.ExplainRequest(images=images, layer="conv3", top_k=64), timeout=30)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "512 projections" in raised.value.details() and "256" in raised.value.details()
+
+
+def test_cli_writes_one_png_per_channel(server: ServerProcess, tmp_path: Path, capsys) -> None:
+    scene = tmp_path / "scene.png"
+    Image.fromarray(make_scenes(1, 64, SEED)[0].image).save(scene)
+    argv = ["explain", str(scene), "--layer", "1", "--top-k", "2", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--server", server.target, "--json"]) == 0
+    (answer,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert answer["model"] == MODEL and answer["layer"] == "conv1" and len(answer["channels"]) == 2
+    for channel in answer["channels"]:
+        assert set(channel) == {"channel", "activation", "receptive_field", "image_path"}
+        assert Path(channel["image_path"]) == tmp_path / "out" / f"scene_conv1_channel{channel['channel']:03d}.png"
+        assert Image.open(channel["image_path"]).size == (64, 64)
+    assert main(["explain", str(scene), "--layer", "conv7", "--out", str(tmp_path), "--server", server.target]) == 1
+    assert "layer 'conv7' is not a layer of this model" in capsys.readouterr().err
