@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import cast
 
 import numpy as np
@@ -58,6 +58,49 @@ class Stage:
     name: str
     conv: nn.Conv2d
     pool: Pool | None = None
+
+
+def features_explain_graphs(model: nn.Module, config: ClassifierConfig, seed: int) -> tuple[GraphSpec, ...]:
+    """The explain graph of a classifier with torchvision's ``features`` layout (AlexNet, VGG)."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise TypeError(f"{type(model).__name__} has no `features` Sequential to explain")
+    return (explain_graph(stages_from_features(features), config, seed),)
+
+
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """One convolution computing ``norm(conv(x))`` in eval mode: the filter bank the DeconvNet transposes."""
+    mean, variance = norm.running_mean, norm.running_var
+    if mean is None or variance is None:
+        raise ValueError("a batch norm without running statistics cannot be folded into its convolution")
+    scale = norm.weight / torch.sqrt(variance + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    kernel, stride, padding = _geometry(conv)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, stride, padding)
+    folded.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach())
+    folded.bias = nn.Parameter(((bias - mean) * scale + norm.bias).detach())
+    return folded.eval()
+
+
+def stages_from_features(features: nn.Sequential) -> tuple[Stage, ...]:
+    """The stages (conv1, conv2, ...) of a torchvision-style ``features``: Conv2d [BatchNorm2d] ReLU, with a
+    MaxPool2d after some. A batch norm is folded into its convolution (the same map in eval mode)."""
+    stages: list[Stage] = []
+    for module in features:
+        if isinstance(module, nn.Conv2d):
+            stages.append(Stage(f"conv{len(stages) + 1}", module))
+        elif isinstance(module, nn.BatchNorm2d):
+            stages[-1] = replace(stages[-1], conv=fold_batch_norm(stages[-1].conv, module))
+        elif isinstance(module, nn.MaxPool2d) and module.dilation == 1 and not module.ceil_mode:
+            kernel, stride, padding = (_side(value) for value in (module.kernel_size, module.stride, module.padding))
+            stages[-1] = replace(stages[-1], pool=Pool(kernel, stride, padding))
+        elif not isinstance(module, nn.ReLU):
+            raise ValueError(f"the DeconvNet construction does not cover {module}")
+    return tuple(stages)
+
+
+def _side(value: int | tuple[int, ...]) -> int:
+    return value if isinstance(value, int) else value[0]
 
 
 def _window(side: int, kernel: int, stride: int, padding: int) -> int:
@@ -173,8 +216,9 @@ class DeconvNet(nn.Module):
         return F.conv_transpose2d(F.relu(signal), weight, None, stride, padding, self.output_paddings[index])
 
 
-def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int) -> GraphSpec:
-    """The ``<family>_<config>_explain`` graph over ``stages`` (the trained classifier's own modules).
+def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int, default: bool = False) -> GraphSpec:
+    """The ``<family>_<config>_explain`` graph over ``stages`` (the trained classifier's own modules);
+    ``default``: the explain task's default model (ZF Net's, the paper's network).
 
     Parity runs on held-out scenes, two rows per layer (ranks 0 and 1), and on random images with
     layers and ranks spread out.
@@ -227,5 +271,6 @@ def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int) 
             LAYERS_PARAMETER: json.dumps([asdict(layer) for layer in layers]),
             # Any layer and rank is safe (no layer: a zero projection), so only images are bounded.
             "input_ranges": input_ranges_parameter({"images": pixel_range(mean, std)}),
+            **({"default": "true"} if default else {}),
         },
     )

@@ -142,7 +142,7 @@ def deconvnet_stages(model: ZFNet) -> tuple[Stage, ...]:
 def explain_graphs(model: nn.Module, config: ZFNetConfig, seed: int) -> tuple[GraphSpec, ...]:
     if not isinstance(model, ZFNet):
         raise TypeError(f"zfnet explains a ZFNet, got {type(model).__name__}")
-    return (explain_graph(deconvnet_stages(model), config, seed),)
+    return (explain_graph(deconvnet_stages(model), config, seed, default=True),)
 
 
 register_family(

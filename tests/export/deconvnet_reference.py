@@ -9,6 +9,7 @@ one kind, is the paper's projection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,26 @@ def layer_tops(model: ZFNet, images: torch.Tensor) -> list[torch.Tensor]:
     return [first, second, third, fourth, pool[2](relu(model.conv5(fourth)))]
 
 
+def features_tops(features: nn.Sequential, images: torch.Tensor) -> list[torch.Tensor]:
+    """The same for a torchvision-style ``features`` (AlexNet, VGG): each convolution's rectified output,
+    or the output of the max-pool right after it; batch norms run as they are (eval mode)."""
+    tops: list[torch.Tensor] = []
+    x = images
+    for module in features:
+        if isinstance(module, nn.ReLU):
+            x = DeconvReLU.apply(x)
+            tops.append(x)
+        else:
+            x = module(x)
+            if isinstance(module, nn.MaxPool2d):
+                tops[-1] = x
+    return tops
+
+
+Tops = Callable[[torch.Tensor], list[torch.Tensor]]
+"""Images (1, 3, S, S) -> every layer's output, built with DeconvReLU."""
+
+
 @dataclass(frozen=True)
 class Projection:
     channel: int
@@ -48,10 +69,10 @@ class Projection:
     pixels: torch.Tensor  # (3, S, S)
 
 
-def project(model: ZFNet, image: torch.Tensor, layer: int, rank: int) -> Projection:
+def project(tops: Tops, image: torch.Tensor, layer: int, rank: int) -> Projection:
     """The ``rank``-th strongest channel (by peak, ties by index) of ``layer`` (1-based) on one (3, S, S) image."""
     x = image.unsqueeze(0).clone().requires_grad_(True)
-    top = layer_tops(model, x)[layer - 1]
+    top = tops(x)[layer - 1]
     peaks = top[0].flatten(1).max(1).values.detach()
     order = sorted(range(len(peaks)), key=lambda c: (-float(peaks[c]), c))
     channel = order[rank]

@@ -4,6 +4,7 @@ not depend on training (the served, trained graph is checked in tests/serving/te
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import torch
 from torch import nn
 
 from export import onnx as onnx_export
-from export.families.deconvnet import DeconvNet, explained_layers, unpool
+from export.families import alexnet, vgg
+from export.families.deconvnet import DeconvNet, explained_layers, features_explain_graphs, stages_from_features, unpool
 from export.families.zfnet import SMALL, ZFNet, deconvnet_stages, explain_graphs
 from export.train import set_threads
-from tests.export.deconvnet_reference import project, receptive_field
+from tests.export.deconvnet_reference import features_tops, layer_tops, project, receptive_field
 
 SIDE = SMALL.image_size
 
@@ -46,7 +48,7 @@ def test_projection_equals_the_autograd_reference(model: ZFNet, images: torch.Te
     for rank in (0, 3):
         projection, channel, activation, position = deconvnet_rows(model, images, layer, rank)
         for row, image in enumerate(images):
-            expected = project(model, image, layer, rank)
+            expected = project(functools.partial(layer_tops, model), image, layer, rank)
             assert int(channel[row]) == expected.channel and tuple(position[row].tolist()) == expected.position
             assert float(activation[row]) == pytest.approx(expected.activation, rel=1e-5)
             scale = float(expected.pixels.abs().max())
@@ -106,3 +108,38 @@ def test_exported_graph_matches_pytorch_and_batches(model: ZFNet, tmp_path: Path
     layers = json.loads(graph.parameters["explain_layers"])
     assert [layer["name"] for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert [layer["channels"] for layer in layers] == list(SMALL.conv_widths)
+
+
+@pytest.mark.parametrize(
+    ("builder", "config"), [(alexnet.SmallAlexNet, alexnet.SMALL), (vgg.SmallVGG, vgg.SMALL)], ids=["alexnet", "vgg"]
+)
+def test_the_construction_applies_to_alexnet_and_vgg(builder, config, tmp_path: Path) -> None:
+    """Same DeconvNet over torchvision-style `features` (VGG's batch norms folded into their convolutions),
+    against the autograd reference through the unfolded layers, and its exported graph's parity."""
+    set_threads()
+    torch.manual_seed(4)
+    model = builder(config).eval()
+    for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):  # not the identity: folding shows
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_(0, 0.1)
+        norm.running_mean.normal_(0, 0.1)
+        norm.running_var.uniform_(0.5, 1.5)
+    stages = stages_from_features(model.features)
+    side = config.image_size
+    images = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(5))
+    network = DeconvNet(stages, side)
+    for layer in range(1, len(stages) + 1):
+        with torch.no_grad():
+            projection, channel, activation, _ = network(
+                images, torch.full((2, 1), layer, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64)
+            )
+        for row, image in enumerate(images):
+            expected = project(functools.partial(features_tops, model.features), image, layer, 0)
+            assert int(channel[row]) == expected.channel
+            assert float(activation[row]) == pytest.approx(expected.activation, rel=1e-4)
+            scale = float(expected.pixels.abs().max())
+            assert torch.allclose(projection[row], expected.pixels, atol=1e-4 * scale, rtol=0)
+    (graph,) = features_explain_graphs(model, config, seed=0)
+    onnx_export.export_graph(graph, tmp_path / "model.onnx")
+    checks = onnx_export.graph_parity(graph, onnx_export.open_session(tmp_path / "model.onnx"))
+    assert all(check.passed for check in checks), [c for c in checks if not c.passed]
