@@ -30,16 +30,7 @@ from clients.calls import Call
 from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles, open_aio_channel, open_channel
 from clients.errors import InputError, VisionError
 from clients.images import ImagesInput
-from clients.results import (
-    Answer,
-    Caption,
-    Classification,
-    Detections,
-    Explanation,
-    GeneratedImage,
-    ModelInfo,
-    Warp,
-)
+from clients.results import Answer, Caption, Classification, Detections, Explanation, GeneratedImage, ModelInfo, Warp
 from protos.ninefold.v1 import vision_pb2_grpc
 
 R = TypeVar("R")
@@ -112,15 +103,10 @@ class VisionClient:
         return self.call(calls.warp(images, model, version), timeout)
 
     def explain(
-        self,
-        images: ImagesInput,
-        *,
-        layer: str | int = "",
-        top_k: int = 0,
-        model: str = "",
-        version: int = 0,
+        self, images: ImagesInput, *, layer: str | int = "", top_k: int = 0, model: str = "", version: int = 0,
         timeout: float | None = None,
     ) -> Answer[Explanation]:
+        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9)."""
         return self.call(calls.explain(images, model, version, layer, top_k), timeout)
 
     def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
@@ -240,15 +226,10 @@ class AsyncVisionClient:
         return await self.call(calls.warp(images, model, version), timeout)
 
     async def explain(
-        self,
-        images: ImagesInput,
-        *,
-        layer: str | int = "",
-        top_k: int = 0,
-        model: str = "",
-        version: int = 0,
+        self, images: ImagesInput, *, layer: str | int = "", top_k: int = 0, model: str = "", version: int = 0,
         timeout: float | None = None,
     ) -> Answer[Explanation]:
+        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9)."""
         return await self.call(calls.explain(images, model, version, layer, top_k), timeout)
 
     async def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:

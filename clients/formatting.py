@@ -17,16 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.results import (
-    Answer,
-    Caption,
-    Classification,
-    Detections,
-    Explanation,
-    GeneratedImage,
-    ModelInfo,
-    Warp,
-)
+from clients.results import Answer, Caption, Classification, Detections, Explanation, GeneratedImage, ModelInfo, Warp
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ loopback gRPC, its answers against the autograd reference DeconvNet on the train
 back from the served ONNX graph), its receptive fields, its batching and its errors.
 
 The server gets a repository of the explain model alone (a copy from `small_repository`), so that
-it starts in seconds.
+it starts in seconds, and so that the test runs whichever families the fixture holds besides ZF Net.
 """
 
 from __future__ import annotations
@@ -42,29 +42,19 @@ SEED = 20261127
 
 
 @pytest.fixture(scope="module")
-def repository(small_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def server(small_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on a copy of the explain model alone."""
     root = tmp_path_factory.mktemp("explain_repository")
     shutil.copytree(small_repository / MODEL, root / MODEL)
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    with vision_server(repository) as running:
+    with vision_server(root) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
-    with vision_stub(server) as stub:
-        yield stub
-
-
-@pytest.fixture(scope="module")
-def trained(repository: Path) -> ZFNet:
+def trained(small_repository: Path) -> ZFNet:
     """ZF Net with the served graph's own convolution weights (the classifier head is not needed)."""
     set_threads()
-    graph = onnx.load(str(repository / MODEL / "1" / "model.onnx"))
+    graph = onnx.load(str(small_repository / MODEL / "1" / "model.onnx"))
     weights = {}
     for tensor in graph.graph.initializer:  # the DeconvNet's convs.0 .. convs.4 are ZF Net's conv1 .. conv5
         _, index, part = tensor.name.split(".")
@@ -73,6 +63,12 @@ def trained(repository: Path) -> ZFNet:
     missing, _ = model.load_state_dict(weights, strict=False)
     assert all(name.startswith("classifier.") for name in missing), missing
     return model
+
+
+@pytest.fixture(scope="module")
+def vision(server: ServerProcess) -> Iterator[vision_pb2_grpc.VisionStub]:
+    with vision_stub(server) as stub:
+        yield stub
 
 
 def preprocessing(repository: Path) -> dict:
@@ -92,13 +88,13 @@ def expected_png_pixels(projection: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("layer", ["conv1", "2", "conv5"])
 def test_served_projections_equal_the_reference_deconvnet(
-    vision, trained: ZFNet, repository: Path, layer: str
+    vision, trained: ZFNet, small_repository: Path, layer: str
 ) -> None:
     scenes = make_scenes(2, SMALL.image_size, SEED)
     images = [encoded_image(scenes[0].image), raw_image(scenes[1].image)]
     response = vision.Explain(pb.ExplainRequest(images=images, layer=layer, top_k=3), timeout=60)
     assert response.model.name == MODEL and len(response.results) == 2
-    settings = preprocessing(repository)
+    settings = preprocessing(small_repository)
     number = int(layer[-1])
     for scene, result in zip(scenes, response.results, strict=True):
         assert result.layer == f"conv{number}" and len(result.channels) == 3
