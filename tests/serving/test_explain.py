@@ -9,6 +9,7 @@ it starts in seconds, and so that the test runs whichever families the fixture h
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import shutil
@@ -34,7 +35,7 @@ from export.train import set_threads
 from protos.inference import model_config_pb2 as mc
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
-from tests.export.deconvnet_reference import project, receptive_field
+from tests.export.deconvnet_reference import layer_tops, project, receptive_field
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
 
 MODEL = "zfnet_small_explain"
@@ -102,7 +103,7 @@ def test_served_projections_equal_the_reference_deconvnet(
         activations = [c.activation for c in result.channels]
         assert activations == sorted(activations, reverse=True) and activations[0] > 0
         for rank, served in enumerate(result.channels):
-            reference = project(trained, image, number, rank)
+            reference = project(functools.partial(layer_tops, trained), image, number, rank)
             assert served.channel == reference.channel
             assert served.activation == pytest.approx(reference.activation, rel=1e-4)
             # PNG levels: the float difference (about 1e-6 relative) can move a value across a rounding edge.
