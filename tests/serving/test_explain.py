@@ -130,6 +130,21 @@ def test_k_channels_of_several_requests_batch_together(vision, server: ServerPro
     assert after.executions - before.executions <= len(scenes)  # a request's k rows run as one batch, or with others
 
 
+def test_a_request_over_the_batch_size_keeps_its_rows_in_order(vision) -> None:
+    """3 images x all 48 channels of conv2 = 144 rows, split into batches of at most 32 by the server."""
+    images = [raw_image(scene.image) for scene in make_scenes(3, 64, SEED + 2)]
+    whole = vision.Explain(pb.ExplainRequest(images=images, layer="conv2", top_k=48), timeout=60).results
+    alone = vision.Explain(pb.ExplainRequest(images=images[1:2], layer="conv2", top_k=48), timeout=60).results[0]
+    for result in whole:
+        assert sorted(c.channel for c in result.channels) == list(range(48))
+        activations = [c.activation for c in result.channels]
+        assert activations == sorted(activations, reverse=True)
+    assert [c.channel for c in whole[1].channels] == [c.channel for c in alone.channels]
+    assert [c.activation for c in whole[1].channels] == pytest.approx([c.activation for c in alone.channels], rel=1e-5)
+    for ours, single in zip(whole[1].channels, alone.channels, strict=True):  # other batches, other kernels
+        assert np.abs(pixels_of(ours.png) - pixels_of(single.png)).max() <= 1
+
+
 def test_defaults_are_the_last_layer_and_nine_channels(vision) -> None:
     result = vision.Explain(pb.ExplainRequest(images=[raw_image(make_scenes(1, 64, SEED)[0].image)]), timeout=60)
     assert result.results[0].layer == "conv5" and len(result.results[0].channels) == 9
