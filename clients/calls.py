@@ -22,6 +22,7 @@ from clients.results import (
     Caption,
     Classification,
     Detections,
+    Explanation,
     GeneratedImage,
     ModelInfo,
     Warp,
@@ -116,6 +117,16 @@ def align(images: ImagesInput, sentences: Sequence[str], model: str = "", versio
         raise InputError("align needs at least one sentence")
     request = vision_pb2.AlignRequest(model=_model_ref(model, version), images=to_proto_images(images), sentences=texts)
     return Call("Align", request, lambda response: results.alignment(response, texts))
+
+
+def explain(
+    images: ImagesInput, model: str = "", version: int = 0, layer: str | int = "", top_k: int = 0
+) -> Call[Answer[Explanation]]:
+    """layer: a name ("conv1") or 1-based index ("" = the last); top_k: channels per image (0 = the server's 9)."""
+    request = vision_pb2.ExplainRequest(
+        model=_model_ref(model, version), images=to_proto_images(images), layer=str(layer), top_k=_count("top_k", top_k)
+    )
+    return Call("Explain", request, _answer(results.explanation))
 
 
 def list_models(task: str = "") -> Call[tuple[ModelInfo, ...]]:

@@ -2,6 +2,7 @@
 
     ninefold classify|detect|caption|warp IMAGE... [--model M] [--version V] [--server HOST:PORT] [--json]
     ninefold align IMAGE SENTENCE...
+    ninefold explain IMAGE... [--layer L] [--top-k K] --out DIR
     ninefold generate [--count N] [--seed S] --out DIR
     ninefold models [--task TASK]
     ninefold export|serve|bench ...     (dispatched to export/, serving/, clients/bench/)
@@ -35,7 +36,7 @@ from clients.client import VisionClient
 from clients.errors import ClientError, InputError, VisionError
 from clients.formatting import Output
 from clients.version import ninefold_version
-from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, GENERATE, WARP
+from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, EXPLAIN, GENERATE, WARP
 
 PROG = "ninefold"
 EXIT_FAILURE = 1
@@ -151,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     align = task(ALIGN, "rank sentences for an image, each word with its best region", _align, [model])
     align.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG or WebP)")
     align.add_argument("sentences", nargs="+", metavar="SENTENCE", help="a sentence to score against the image")
+    explain = task(
+        EXPLAIN,
+        "DeconvNet projections of a layer's strongest channels (Zeiler & Fergus)",
+        _each_image(_explain_image),
+        [images],
+    )
+    explain.add_argument("--layer", default="", help="layer name (conv1..) or 1-based index (default: the last)")
+    explain.add_argument("--top-k", type=_non_negative_int, default=0, help="channels per image (0 = server's 9)")
+    explain.add_argument("--out", type=Path, required=True, help="folder for the projection PNGs")
     generate = task(GENERATE, "draw images from the generator", _generate, [model])
     generate.add_argument("--count", type=_non_negative_int, default=4, help="images to draw (default: 4)")
     generate.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same images")
@@ -189,6 +199,16 @@ def _warp(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
     answer = client.warp(image, model=args.model, version=args.version)
     path = _write(args.out / f"{Path(image).stem}_warped.png", answer.results[0].png)
     return formatting.warp(image, answer, str(path))
+
+
+def _explain_image(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
+    answer = client.explain(image, layer=args.layer, top_k=args.top_k, model=args.model, version=args.version)
+    (result,) = answer.results
+    paths = [
+        str(_write(args.out / f"{Path(image).stem}_{result.layer}_channel{c.channel:03d}.png", c.png))
+        for c in result.channels
+    ]
+    return formatting.explanation(image, answer, paths)
 
 
 def _each_image(ask: Callable[[VisionClient, str, argparse.Namespace], Output]) -> Handler:

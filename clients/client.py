@@ -30,7 +30,17 @@ from clients.calls import Call
 from clients.channel import DEFAULT_TARGET, DEFAULT_TIMEOUT_S, TlsFiles, open_aio_channel, open_channel
 from clients.errors import InputError, VisionError
 from clients.images import ImagesInput
-from clients.results import Alignment, Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
+from clients.results import (
+    Alignment,
+    Answer,
+    Caption,
+    Classification,
+    Detections,
+    Explanation,
+    GeneratedImage,
+    ModelInfo,
+    Warp,
+)
 from protos.ninefold.v1 import vision_pb2_grpc
 
 R = TypeVar("R")
@@ -112,6 +122,19 @@ class VisionClient:
         timeout: float | None = None,
     ) -> Alignment:
         return self.call(calls.align(images, sentences, model, version), timeout)
+
+    def explain(
+        self,
+        images: ImagesInput,
+        *,
+        layer: str | int = "",
+        top_k: int = 0,
+        model: str = "",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Answer[Explanation]:
+        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9)."""
+        return self.call(calls.explain(images, model, version, layer, top_k), timeout)
 
     def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return self.call(calls.list_models(task), timeout)
@@ -239,6 +262,19 @@ class AsyncVisionClient:
         timeout: float | None = None,
     ) -> Alignment:
         return await self.call(calls.align(images, sentences, model, version), timeout)
+
+    async def explain(
+        self,
+        images: ImagesInput,
+        *,
+        layer: str | int = "",
+        top_k: int = 0,
+        model: str = "",
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> Answer[Explanation]:
+        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9)."""
+        return await self.call(calls.explain(images, model, version, layer, top_k), timeout)
 
     async def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return await self.call(calls.list_models(task), timeout)

@@ -25,9 +25,9 @@ from clients import formatting, pictures
 from clients.client import VisionClient
 from clients.demo_repository import ensure_repository
 from clients.errors import ClientError
-from clients.results import Answer, ModelInfo
+from clients.results import Answer, ChannelProjection, ModelInfo
 from clients.server_process import ServerProcess
-from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, GENERATE, WARP
+from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, EXPLAIN, GENERATE, WARP
 from contract.scenes import SHAPES, Scene, make_scenes
 
 SCENE_SIDE = 64
@@ -167,6 +167,50 @@ def align(client: VisionClient, out: Path, seed: int) -> None:
     _save(pictures.grid(tiles, COLUMNS, f"align (words on their regions): {answer.model}"), out / "align.png")
 
 
+EXPLAIN_SCENES = 16
+EXPLAIN_CHANNELS = 4
+"""Per layer picture: the channels shown (rows) and the scenes shown per channel (pairs of columns)."""
+
+
+def explain(client: VisionClient, out: Path, seed: int) -> None:
+    """Zeiler & Fergus's figure 2, one picture per layer: the layer's channels that fire most over
+    EXPLAIN_SCENES scenes and, for each, the scenes where it fires most, as DeconvNet projection and
+    image patch side by side (both cropped to the activation's receptive field). Each scene brings the
+    server's default top channels (9) of the layer; layers are asked by number until the last."""
+    scenes = make_scenes(EXPLAIN_SCENES, SCENE_SIDE, seed)
+    images = [scene.image for scene in scenes]
+    last = client.explain(images[0], top_k=1).results[0].layer  # the default layer is the last
+    layer, number = "", 0
+    while layer != last:
+        number += 1
+        answer = client.explain(images, layer=number)
+        layer = answer.results[0].layer
+        fired: dict[int, list[tuple[float, int, ChannelProjection]]] = {}
+        for index, result in enumerate(answer.results):
+            for projection in result.channels:
+                fired.setdefault(projection.channel, []).append((projection.activation, index, projection))
+        strongest = sorted(fired, key=lambda channel: -max(item[0] for item in fired[channel]))[:EXPLAIN_CHANNELS]
+        tiles = []
+        for channel in strongest:
+            best = sorted(fired[channel], key=lambda item: -item[0])[:EXPLAIN_CHANNELS]
+            print(f"  {layer} channel {channel}: strongest {best[0][0]:.2f} on scene {best[0][1]}")
+            for activation, index, projection in best:
+                drawn = pictures.to_image(projection.png)
+                scene = pictures.to_image(images[index]).resize(drawn.size)  # as the model saw it
+                x1, y1, x2, y2 = (round(v) for v in projection.receptive_field)
+                tiles += [
+                    _patch(drawn, (x1, y1, x2, y2), f"ch {channel}: {activation:.2f}"),
+                    _patch(scene, (x1, y1, x2, y2), f"scene {index}"),
+                ]
+        title = f"explain {layer}: {answer.model}  (DeconvNet projection | image patch; rows: channels)"
+        _save(pictures.grid(tiles, 2 * EXPLAIN_CHANNELS, title), out / f"explain_{layer}.png")
+
+
+def _patch(image: Image.Image, box: tuple[int, int, int, int], caption: str) -> Image.Image:
+    """The receptive field `box` (x1, y1, x2, y2) of a model-sized image, enlarged, with a caption."""
+    return pictures.with_caption(pictures.enlarge(image.crop(box), pictures.TILE_SIDE // 2), [caption])
+
+
 def models(client: VisionClient, out: Path, seed: int) -> None:
     infos = client.list_models()
     print("\n".join("  " + line for line in formatting.models(infos).text.splitlines()))
@@ -183,6 +227,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     (GENERATE, generate),
     (WARP, warp),
     (ALIGN, align),
+    (EXPLAIN, explain),
 )
 
 

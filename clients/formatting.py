@@ -4,7 +4,8 @@ JSON shapes are the CLI's contract (one object per request):
 classify `{"model", "predictions": [{"label", "score"}]}`, detect `{"model", "detections":
 [{"label", "score", "box": [x1, y1, x2, y2]}]}`, caption `{"model", "caption"}`,
 warp `{"model", "theta", "image_path"}`, generate `{"model", "image_paths"}`, align `{"model", "sentences":
-[{"sentence", "score", "words": [{"word", "region", "box"}], "ignored_words"}]}` (best first).
+[{"sentence", "score", "words": [{"word", "region", "box"}], "ignored_words"}]}` (best first), explain
+`{"model", "layer", "channels": [{"channel", "activation", "receptive_field": [x1, y1, x2, y2], "image_path"}]}`.
 `model` is the answering model's name; numbers are the float32 values the server sent,
 written with the fewest digits that read back as the same float32.
 """
@@ -17,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from clients.results import Alignment, Answer, Caption, Classification, Detections, GeneratedImage, ModelInfo, Warp
+from clients.results import (
+    Alignment,
+    Answer,
+    Caption,
+    Classification,
+    Detections,
+    Explanation,
+    GeneratedImage,
+    ModelInfo,
+    Warp,
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,29 @@ def alignment(image: str, answer: Alignment) -> Output:
         unknown = f" (unknown: {' '.join(ignored)})" if ignored else ""
         lines.append(f'  {match.score:8.3f}  "{match.text}"  [{words}]{unknown}')
     return Output(json={"model": answer.model.name, "sentences": ranked}, text="\n".join(lines))
+
+
+def explanation(image: str, answer: Answer[Explanation], image_paths: Sequence[str]) -> Output:
+    """image_paths: where each channel's projection PNG was written, in the answer's order."""
+    (result,) = answer.results
+    channels = [
+        {
+            "channel": c.channel,
+            "activation": _float(c.activation),
+            "receptive_field": [_float(v) for v in c.receptive_field],
+            "image_path": path,
+        }
+        for c, path in zip(result.channels, image_paths, strict=True)
+    ]
+    listed = "\n".join(
+        f"  channel {c.channel}: activation {c.activation:.3f}, receptive field "
+        f"[{', '.join(f'{v:g}' for v in c.receptive_field)}] -> {path}"
+        for c, path in zip(result.channels, image_paths, strict=True)
+    )
+    return Output(
+        json={"model": answer.model.name, "layer": result.layer, "channels": channels},
+        text=f"{image}: layer {result.layer}, {len(channels)} channels ({answer.model})\n{listed}",
+    )
 
 
 def generated(answer: Answer[GeneratedImage], image_paths: Sequence[str]) -> Output:

@@ -149,12 +149,30 @@ class Alignment:
 
 
 @dataclass(frozen=True)
+class ChannelProjection:
+    channel: int
+    activation: float
+    """The channel's strongest activation on the image: the one projected."""
+    png: bytes
+    """The DeconvNet projection at the model's input size; grey = 0, scaled by its largest magnitude."""
+    receptive_field: Box
+    """The input pixels that activation sees, in the model's input pixels (clipped to the image)."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    layer: str
+    channels: tuple[ChannelProjection, ...]
+    """Strongest first; top-k of the request."""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     version: int
     task: str
-    """classify, detect, caption, generate, warp, align, caption_decoder, align_sentence, or empty (a plain
-    tensor model)."""
+    """classify, detect, caption, generate, warp, align, explain, caption_decoder, align_sentence, or empty (a
+    plain tensor model)."""
     family: str
     ready: bool
     state_reason: str
@@ -178,10 +196,25 @@ def classification(result: vision_pb2.Classification) -> Classification:
 def detections(result: vision_pb2.Detections) -> Detections:
     return Detections(
         detections=tuple(
-            Detection(label=d.label, index=d.index, score=d.score, box=(d.box.x1, d.box.y1, d.box.x2, d.box.y2))
-            for d in result.detections
+            Detection(label=d.label, index=d.index, score=d.score, box=_box(d.box)) for d in result.detections
         )
     )
+
+
+def explanation(result: vision_pb2.Explanation) -> Explanation:
+    return Explanation(
+        layer=result.layer,
+        channels=tuple(
+            ChannelProjection(
+                channel=c.channel, activation=c.activation, png=c.png, receptive_field=_box(c.receptive_field)
+            )
+            for c in result.channels
+        ),
+    )
+
+
+def _box(box: vision_pb2.Box) -> Box:
+    return (box.x1, box.y1, box.x2, box.y2)
 
 
 def caption(result: vision_pb2.Caption) -> Caption:

@@ -15,12 +15,13 @@ CAPTION = "caption"
 GENERATE = "generate"
 WARP = "warp"
 ALIGN = "align"
+EXPLAIN = "explain"
 CAPTION_DECODER = "caption_decoder"
 """A captioner's step graph: a model the caption task drives, never a task a request names."""
 ALIGN_SENTENCE = "align_sentence"
 """An aligner's sentence graph: a model the align task drives, never a task a request names."""
 
-TASKS: tuple[str, ...] = (CLASSIFY, DETECT, CAPTION, GENERATE, WARP, ALIGN)
+TASKS: tuple[str, ...] = (CLASSIFY, DETECT, CAPTION, GENERATE, WARP, ALIGN, EXPLAIN)
 """The tasks a request can name (one Vision RPC each)."""
 HELPER_TASKS: tuple[str, ...] = (CAPTION_DECODER, ALIGN_SENTENCE)
 """Tasks of the second graph of a two-graph task: never a default model, never answering an RPC of their own;
@@ -49,6 +50,14 @@ REGIONS = "regions"
 """The aligner's region embeddings (FP32 [B, R, D]); its sentence graph maps TOKENS to WORDS."""
 TOKENS = "tokens"
 WORDS = "words"
+LAYER = "layer"
+"""A DeconvNet's inputs beside IMAGES: the 1-based layer and the channel's rank (0 = strongest), INT64 [B, 1]."""
+RANK = "rank"
+PROJECTION = "projection"
+"""A DeconvNet's outputs: the projection FP32 [B, 3, H, W], the channel, its activation and its map position."""
+CHANNEL = "channel"
+ACTIVATION = "activation"
+POSITION = "position"
 
 # config.pbtxt parameter keys (all string_value).
 TASK_PARAMETER = "task"

@@ -28,6 +28,7 @@ from export.families.classifier import (
     init_relu_layers,
     small_config_fields,
 )
+from export.families.deconvnet import features_explain_graphs
 from export.train import SGDRecipe
 
 
@@ -99,4 +100,11 @@ SMALL = AlexNetConfig(
 )
 FULL = AlexNetConfig(**full_config_fields())
 
-register_family(ClassifierFamily(name="alexnet", configs={"small": SMALL, "full": FULL}, builder=build))
+register_family(
+    ClassifierFamily(
+        name="alexnet",
+        configs={"small": SMALL, "full": FULL},
+        builder=build,
+        extra_graphs=features_explain_graphs,  # Zeiler & Fergus's DeconvNet applies as it does to ZF Net
+    )
+)

@@ -202,6 +202,8 @@ class ClassifierFamily(Generic[C]):
     task: str = CLASSIFY
     weights_variant: Callable[[C, Mapping[str, torch.Tensor]], C] | None = None
     """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
+    extra_graphs: Callable[[nn.Module, C, int], Sequence[GraphSpec]] | None = None
+    """Further graphs over the same trained model (ZF Net's DeconvNet), exported after the classifier."""
 
     def build(self, config: C) -> nn.Module:
         return self.builder(config)
@@ -253,6 +255,7 @@ class ClassifierFamily(Generic[C]):
         size = config.image_size
         labels = SHAPES if config.num_classes == len(SHAPES) else tuple(f"class_{i}" for i in range(config.num_classes))
         random = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+        extra = () if self.extra_graphs is None else tuple(self.extra_graphs(model, config, seed))
         return (
             GraphSpec(
                 module=model.eval(),
@@ -267,6 +270,7 @@ class ClassifierFamily(Generic[C]):
                 parameters={PREPROCESSING_PARAMETER: preprocessing_parameter((size, size), config.mean, config.std)},
                 labels=labels,
             ),
+            *extra,
         )
 
     def system_parity(

@@ -28,6 +28,7 @@ from export.families.classifier import (
     scale_jitter,
     small_config_fields,
 )
+from export.families.deconvnet import features_explain_graphs
 from export.train import SGDRecipe
 
 POOL = 0  # marks a 2x2 max-pool in a layer pattern
@@ -123,5 +124,11 @@ SMALL = VGGConfig(
 FULL = VGGConfig(**full_config_fields(), depth=16, batch_norm=False)
 
 register_family(
-    ClassifierFamily(name="vgg", configs={"small": SMALL, "full": FULL}, builder=build, weights_variant=weights_variant)
+    ClassifierFamily(
+        name="vgg",
+        configs={"small": SMALL, "full": FULL},
+        builder=build,
+        weights_variant=weights_variant,
+        extra_graphs=features_explain_graphs,  # the DeconvNet over VGG's layers, batch norms folded in
+    )
 )

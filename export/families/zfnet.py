@@ -1,8 +1,9 @@
 """ZF Net (Zeiler & Fergus 2013): AlexNet's design with a 7x7 stride-2 first convolution (instead of
 11x11 stride 4) and a stride-2 second convolution, chosen by looking at DeconvNet visualisations.
 
-The max-pooling layers record their switches (``forward_with_switches``) so that a DeconvNet can later
-unpool, rectify and filter back down to pixels; the exported graph (``forward``) does not carry them.
+The max-pooling layers record their switches (``forward_with_switches``); the family exports, beside the
+classifier, the paper's DeconvNet over the same trained layers (``zfnet_<config>_explain``, task explain,
+export/families/deconvnet.py): unpool by the switches, rectify, filter back down to pixels.
 
 small: the same eight layers at 64 x 64 (maps 64 -> 30 -> 15 -> 6 -> 3 -> 1, as 224 -> 110 -> 55 -> 26 ->
 13 -> 6 in the paper) with narrower layers. full: the paper's layer sizes at 224 (torchvision has no ZF
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from export.families import register_family
+from export.families.base import GraphSpec
 from export.families.classifier import (
     ClassifierConfig,
     ClassifierFamily,
@@ -28,6 +30,7 @@ from export.families.classifier import (
     init_relu_layers,
     small_config_fields,
 )
+from export.families.deconvnet import Pool, Stage, explain_graph
 from export.train import SGDRecipe
 
 
@@ -124,4 +127,26 @@ SMALL = ZFNetConfig(
 )
 FULL = ZFNetConfig(**full_config_fields())
 
-register_family(ClassifierFamily(name="zfnet", configs={"small": SMALL, "full": FULL}, builder=ZFNet))
+def deconvnet_stages(model: ZFNet) -> tuple[Stage, ...]:
+    """The five layers the paper visualises (figure 2), each with the max-pool that follows it, if any."""
+    first, second, last = (Pool(*pool) for pool in _POOLS)
+    return (
+        Stage("conv1", model.conv1, first),
+        Stage("conv2", model.conv2, second),
+        Stage("conv3", model.conv3),
+        Stage("conv4", model.conv4),
+        Stage("conv5", model.conv5, last),
+    )
+
+
+def explain_graphs(model: nn.Module, config: ZFNetConfig, seed: int) -> tuple[GraphSpec, ...]:
+    if not isinstance(model, ZFNet):
+        raise TypeError(f"zfnet explains a ZFNet, got {type(model).__name__}")
+    return (explain_graph(deconvnet_stages(model), config, seed, default=True),)
+
+
+register_family(
+    ClassifierFamily(
+        name="zfnet", configs={"small": SMALL, "full": FULL}, builder=ZFNet, extra_graphs=explain_graphs
+    )
+)

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import grpc
 
-from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, GENERATE, HELPER_TASKS, WARP
+from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, EXPLAIN, GENERATE, HELPER_TASKS, WARP
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from serving.api import ServingContext
@@ -28,6 +28,7 @@ from serving.tasks.align import Aligner
 from serving.tasks.caption import Captioner, CaptionOptions
 from serving.tasks.classify import Classifier
 from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detector
+from serving.tasks.explain import Explainer
 from serving.tasks.factory import TaskFactory
 from serving.tasks.generate import Generator, latents_from_seed, latents_from_values
 from serving.tasks.warp import Warper
@@ -202,6 +203,36 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
                     ignored_words=ranking.ignored_words,
                 )
                 for ranking in result.sentences
+            ],
+        )
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext) -> pb.ExplainResponse:
+        model, deadline = self._model_for(request.model, EXPLAIN), deadline_of(context)
+        with model.request(deadline):
+            explainer = self._task(model, EXPLAIN, Explainer)
+            images = images_from_grpc(request.images, self._max_images)
+            results = await explainer.explain(images, request.layer, request.top_k, deadline)
+        return pb.ExplainResponse(
+            model=model_ref(model),
+            results=[
+                pb.Explanation(
+                    layer=result.layer,
+                    channels=[
+                        pb.ChannelProjection(
+                            channel=c.channel,
+                            activation=c.activation,
+                            png=c.png,
+                            receptive_field=pb.Box(
+                                x1=c.receptive_field[0],
+                                y1=c.receptive_field[1],
+                                x2=c.receptive_field[2],
+                                y2=c.receptive_field[3],
+                            ),
+                        )
+                        for c in result.channels
+                    ],
+                )
+                for result in results
             ],
         )
 

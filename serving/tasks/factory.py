@@ -1,9 +1,9 @@
 """Build each served model's task object once from its config parameters, and hand it out per request.
 
-A task object (Classifier, Detector, Captioner, Generator, Warper, Aligner) holds what its model's
-`parameters` say (docs/MODEL_REPOSITORY.md) already parsed: preprocessing, labels, vocabulary,
-latent size. It is cached per ServedModel object, so a reloaded model gets a fresh one. It runs
-inference straight through its ServedModel: the transport's `model.request` block counts the request.
+A task object (Classifier, Detector, Captioner, Generator, Warper, Aligner, Explainer) holds what its
+model's `parameters` say (docs/MODEL_REPOSITORY.md) already parsed: preprocessing, labels, vocabulary,
+latent size, explained layers. It is cached per ServedModel object, so a reloaded model gets a fresh one.
+It runs inference straight through its ServedModel: the transport's `model.request` block counts the request.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from contract.names import (
     DECODER_MODEL_PARAMETER,
     DETECT,
     END_TOKEN_PARAMETER,
+    EXPLAIN,
     GENERATE,
     LATENT,
     MAX_LENGTH_PARAMETER,
@@ -44,10 +45,11 @@ from serving.tasks.caption import Captioner
 from serving.tasks.classify import Classifier
 from serving.tasks.common import json_parameter, preprocessing_from
 from serving.tasks.detect import Detector
+from serving.tasks.explain import Explainer, layers_from
 from serving.tasks.generate import Generator
 from serving.tasks.warp import Warper
 
-Task = Classifier | Detector | Captioner | Generator | Warper | Aligner
+Task = Classifier | Detector | Captioner | Generator | Warper | Aligner | Explainer
 T = TypeVar("T")
 
 
@@ -97,6 +99,8 @@ class TaskFactory:
             return Detector(model, preprocessing_from(parameters, name), model.labels, self._limits)
         if model.task == WARP:
             return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits)
+        if model.task == EXPLAIN:
+            return Explainer(model, preprocessing_from(parameters, name), layers_from(parameters, name), self._limits)
         if model.task == GENERATE:
             return _generator(model)
         if model.task == CAPTION:

@@ -8,7 +8,17 @@ import pytest
 
 from clients import calls
 from clients.errors import ClientError, InputError, VisionError
-from clients.results import Answer, Caption, Classification, Detection, ModelId, Prediction, Warp
+from clients.results import (
+    Answer,
+    Caption,
+    ChannelProjection,
+    Classification,
+    Detection,
+    Explanation,
+    ModelId,
+    Prediction,
+    Warp,
+)
 from protos.ninefold.v1 import vision_pb2
 
 
@@ -60,6 +70,23 @@ def test_caption_and_warp_results() -> None:
         )
     )
     assert warp.results == (Warp(b"png", ((1.0, 0.0, 0.5), (0.0, 1.0, -0.5)), "circle", 0.5),)
+
+
+def test_explain_request_names_the_layer_and_its_answer_reads_back() -> None:
+    call = calls.explain(b"x", layer=2, top_k=4)
+    assert (call.method, call.request.layer, call.request.top_k) == ("Explain", "2", 4)
+    assert calls.explain(b"x", layer="conv3").request.layer == "conv3"
+    box = vision_pb2.Box(x1=0.0, y1=4.0, x2=11.0, y2=15.0)
+    response = vision_pb2.ExplainResponse(
+        results=[
+            vision_pb2.Explanation(
+                layer="conv2",
+                channels=[vision_pb2.ChannelProjection(channel=17, activation=2.5, png=b"p", receptive_field=box)],
+            )
+        ]
+    )
+    (result,) = call.parse(response).results
+    assert result == Explanation("conv2", (ChannelProjection(17, 2.5, b"p", (0.0, 4.0, 11.0, 15.0)),))
 
 
 def test_warp_with_a_theta_that_is_not_2x3_is_a_client_error() -> None:

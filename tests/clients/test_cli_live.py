@@ -120,7 +120,7 @@ def test_models_with_an_unknown_task_names_it_and_the_served_tasks(capsys, tiny_
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("ninefold: error: --task 'clasify': no model serves it; this server's tasks: ")
-    assert "caption, caption_decoder, classify, detect, generate, warp" in captured.err
+    assert "caption, caption_decoder, classify, detect, explain, generate, warp" in captured.err
     assert main(["models", "--task", "classify", "--server", tiny_server.target, "--json"]) == 0
     assert {m["task"] for m in json.loads(capsys.readouterr().out)["models"]} == {"classify"}
 

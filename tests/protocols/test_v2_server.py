@@ -16,7 +16,9 @@ from tests.protocols.conftest import TritonRunner
 from tests.protocols.repositories import CLASSIFIER_LABELS, tiny_classifier_logits
 from tests.serving.tiny_repository import LATENT_SIZE, SIZE
 
-TASK_MODELS = ("tiny_caption", "tiny_caption_decoder", "tiny_classify", "tiny_detect", "tiny_generate", "tiny_warp")
+TASK_MODELS = (
+    "tiny_caption", "tiny_caption_decoder", "tiny_classify", "tiny_detect", "tiny_explain", "tiny_generate", "tiny_warp"
+)
 ALL_MODELS = ("simple", "simple_unlisted", *TASK_MODELS)
 BATCH = 3
 _NUMPY = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32}

@@ -51,7 +51,7 @@ def test_every_small_family_model_serves_v2(
     metadata = {name: _ok(steps[2 * i]) for i, name in enumerate(names)}
     configs = {name: _ok(steps[2 * i + 1])["config"] for i, name in enumerate(names)}
     task = {name: configs[name].get("parameters", {}).get("task", {}).get("string_value", "") for name in names}
-    assert {"classify", "detect", "caption", "caption_decoder", "generate", "warp"} <= set(task.values())
+    assert {"classify", "detect", "caption", "caption_decoder", "generate", "warp", "explain"} <= set(task.values())
 
     rng = np.random.default_rng(0)
     arrays, plan = {}, []

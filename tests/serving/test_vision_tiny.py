@@ -176,10 +176,32 @@ def test_warp_returns_the_warped_image_theta_and_label(vision: vision_pb2_grpc.V
     assert second.score == pytest.approx(np.exp(logits.max()) / np.exp(logits).sum(), rel=1e-4)
 
 
+def test_explain_returns_ranked_channels_with_their_receptive_fields(vision: vision_pb2_grpc.VisionStub) -> None:
+    """tiny_explain: rank r -> channel r, activation 10 - r, position (r, r), projection = input x activation."""
+    picture = np.random.default_rng(6).integers(0, 256, (tiny.SIZE, tiny.SIZE, 3), dtype=np.uint8)
+    response = vision.Explain(pb.ExplainRequest(images=[raw_image(picture)] * 2, layer="1", top_k=3), timeout=10)
+    assert response.model.name == "tiny_explain" and len(response.results) == 2
+    conv1 = tiny.EXPLAIN_LAYERS[0]
+    for result in response.results:
+        assert result.layer == "conv1"
+        assert [(c.channel, c.activation) for c in result.channels] == [(0, 10.0), (1, 9.0), (2, 8.0)]
+        for rank, channel in enumerate(result.channels):
+            start = rank * conv1["stride"] + conv1["offset"]
+            box = channel.receptive_field
+            assert (box.x1, box.y1, box.x2, box.y2) == (start, start, start + conv1["size"], start + conv1["size"])
+            # Scaled by its own largest magnitude: the same picture whatever the activation.
+            model_input = (picture.astype(np.float32) / 255 - 0.5) / 0.25
+            expected = np.rint((model_input / np.abs(model_input).max() + 1) * 127.5)
+            assert np.abs(decoded(channel.png).astype(int) - expected).max() <= 1
+    default = vision.Explain(pb.ExplainRequest(images=[raw_image(picture)]), timeout=10).results[0]
+    assert default.layer == "conv2" and len(default.channels) == 2  # the last layer; 9 capped at its 2 channels
+
+
 def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:
     models = {m.name: m for m in vision.ListModels(pb.ListModelsRequest(), timeout=10).models}
     assert set(models) == {"tiny_classify", "tiny_detect", "tiny_caption", "tiny_caption_decoder",
-                           "tiny_generate", "tiny_warp", "tiny_broken", "tiny_caption_without_vocabulary"}
+                           "tiny_generate", "tiny_warp", "tiny_explain", "tiny_broken",
+                           "tiny_caption_without_vocabulary"}
     assert not models["tiny_broken"].ready and models["tiny_broken"].state_reason
     assert models["tiny_classify"].is_default and models["tiny_classify"].ready
     assert list(models["tiny_classify"].labels) == list(CLASSIFIER_LABELS)

@@ -10,6 +10,8 @@ families. Every graph computes something simple enough to check answers by hand:
   chain over CAPTION_VOCABULARY biased by h.
 - tiny_generate: images = tanh(z @ weights), 3 x 4 x 4.
 - tiny_warp: warped = the input, theta = WARP_THETA, logits = mean colour @ weights.
+- tiny_explain: for rank r, channel = r, activation = 10 - r, position = (r, r), projection = the input
+  x activation, over the two layers of EXPLAIN_LAYERS.
 
 `write_tiny_aligner` (not in the default set, whose model list other tests pin) adds tiny_align /
 tiny_align_sentence: regions = mean colour @ weights, words = a table lookup per token.
@@ -42,6 +44,10 @@ WARP_THETA = (1.0, 0.0, 0.25, 0.0, 1.0, -0.25)
 ALIGN_VOCABULARY = ("<pad>", "a", "on", "background", "red", "square")
 ALIGN_REGIONS = ((0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.5, 0.5))
 ALIGN_MAX_WORDS = 8
+EXPLAIN_LAYERS = (
+    {"name": "conv1", "channels": 4, "side": 4, "stride": 2, "offset": 0, "size": 2},
+    {"name": "conv2", "channels": 2, "side": 2, "stride": 4, "offset": -1, "size": 6},
+)
 
 
 def write_tiny_repository(repository: Path) -> Path:
@@ -51,6 +57,7 @@ def write_tiny_repository(repository: Path) -> Path:
     _write_captioner(repository)
     _write_generator(repository)
     _write_warper(repository)
+    _write_explainer(repository)
     return repository
 
 
@@ -298,3 +305,30 @@ def write_tiny_aligner(repository: Path) -> Path:
         {"input_ranges": json.dumps({"tokens": [0, len(ALIGN_VOCABULARY) - 1]})},
     ))
     return repository
+
+
+def _write_explainer(repository: Path) -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["rank"], ["channel"]),
+            helper.make_node("Cast", ["rank"], ["rank_float"], to=TensorProto.FLOAT),
+            helper.make_node("Sub", ["ten", "rank_float"], ["activation"]),
+            helper.make_node("Concat", ["rank", "rank"], ["position"], axis=1),
+            helper.make_node("Unsqueeze", ["activation", "image_axes"], ["scale"]),
+            helper.make_node("Mul", ["images", "scale"], ["projection"]),
+        ],
+        "tiny_explain",
+        [_value("images", TensorProto.FLOAT, ["B", 3, SIZE, SIZE]), _value("layer", TensorProto.INT64, ["B", 1]),
+         _value("rank", TensorProto.INT64, ["B", 1])],
+        [_value("projection", TensorProto.FLOAT, ["B", 3, SIZE, SIZE]), _value("channel", TensorProto.INT64, ["B", 1]),
+         _value("activation", TensorProto.FLOAT, ["B", 1]), _value("position", TensorProto.INT64, ["B", 2])],
+        [numpy_helper.from_array(np.array(10.0, np.float32), "ten"),
+         numpy_helper.from_array(np.array([2, 3], np.int64), "image_axes")],
+    )
+    _save(repository, "tiny_explain", graph, _config(
+        "tiny_explain", "explain",
+        [("images", "TYPE_FP32", (3, SIZE, SIZE)), ("layer", "TYPE_INT64", (1,)), ("rank", "TYPE_INT64", (1,))],
+        [("projection", "TYPE_FP32", (3, SIZE, SIZE)), ("channel", "TYPE_INT64", (1,)),
+         ("activation", "TYPE_FP32", (1,)), ("position", "TYPE_INT64", (2,))],
+        {"preprocessing": _preprocessing(), "explain_layers": json.dumps(EXPLAIN_LAYERS)},
+    ))

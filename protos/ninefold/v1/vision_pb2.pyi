@@ -274,6 +274,46 @@ class AlignResponse(_message.Message):
     sentences: _containers.RepeatedCompositeFieldContainer[SentenceRanking]
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[ImageAlignment, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[SentenceRanking, _Mapping]]] = ...) -> None: ...
 
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "images", "layer", "top_k")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    layer: str
+    top_k: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., layer: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class ChannelProjection(_message.Message):
+    __slots__ = ("channel", "activation", "png", "receptive_field")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    RECEPTIVE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    activation: float
+    png: bytes
+    receptive_field: Box
+    def __init__(self, channel: _Optional[int] = ..., activation: _Optional[float] = ..., png: _Optional[bytes] = ..., receptive_field: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("layer", "channels")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    channels: _containers.RepeatedCompositeFieldContainer[ChannelProjection]
+    def __init__(self, layer: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelProjection, _Mapping]]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("model", "results")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    results: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., results: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ("task",)
     TASK_FIELD_NUMBER: _ClassVar[int]

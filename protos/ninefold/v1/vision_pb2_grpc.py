@@ -66,6 +66,11 @@ class VisionStub:
                 request_serializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.AlignRequest.SerializeToString,
                 response_deserializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.AlignResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/ninefold.v1.Vision/Explain',
+                request_serializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.ExplainResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/ninefold.v1.Vision/ListModels',
                 request_serializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
@@ -114,6 +119,12 @@ class VisionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -152,6 +163,11 @@ def add_VisionServicer_to_server(servicer, server):
                     servicer.Align,
                     request_deserializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.AlignRequest.FromString,
                     response_serializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.AlignResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.ExplainRequest.FromString,
+                    response_serializer=protos_dot_ninefold_dot_v1_dot_vision__pb2.ExplainResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -323,6 +339,33 @@ class Vision:
             '/ninefold.v1.Vision/Align',
             protos_dot_ninefold_dot_v1_dot_vision__pb2.AlignRequest.SerializeToString,
             protos_dot_ninefold_dot_v1_dot_vision__pb2.AlignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ninefold.v1.Vision/Explain',
+            protos_dot_ninefold_dot_v1_dot_vision__pb2.ExplainRequest.SerializeToString,
+            protos_dot_ninefold_dot_v1_dot_vision__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

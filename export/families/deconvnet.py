@@ -1,0 +1,296 @@
+"""DeconvNet (Zeiler & Fergus 2013): project one strong activation of a layer back to pixel space.
+
+For a chosen layer and channel the network keeps only that channel's strongest activation (every
+other activation of the layer set to zero) and runs the layers backwards, as the paper's figure 1:
+unpool by the forward pass's max-pooling switches, rectify, filter with the transposed filters of the
+same convolution (``conv_transpose2d`` with the trained weights, no bias). Nothing is trained: the
+DeconvNet reads the classifier's own weights.
+
+The exported graph does the forward pass with switches and the deconvolution in one go, per row:
+``images`` FP32 [B, 3, S, S], ``layer`` INT64 [B, 1] (1-based) and ``rank`` INT64 [B, 1] (0 = the
+layer's strongest channel on that image) -> ``projection`` FP32 [B, 3, S, S] (the normalised input
+space), ``channel`` INT64 [B, 1], ``activation`` FP32 [B, 1] and ``position`` INT64 [B, 2] (y, x on the
+layer's map). One request's top-k channels are k rows of the same image, so they batch like any rows.
+
+Unpooling adds the values of overlapping windows that chose the same switch (the transpose of max
+pooling, as its gradient does); where one window chose a position it is exactly MaxUnpool2d.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contract.explain_layers import LAYERS_PARAMETER, ExplainedLayer
+from contract.names import (
+    ACTIVATION,
+    CHANNEL,
+    DEFAULT_PARAMETER,
+    EXPLAIN,
+    IMAGES,
+    INPUT_RANGES_PARAMETER,
+    LAYER,
+    POSITION,
+    PREPROCESSING_PARAMETER,
+    PROJECTION,
+    RANK,
+)
+from contract.tensors import TensorSpec
+from export.families.base import (
+    GraphSpec,
+    ParityCase,
+    Tolerance,
+    input_ranges_parameter,
+    pixel_range,
+    preprocessing_parameter,
+)
+from export.families.classifier import ClassifierConfig, held_out_inputs
+from protos.inference import model_config_pb2 as mc
+
+TASK = EXPLAIN
+SUFFIX = "_explain"
+
+
+@dataclass(frozen=True)
+class Pool:
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One visualised layer: a convolution, its ReLU, and the max-pool after it (None: no pooling)."""
+
+    name: str
+    conv: nn.Conv2d
+    pool: Pool | None = None
+
+
+def features_explain_graphs(model: nn.Module, config: ClassifierConfig, seed: int) -> tuple[GraphSpec, ...]:
+    """The explain graph of a classifier with torchvision's ``features`` layout (AlexNet, VGG)."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise TypeError(f"{type(model).__name__} has no `features` Sequential to explain")
+    return (explain_graph(stages_from_features(features), config, seed),)
+
+
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """One convolution computing ``norm(conv(x))`` in eval mode: the filter bank the DeconvNet transposes."""
+    mean, variance = norm.running_mean, norm.running_var
+    if mean is None or variance is None:
+        raise ValueError("a batch norm without running statistics cannot be folded into its convolution")
+    scale = norm.weight / torch.sqrt(variance + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    kernel, stride, padding = _geometry(conv)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, stride, padding)
+    folded.weight = nn.Parameter((conv.weight * scale.view(-1, 1, 1, 1)).detach())
+    folded.bias = nn.Parameter(((bias - mean) * scale + norm.bias).detach())
+    return folded.eval()
+
+
+def stages_from_features(features: nn.Sequential) -> tuple[Stage, ...]:
+    """The stages (conv1, conv2, ...) of a torchvision-style ``features``: Conv2d [BatchNorm2d] ReLU, with a
+    MaxPool2d after some. A batch norm is folded into its convolution (the same map in eval mode)."""
+    stages: list[Stage] = []
+    for module in features:
+        if isinstance(module, nn.Conv2d):
+            stages.append(Stage(f"conv{len(stages) + 1}", module))
+        elif isinstance(module, nn.BatchNorm2d):
+            stages[-1] = replace(stages[-1], conv=fold_batch_norm(stages[-1].conv, module))
+        elif isinstance(module, nn.MaxPool2d) and module.dilation == 1 and not module.ceil_mode:
+            kernel, stride, padding = (_side(value) for value in (module.kernel_size, module.stride, module.padding))
+            stages[-1] = replace(stages[-1], pool=Pool(kernel, stride, padding))
+        elif not isinstance(module, nn.ReLU):
+            raise ValueError(f"the DeconvNet construction does not cover {module}")
+    return tuple(stages)
+
+
+def _side(value: int | tuple[int, ...]) -> int:
+    return value if isinstance(value, int) else value[0]
+
+
+def _window(side: int, kernel: int, stride: int, padding: int) -> int:
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of a square convolution with numeric padding."""
+    if isinstance(conv.padding, str):
+        raise ValueError(f"DeconvNet needs numeric padding, got {conv.padding!r}")
+    return conv.kernel_size[0], conv.stride[0], conv.padding[0]
+
+
+def explained_layers(stages: Sequence[Stage], image_size: int) -> tuple[ExplainedLayer, ...]:
+    """Map sides and receptive fields of every stage's output (after its pooling) on a square image."""
+    layers = []
+    side, stride, offset, size = image_size, 1, 0, 1
+    for stage in stages:
+        operations = [_geometry(stage.conv)]
+        if stage.pool is not None:
+            operations.append((stage.pool.kernel, stage.pool.stride, stage.pool.padding))
+        for kernel, step, padding in operations:
+            side = _window(side, kernel, step, padding)
+            offset -= padding * stride
+            size += (kernel - 1) * stride
+            stride *= step
+        layers.append(ExplainedLayer(stage.name, stage.conv.out_channels, side, stride, offset, size))
+    return tuple(layers)
+
+
+def unpool(signal: torch.Tensor, switches: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Place each pooled value at its switch in a zero map shaped as ``like`` (the pre-pool map)."""
+    flat = torch.zeros_like(like).flatten(2)
+    return flat.scatter_add(2, switches.flatten(2), signal.flatten(2)).view_as(like)
+
+
+def strongest(top: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The map holding only the peak of the ``rank``-th strongest channel of ``top`` [B, C, H, W].
+
+    Channels rank by their peak, ties by index (a count of stronger channels rather than a sort,
+    so that ONNX Runtime and PyTorch break ties alike). Returns (map, channel [B, 1], activation
+    [B, 1], flat position [B, 1]).
+    """
+    flat = top.flatten(2)
+    peaks, positions = flat.max(2)
+    index = torch.arange(peaks.shape[1], device=top.device)
+    beats = (peaks.unsqueeze(1) > peaks.unsqueeze(2)) | (
+        (peaks.unsqueeze(1) == peaks.unsqueeze(2)) & (index.view(1, 1, -1) < index.view(1, -1, 1))
+    )
+    order = beats.sum(2)  # [B, C]: how many channels outrank each channel
+    channel = (order == rank).float().argmax(1, keepdim=True)
+    activation = peaks.gather(1, channel)
+    position = positions.gather(1, channel)
+    cells = flat.shape[2]
+    kept = torch.zeros_like(flat).flatten(1).scatter(1, channel * cells + position, activation)
+    return kept.view_as(top), channel, activation, position
+
+
+class DeconvNet(nn.Module):
+    """The forward pass with switches of ``stages`` and the DeconvNet attached to it (module doc)."""
+
+    def __init__(self, stages: Sequence[Stage], image_size: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(stage.conv for stage in stages)
+        self.pools = tuple(stage.pool for stage in stages)
+        self.geometries = tuple(_geometry(stage.conv) for stage in stages)
+        self.output_paddings: list[int] = []  # per stage: what conv_transpose2d adds to land on the input's side
+        self.sides: list[int] = []  # per stage: the side of its output map (after pooling)
+        side = image_size
+        for stage, (kernel, stride, padding) in zip(stages, self.geometries, strict=True):
+            convolved = _window(side, kernel, stride, padding)
+            self.output_paddings.append(side - ((convolved - 1) * stride - 2 * padding + kernel))
+            pool = stage.pool
+            side = convolved if pool is None else _window(convolved, pool.kernel, pool.stride, pool.padding)
+            self.sides.append(side)
+
+    def forward(
+        self, images: torch.Tensor, layer: torch.Tensor, rank: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        rectified, switches, tops = [], [], []
+        x = images
+        for conv, pool in zip(self.convs, self.pools, strict=True):
+            x = F.relu(conv(x))
+            rectified.append(x)
+            chosen = None
+            if pool is not None:
+                x, chosen = F.max_pool2d(x, pool.kernel, pool.stride, pool.padding, return_indices=True)
+            switches.append(chosen)
+            tops.append(x)
+        signal = torch.zeros_like(tops[-1])
+        channel = torch.zeros_like(layer)
+        activation = torch.zeros_like(layer, dtype=images.dtype)
+        position = torch.zeros_like(layer).expand(-1, 2)
+        for index in reversed(range(len(tops))):
+            is_layer = layer == index + 1
+            kept, picked, value, flat = strongest(tops[index], rank)
+            signal = signal + kept * is_layer.view(-1, 1, 1, 1).to(kept.dtype)
+            channel = torch.where(is_layer, picked, channel)
+            activation = torch.where(is_layer, value, activation)
+            side = self.sides[index]
+            position = torch.where(is_layer, torch.cat([flat // side, flat % side], 1), position)
+            signal = self._down(index, signal, switches[index], rectified[index])
+        return signal, channel, activation, position
+
+    def _down(
+        self, index: int, signal: torch.Tensor, switches: torch.Tensor | None, rectified: torch.Tensor
+    ) -> torch.Tensor:
+        """One layer backwards: unpool (if the layer pools), rectify, filter with the transposed weights."""
+        if switches is not None:
+            signal = unpool(signal, switches, rectified)
+        _, stride, padding = self.geometries[index]
+        weight = cast(nn.Conv2d, self.convs[index]).weight
+        return F.conv_transpose2d(F.relu(signal), weight, None, stride, padding, self.output_paddings[index])
+
+
+def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int, default: bool = False) -> GraphSpec:
+    """The ``<family>_<config>_explain`` graph over ``stages`` (the trained classifier's own modules);
+    ``default``: the explain task's default model (ZF Net's, the paper's network).
+
+    Parity runs on held-out scenes, two rows per layer (ranks 0 and 1), and on random images with
+    layers and ranks spread out.
+    """
+    image_size, mean, std = config.image_size, config.mean, config.std
+    layers = explained_layers(stages, image_size)
+    count = len(layers)
+    rng = np.random.default_rng(seed)
+    real_rows = np.repeat(held_out_inputs(count, image_size, seed, mean, std), 2, axis=0)
+    column = np.int64
+
+    def case(name: str, images: np.ndarray, layer: Sequence[int], rank: Sequence[int]) -> ParityCase:
+        return ParityCase(
+            name,
+            {
+                IMAGES: images,
+                LAYER: np.asarray(layer, column).reshape(-1, 1),
+                RANK: np.asarray(rank, column).reshape(-1, 1),
+            },
+        )
+
+    random_rows = len(layers) + 1
+    return GraphSpec(
+        module=DeconvNet(stages, image_size).eval(),
+        inputs=(
+            TensorSpec(IMAGES, (3, image_size, image_size)),
+            TensorSpec(LAYER, (1,), mc.TYPE_INT64),
+            TensorSpec(RANK, (1,), mc.TYPE_INT64),
+        ),
+        outputs=(
+            TensorSpec(PROJECTION, (3, image_size, image_size)),
+            TensorSpec(CHANNEL, (1,), mc.TYPE_INT64),
+            TensorSpec(ACTIVATION, (1,)),
+            TensorSpec(POSITION, (2,), mc.TYPE_INT64),
+        ),
+        tolerances={
+            PROJECTION: Tolerance(atol=1e-4, rtol=1e-3),
+            CHANNEL: Tolerance.exact(),
+            ACTIVATION: Tolerance(atol=1e-4, rtol=1e-5),
+            POSITION: Tolerance.exact(),
+        },
+        parity_cases=(
+            case("real", real_rows, [i // 2 + 1 for i in range(2 * count)], [i % 2 for i in range(2 * count)]),
+            case(
+                "random",
+                rng.standard_normal((random_rows, 3, image_size, image_size), np.float32),
+                [i % count + 1 for i in range(random_rows)],
+                [i % 3 for i in range(random_rows)],
+            ),
+        ),
+        max_batch_size=config.max_batch_size,
+        task=TASK,
+        suffix=SUFFIX,
+        parameters={
+            PREPROCESSING_PARAMETER: preprocessing_parameter((image_size, image_size), mean, std),
+            LAYERS_PARAMETER: json.dumps([asdict(layer) for layer in layers]),
+            # Any layer and rank is safe (no layer: a zero projection), so only images are bounded.
+            INPUT_RANGES_PARAMETER: input_ranges_parameter({IMAGES: pixel_range(mean, std)}),
+            **({DEFAULT_PARAMETER: "true"} if default else {}),
+        },
+    )

@@ -1,0 +1,170 @@
+"""Explain: an image, a layer and k -> the DeconvNet projections of the layer's k strongest channels.
+
+Model contract (docs/MODEL_REPOSITORY.md, export/families/deconvnet.py): `images` FP32 [B, 3, H, W],
+`layer` INT64 [B, 1] (1-based), `rank` INT64 [B, 1] (0 = strongest channel) -> `projection` FP32
+[B, 3, H, W], `channel` INT64 [B, 1], `activation` FP32 [B, 1], `position` INT64 [B, 2] (y, x on
+the layer's map). The parameter `explain_layers` lists the layers: name, channels, map side and
+receptive field (stride, offset, size).
+
+A request's k channels are k rows of each image (ranks 0..k-1) in one submission, so they batch
+with other requests' rows; each row recomputes the image's forward pass, which is cheaper than a
+second round trip through the batcher to learn the ranking first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract.explain_layers import LAYERS_PARAMETER, ExplainedLayer
+from serving.deferred import DeferredRows
+from serving.errors import InvalidArgument, ResourceExhausted, Unavailable
+from serving.images import ImageInput, ImageLimits, Preprocessing, encode_png, from_range
+from serving.tasks.common import TensorModel, json_parameter, prepare_images
+from serving.tasks.offload import run_image_work
+
+#: Channels per image when the request says 0: the paper's figure 2 shows the top 9.
+DEFAULT_TOP_K = 9
+#: Projections (images x channels) one request may ask for: each is a forward and a backward pass.
+MAX_PROJECTIONS = 256
+
+
+@dataclass(frozen=True)
+class ChannelProjection:
+    channel: int
+    activation: float
+    png: bytes  # the projection at the model's input size, grey = 0, scaled by its largest magnitude
+    receptive_field: tuple[float, float, float, float]  # x1, y1, x2, y2 in the model's input pixels
+
+
+@dataclass(frozen=True)
+class Explanation:
+    layer: str
+    channels: tuple[ChannelProjection, ...]  # strongest first
+
+
+def layers_from(parameters: Mapping[str, str], model: str) -> tuple[ExplainedLayer, ...]:
+    """Parse the `explain_layers` parameter; Unavailable naming the model when it is missing or broken."""
+    value = json_parameter(parameters, LAYERS_PARAMETER, model)
+    try:
+        if not isinstance(value, list) or not value:
+            raise TypeError
+        layers = tuple(
+            ExplainedLayer(
+                name=str(entry["name"]),
+                **{key: int(entry[key]) for key in ("channels", "side", "stride", "offset", "size")},
+            )
+            for entry in value
+        )
+        if any(layer.channels < 1 or layer.side < 1 for layer in layers):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise Unavailable(
+            f"model {model}: '{LAYERS_PARAMETER}' must be a non-empty JSON list of "
+            '{"name", "channels", "side", "stride", "offset", "size"}; re-export it'
+        ) from None
+    return layers
+
+
+def projection_pngs(projections: np.ndarray) -> list[bytes]:
+    """float32 (N, 3, H, W) -> one PNG each, every projection scaled by its own largest magnitude."""
+    peaks = np.abs(projections).reshape(len(projections), -1).max(axis=1)
+    scaled = projections / np.where(peaks > 0, peaks, 1.0).reshape(-1, 1, 1, 1)
+    return [encode_png(image) for image in from_range(scaled, -1.0, 1.0)]
+
+
+def repeat_rows(tensor: np.ndarray | DeferredRows, times: int) -> np.ndarray:
+    """Each row `times` times in a row (image 0 k times, then image 1 ...). Deferred rows are decoded
+    here, once each: a deferred image can be decoded only once, and they are small (few pixels)."""
+    if isinstance(tensor, DeferredRows):
+        rows = np.empty(tensor.shape, tensor.dtype)
+        tensor.write_into(rows)
+        tensor = rows
+    return np.repeat(tensor, times, axis=0)
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """A DeconvNet model with its preprocessing and layers."""
+
+    model: TensorModel
+    preprocessing: Preprocessing
+    layers: tuple[ExplainedLayer, ...]
+    limits: ImageLimits
+
+    def layer_index(self, layer: str) -> int:
+        """0-based index of `layer` (a name, a 1-based number, or empty for the last); InvalidArgument else."""
+        names = [known.name for known in self.layers]
+        if not layer:
+            return len(names) - 1
+        if layer in names:
+            return names.index(layer)
+        if layer.isdigit() and 1 <= int(layer) <= len(names):
+            return int(layer) - 1
+        raise InvalidArgument(
+            f"layer {layer!r} is not a layer of this model; use a name ({', '.join(names)}) or 1 to {len(names)}"
+        )
+
+    def channel_count(self, layer: ExplainedLayer, top_k: int, images: int) -> int:
+        """The channels to project per image (0 = DEFAULT_TOP_K, capped at the layer's); errors name the limit."""
+        if top_k > layer.channels:
+            raise InvalidArgument(f"top_k {top_k} is more than layer {layer.name}'s {layer.channels} channels")
+        count = top_k or min(DEFAULT_TOP_K, layer.channels)
+        if count * images > MAX_PROJECTIONS:
+            raise ResourceExhausted(
+                f"{images} images x {count} channels = {count * images} projections; the limit is "
+                f"{MAX_PROJECTIONS} per request: send fewer images or a smaller top_k"
+            )
+        return count
+
+    async def explain(
+        self, images: Sequence[ImageInput], layer: str, top_k: int, deadline: float | None
+    ) -> list[Explanation]:
+        index = self.layer_index(layer)
+        chosen = self.layers[index]
+        count = self.channel_count(chosen, top_k, len(images))
+        batch = await prepare_images(images, self.preprocessing, self.limits)
+        rows = count * len(images)
+        outputs = await self.model.infer(
+            {
+                "images": repeat_rows(batch.tensor, count),
+                "layer": np.full((rows, 1), index + 1, dtype=np.int64),
+                "rank": np.tile(np.arange(count, dtype=np.int64), len(images)).reshape(rows, 1),
+            },
+            deadline,
+        )
+        projections = outputs["projection"]
+        height, width = self.preprocessing.size
+        pngs = await run_image_work(lambda: projection_pngs(projections), height * width * rows)
+        found = [
+            ChannelProjection(
+                channel=channel,
+                activation=activation,
+                png=png,
+                receptive_field=receptive_field(chosen, y, x, (height, width)),
+            )
+            for channel, activation, png, (y, x) in zip(
+                outputs["channel"][:, 0].tolist(),
+                outputs["activation"][:, 0].tolist(),
+                pngs,
+                outputs["position"].tolist(),
+                strict=True,
+            )
+        ]
+        return [Explanation(chosen.name, tuple(found[i * count : (i + 1) * count])) for i in range(len(images))]
+
+
+def receptive_field(
+    layer: ExplainedLayer, y: int, x: int, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """x1, y1, x2, y2 (x2, y2 exclusive) of the input pixels map position (y, x) sees, clipped."""
+    height, width = size
+    left, top = x * layer.stride + layer.offset, y * layer.stride + layer.offset
+    return (
+        float(max(left, 0)),
+        float(max(top, 0)),
+        float(min(left + layer.size, width)),
+        float(min(top + layer.size, height)),
+    )

@@ -1,0 +1,145 @@
+"""ZF Net's DeconvNet (export/families/deconvnet.py) against an autograd reference, its receptive
+fields, its unpooling against MaxUnpool2d, and its ONNX graph. Random weights: the construction does
+not depend on training (the served, trained graph is checked in tests/serving/test_explain.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from export import onnx as onnx_export
+from export.families import alexnet, vgg
+from export.families.deconvnet import DeconvNet, explained_layers, features_explain_graphs, stages_from_features, unpool
+from export.families.zfnet import SMALL, ZFNet, deconvnet_stages, explain_graphs
+from export.train import set_threads
+from tests.export.deconvnet_reference import features_tops, layer_tops, project, receptive_field
+
+SIDE = SMALL.image_size
+
+
+@pytest.fixture(scope="module")
+def model() -> ZFNet:  # random weights, fixed
+    set_threads()  # one thread, as the export: more only contend on a busy machine
+    torch.manual_seed(0)
+    return ZFNet(SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+
+
+def deconvnet_rows(model: ZFNet, images: torch.Tensor, layer: int, rank: int) -> tuple[torch.Tensor, ...]:
+    rows = len(images)
+    with torch.no_grad():
+        return DeconvNet(deconvnet_stages(model), SIDE)(
+            images, torch.full((rows, 1), layer, dtype=torch.int64), torch.full((rows, 1), rank, dtype=torch.int64)
+        )
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
+def test_projection_equals_the_autograd_reference(model: ZFNet, images: torch.Tensor, layer: int) -> None:
+    for rank in (0, 3):
+        projection, channel, activation, position = deconvnet_rows(model, images, layer, rank)
+        for row, image in enumerate(images):
+            expected = project(functools.partial(layer_tops, model), image, layer, rank)
+            assert int(channel[row]) == expected.channel and tuple(position[row].tolist()) == expected.position
+            assert float(activation[row]) == pytest.approx(expected.activation, rel=1e-5)
+            scale = float(expected.pixels.abs().max())
+            assert scale > 0  # a strong activation projects to something
+            assert torch.allclose(projection[row], expected.pixels, atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_projection_is_zero_outside_the_receptive_field(model: ZFNet, images: torch.Tensor, layer: int) -> None:
+    """Layers 1 and 2 see 11 and 43 of 64 pixels; layers 3 to 5 see (nearly) the whole image."""
+    for rank in range(3):
+        projection, _, _, position = deconvnet_rows(model, images, layer, rank)
+        for row in range(len(images)):
+            y1, y2, x1, x2 = receptive_field(model, layer, *position[row].tolist())
+            inside = torch.zeros(SIDE, SIDE, dtype=torch.bool)
+            inside[max(y1, 0) : y2, max(x1, 0) : x2] = True
+            assert inside.sum() < SIDE * SIDE / 2  # the field is a part of the image: the check can fail
+            touched = projection[row].abs().amax(0) > 0
+            assert touched.any() and not (touched & ~inside).any()
+
+
+def test_receptive_fields_in_the_config_match_the_layer_geometry(model: ZFNet) -> None:
+    for number, layer in enumerate(explained_layers(deconvnet_stages(model), SIDE), start=1):
+        for y in range(layer.side):
+            y1, y2, _, _ = receptive_field(model, number, y, 0)
+            assert (y * layer.stride + layer.offset, y * layer.stride + layer.offset + layer.size) == (y1, y2)
+
+
+def test_unpooling_puts_values_exactly_at_the_switches() -> None:
+    """Against MaxPool2d(return_indices=True) + MaxUnpool2d; where overlapping windows chose the same
+    switch, the unpooled value is their sum (the transpose of max pooling) where MaxUnpool2d keeps one."""
+    maps = torch.randn(2, 4, 30, 30, generator=torch.Generator().manual_seed(2))
+    pooled, switches = nn.MaxPool2d(3, 2, 1, return_indices=True)(maps)
+    values = torch.rand(pooled.shape, generator=torch.Generator().manual_seed(3)) + 0.5  # all non-zero
+    ours = unpool(values, switches, maps)
+    reference = nn.MaxUnpool2d(3, 2, 1)(values, switches, output_size=maps.shape[-2:])
+    windows = torch.zeros_like(maps).flatten(2).scatter_add(2, switches.flatten(2), torch.ones_like(values).flatten(2))
+    windows = windows.view_as(maps)
+    assert ((ours != 0) == (windows > 0)).all()  # non-zero exactly at the switch positions
+    single = windows == 1
+    assert single.sum() > 100 and (windows > 1).any()  # both cases occur
+    assert torch.equal(ours[single], reference[single])
+    assert torch.allclose(ours.sum((2, 3)), values.sum((2, 3)))  # shared switches hold every window's value
+
+
+def test_exported_graph_matches_pytorch_and_batches(model: ZFNet, tmp_path: Path) -> None:
+    (graph,) = explain_graphs(model, SMALL, seed=0)
+    path = tmp_path / "model.onnx"
+    onnx_export.export_graph(graph, path)
+    session = onnx_export.open_session(path)
+    checks = onnx_export.graph_parity(graph, session)
+    assert checks and all(check.passed for check in checks), [c for c in checks if not c.passed]
+    case = graph.parity_cases[0].inputs
+    whole = onnx_export.run_session(session, case)
+    one = onnx_export.run_session(session, {name: array[3:4] for name, array in case.items()})
+    assert np.allclose(one["projection"], whole["projection"][3:4], atol=1e-5)
+    layers = json.loads(graph.parameters["explain_layers"])
+    assert [layer["name"] for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert [layer["channels"] for layer in layers] == list(SMALL.conv_widths)
+
+
+@pytest.mark.parametrize(
+    ("builder", "config"), [(alexnet.SmallAlexNet, alexnet.SMALL), (vgg.SmallVGG, vgg.SMALL)], ids=["alexnet", "vgg"]
+)
+def test_the_construction_applies_to_alexnet_and_vgg(builder, config, tmp_path: Path) -> None:
+    """Same DeconvNet over torchvision-style `features` (VGG's batch norms folded into their convolutions),
+    against the autograd reference through the unfolded layers, and its exported graph's parity."""
+    set_threads()
+    torch.manual_seed(4)
+    model = builder(config).eval()
+    for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):  # not the identity: folding shows
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_(0, 0.1)
+        norm.running_mean.normal_(0, 0.1)
+        norm.running_var.uniform_(0.5, 1.5)
+    stages = stages_from_features(model.features)
+    side = config.image_size
+    images = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(5))
+    network = DeconvNet(stages, side)
+    for layer in range(1, len(stages) + 1):
+        with torch.no_grad():
+            projection, channel, activation, _ = network(
+                images, torch.full((2, 1), layer, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64)
+            )
+        for row, image in enumerate(images):
+            expected = project(functools.partial(features_tops, model.features), image, layer, 0)
+            assert int(channel[row]) == expected.channel
+            assert float(activation[row]) == pytest.approx(expected.activation, rel=1e-4)
+            scale = float(expected.pixels.abs().max())
+            assert torch.allclose(projection[row], expected.pixels, atol=1e-4 * scale, rtol=0)
+    (graph,) = features_explain_graphs(model, config, seed=0)
+    onnx_export.export_graph(graph, tmp_path / "model.onnx")
+    checks = onnx_export.graph_parity(graph, onnx_export.open_session(tmp_path / "model.onnx"))
+    assert all(check.passed for check in checks), [c for c in checks if not c.passed]
