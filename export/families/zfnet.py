@@ -122,8 +122,9 @@ def from_sequential(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     ``nn.Sequential`` (keys ``0.weight``, ``3.bias``, ... or nested ``features.0.weight``, ``classifier.1.bias``).
 
     The Sequential's parameterised layers are taken in the checkpoint's order (the order the modules were
-    registered): five convolutions then three linear layers, each with a bias. Layers without parameters
-    (ReLU, pools, dropout, flatten, local response normalisation) may sit anywhere in between.
+    registered): five convolutions then three linear layers, each with a bias; what lies between them (ReLU,
+    pools, dropout, flatten) has no parameters, so the Sequential must compute what ``ZFNet`` does (its
+    layers are listed in docs/EXPORT.md): the names change, the answers do not.
     """
     if all(f"{layer}.weight" in state_dict for layer in LAYERS):
         return dict(state_dict)
