@@ -27,6 +27,7 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from torchvision.models.detection import FasterRCNN
 
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
@@ -35,9 +36,12 @@ from export.data.scenes import make_scenes, stack_images
 from export.families import get_family
 from export.families.base import checkpoint
 from export.families.captioner import Captioner
+from export.families.dcgan import Dcgan
 from export.families.detection.agreement import compare_detections
 from export.families.detection.mean_ap import ImageDetections
 from export.families.faster_rcnn import torchvision_detections
+from export.families.narrow import narrow
+from export.families.stn import SpatialTransformerNet
 from serving.images import ImageLimits, RawImage, decode_resized, from_range, normalise, open_image
 from serving.repository import ModelSource, read_config
 from serving.tasks.common import preprocessing_from
@@ -76,7 +80,8 @@ def livened_stn() -> nn.Module:
     """Livened, with theta kept near the identity (a localisation net that warps every pixel out of the frame
     would answer zeros; a trained one stays near the identity too)."""
     family = get_family("stn")
-    model = liven(family.build(family.configs["full"]), calibrate_at(family.configs["full"].image_size))
+    built = liven(family.build(family.configs["full"]), calibrate_at(family.configs["full"].image_size))
+    model = narrow(built, SpatialTransformerNet, "stn")
     with torch.no_grad():
         model.to_theta.weight.mul_(0.02)
         model.to_theta.bias.copy_(torch.tensor([0.9, 0.1, 0.05, -0.1, 0.9, -0.05]))
@@ -84,8 +89,8 @@ def livened_stn() -> nn.Module:
 
 
 def livened_generator() -> nn.Module:
-    generator = get_family("dcgan").build(get_family("dcgan").configs["full"]).generator
-    return liven(generator, lambda module: module(torch.randn(16, module_z_dim())))
+    dcgan = narrow(get_family("dcgan").build(get_family("dcgan").configs["full"]), Dcgan, "dcgan")
+    return liven(dcgan.generator, lambda module: module(torch.randn(16, module_z_dim())))
 
 
 def module_z_dim() -> int:
@@ -185,7 +190,7 @@ def test_detect_finds_what_torchvision_finds(served_detector: Served) -> None:
     """Bounds as tests/export/test_faster_rcnn.py's full-size check: random heads make near-tied detections."""
     served = served_detector
     folder = served.folder("faster_rcnn")
-    detector = served.written["faster_rcnn"].reference
+    detector = narrow(served.written["faster_rcnn"].reference, FasterRCNN, "faster_rcnn")
     side = int(detector.transform.min_size[0])
     pixels = scene_pixels(side, objects=3)
     expected = torchvision_detections(detector, pixels)
