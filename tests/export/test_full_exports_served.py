@@ -113,7 +113,7 @@ def write_checkpoints() -> dict[str, Written]:
     models = {
         "alexnet": liven(torchvision.models.alexnet(weights=None)),
         "zfnet": zfnet,
-        "vgg": liven(torchvision.models.vgg11(weights=None)),
+        "vgg": liven(torchvision.models.vgg11(weights=None, init_weights=False)),
         "googlenet": liven(googlenet, calibrate_at(224)),
         "resnet": liven(torchvision.models.resnet18(weights=None), calibrate_at(224)),
         "dcgan": livened_generator(),
