@@ -182,9 +182,9 @@ def served_detector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
 
 
 @pytest.mark.skip(
-    reason="a livened MobileNetV3 Faster R-CNN at 800 px fails the export's own parity gate (random case: 200 "
-    "detections paired on identical scores, boxes ~750 px apart) and costs ~80 s; the 320 px variant needs "
-    "--variant (issue 14 item 3)"
+    reason="a livened MobileNetV3 Faster R-CNN at 800 px fails the export's own parity gate: on its random (noise) "
+    "case all 100 detections of an image score exactly 1.0, so pairing by score cannot tell them apart (boxes "
+    "~750 px apart); and it costs ~80 s. The 320 px variant needs --variant (issue 14 item 3)"
 )
 def test_detect_finds_what_torchvision_finds(served_detector: Served) -> None:
     """Bounds as tests/export/test_faster_rcnn.py's full-size check: random heads make near-tied detections."""
