@@ -58,6 +58,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="A-B|A,B,...",
         help="measure only: train and evaluate each family on these seeds and print the quality table",
     )
+    captioner = parser.add_argument_group(
+        "captioner", "a captioner checkpoint of other words or sizes (else read from the checkpoint, else the defaults)"
+    )
+    captioner.add_argument(
+        "--captioner-vocabulary", type=Path, metavar="FILE", help="its tokens, one a line (line i = token id i)"
+    )
+    captioner.add_argument("--captioner-max-length", type=int, metavar="N", help="decoding steps: words + <end>")
+    captioner.add_argument("--captioner-embed-dim", type=int, metavar="N", help="word embedding width")
+    captioner.add_argument("--captioner-hidden-size", type=int, metavar="N", help="LSTM state width")
     parser.add_argument(
         "--jobs",
         type=int,
@@ -65,6 +74,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="families exported at once in worker processes (default: NINEFOLD_EXPORT_JOBS or up to 2 cores)",
     )
     return parser.parse_args(argv)
+
+
+def captioner_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The --captioner-* arguments given, as ``build_repository`` settings (CaptionerConfig.SETTINGS)."""
+    settings: dict[str, object] = {
+        name: value
+        for name, value in (
+            ("max_length", args.captioner_max_length),
+            ("embed_dim", args.captioner_embed_dim),
+            ("hidden_size", args.captioner_hidden_size),
+        )
+        if value is not None
+    }
+    if args.captioner_vocabulary is not None:
+        try:
+            settings["vocabulary"] = tuple(args.captioner_vocabulary.read_text(encoding="utf-8").splitlines())
+        except (OSError, UnicodeDecodeError) as error:
+            raise ExportError(f"cannot read --captioner-vocabulary {args.captioner_vocabulary}: {error}") from None
+    return {"captioner": settings} if settings else {}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -179,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs=args.jobs,
             on_model=lambda result: print("wrote " + "  ".join(table_row(result)), file=sys.stderr, flush=True),
             allow_below_threshold=args.allow_below_threshold,
+            settings=captioner_settings(args),
         )
     except (ParityError, QualityError) as error:
         print(f"ninefold export: {error}", file=sys.stderr)

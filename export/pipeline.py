@@ -30,6 +30,7 @@ from export import onnx as onnx_export
 from export import repository, tensorrt
 from export.families import family_names, get_family
 from export.families.base import (
+    CONFIG_KEY,
     ExportError,
     Family,
     FamilyConfig,
@@ -39,6 +40,7 @@ from export.families.base import (
     Quality,
     QualityError,
     WeightsError,
+    configured,
 )
 from export.train import set_threads
 
@@ -91,17 +93,33 @@ def resolve_families(requested: Sequence[str] | None) -> tuple[Family[Any], ...]
     return tuple(get_family(name) for name in requested)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file as read: its state_dict and the family settings stored beside it (CONFIG_KEY)."""
+
+    state_dict: dict[str, torch.Tensor]
+    settings: Mapping[str, object]
+
+
 def read_state_dict(path: Path, family: str) -> dict[str, torch.Tensor]:
     """A checkpoint as a state_dict, read with weights_only=True (never unpickles arbitrary objects).
 
     Accepts a plain state_dict or a dict holding one under "state_dict" or "model".
     """
+    return read_checkpoint(path, family).state_dict
+
+
+def read_checkpoint(path: Path, family: str) -> Checkpoint:
+    """``read_state_dict``, and the settings a checkpoint of ``export.families.base.checkpoint`` stores."""
     if not path.is_file():
         raise WeightsError(f"weights file for {family} not found: {path}")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe pickles
         raise WeightsError(f"cannot read weights for {family} from {path}: {_unreadable(error)}") from None
+    settings = loaded.get(CONFIG_KEY, {}) if isinstance(loaded, dict) else {}
+    if not isinstance(settings, dict):
+        raise WeightsError(f"{path}: its {CONFIG_KEY!r} entry is not a mapping of settings")
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), dict):
@@ -109,7 +127,7 @@ def read_state_dict(path: Path, family: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
-    return loaded
+    return Checkpoint(state_dict=loaded, settings=settings)
 
 
 def _unreadable(error: Exception) -> str:
@@ -195,17 +213,14 @@ def _require_passed(name: str, what: str, checks: Sequence[ParityCheck]) -> None
 
 
 def trained_model(
-    family: Family[Any], config: FamilyConfig, seed: int, weights: Path | None
+    family: Family[Any], config: FamilyConfig, seed: int, state_dict: Mapping[str, torch.Tensor] | None
 ) -> tuple[torch.nn.Module, Quality | None]:
-    """Build, then load ``weights`` or train (deterministic from seed), then evaluate: the eval-mode model."""
+    """Build, then load ``state_dict`` or train (deterministic from seed), then evaluate: the eval-mode model."""
     set_threads()
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = family.build(config)
-    if weights is not None:
-        model = family.load(model, config, read_state_dict(weights, family.name))
-    else:
-        model = family.train(model, config, seed)
+    model = family.train(model, config, seed) if state_dict is None else family.load(model, config, state_dict)
     model.eval()
     return model, family.evaluate(model, config, seed)
 
@@ -219,14 +234,20 @@ def export_family(
     weights: Path | None,
     build_tensorrt: bool,
     allow_below_threshold: bool = False,
+    settings: Mapping[str, object] | None = None,
 ) -> tuple[ModelResult, ...]:
     """Train or load one family and write its model folder(s); nothing is written unless all succeed.
 
+    settings: config fields to set (FamilyConfig.SETTINGS); they take precedence over those the checkpoint stores.
     A model that misses a quality bar raises QualityError (nothing written) unless allow_below_threshold,
     which writes it with the misses in its report and a ``below_threshold`` config.pbtxt parameter.
     """
     started, cpu_started = time.perf_counter(), time.process_time()
-    model, quality = trained_model(family, config, seed, weights)
+    loaded = read_checkpoint(weights, family.name) if weights is not None else None
+    if loaded is not None:
+        config = configured(config, loaded.settings, f"{weights} ({CONFIG_KEY})")
+    config = configured(config, settings or {}, f"{family.name} settings")
+    model, quality = trained_model(family, config, seed, loaded.state_dict if loaded is not None else None)
     graphs = family.graphs(model, config, seed)
     train_seconds = time.perf_counter() - started
     # CPU seconds as well as wall seconds: on a shared machine the wall clock measures the neighbours.
@@ -344,6 +365,7 @@ def _export_named(
     weights: Path | None,
     build_tensorrt: bool,
     allow_below_threshold: bool,
+    settings: Mapping[str, object],
 ) -> tuple[ModelResult, ...]:
     """Export one family given by name (a worker process looks the family up in its own registry)."""
     family = get_family(name)
@@ -355,6 +377,7 @@ def _export_named(
         weights=weights,
         build_tensorrt=build_tensorrt,
         allow_below_threshold=allow_below_threshold,
+        settings=settings,
     )
 
 
@@ -369,10 +392,13 @@ def build_repository(
     jobs: int | None = None,
     on_model: Callable[[ModelResult], None] | None = None,
     allow_below_threshold: bool = False,
+    settings: Mapping[str, Mapping[str, object]] | None = None,
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
 
-    weights: {family: checkpoint path}; required for configs that do not train (full). With
+    weights: {family: checkpoint path}; required for configs that do not train (full).
+    settings: {family: {config field: value}} (the fields a family's config lists in SETTINGS, e.g. the
+    captioner's vocabulary), over what a checkpoint stores. With
     build_tensorrt, engines are built too, and a machine without TensorRT or a GPU raises ExportError.
     jobs: families exported at once in worker processes (default ``default_jobs()``); one family, or
     jobs=1, runs in this process. on_model: called with each written model as soon as it is in place.
@@ -389,14 +415,29 @@ def build_repository(
     for family_name, path in weight_paths.items():
         if not path.is_file():
             raise WeightsError(f"weights file for {family_name} not found: {path}")
+    family_settings = {family: dict(values) for family, values in (settings or {}).items()}
+    unknown = sorted(set(family_settings) - {family.name for family in chosen})
+    if unknown:
+        raise ExportError(f"settings given for {', '.join(unknown)}, which is not among the families exported")
     configs = {family.name: _config_of(family, config, family.name in weight_paths) for family in chosen}
+    for name, values in family_settings.items():
+        configured(configs[name], values, f"{name} settings")  # refused now, before any training
     if build_tensorrt and (reason := tensorrt.unavailable_reason()) is not None:
         raise ExportError(f"cannot build TensorRT engines: {reason}")
     repository.check_writable(out)
 
     names = [family.name for family in chosen]
     arguments = {
-        name: (name, configs[name].name, out, seed, weight_paths.get(name), build_tensorrt, allow_below_threshold)
+        name: (
+            name,
+            configs[name].name,
+            out,
+            seed,
+            weight_paths.get(name),
+            build_tensorrt,
+            allow_below_threshold,
+            family_settings.get(name, {}),
+        )
         for name in names
     }
     written: dict[str, tuple[ModelResult, ...]] = {}

@@ -18,10 +18,11 @@ Life cycle of one family export, as the pipeline drives it::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +40,11 @@ class FamilyConfig:
     trainable: True when the pipeline trains it on synthetic data without ``--weights``; a config that is
         not trainable needs ``--weights`` (full configs: user checkpoints, e.g. torchvision state_dicts).
     max_batch_size: config.pbtxt max_batch_size and the TensorRT profile's upper bound.
+    SETTINGS: the fields a checkpoint (its CONFIG_KEY entry, see ``checkpoint``) or the command line may set,
+        for what the weights alone cannot say (a caption vocabulary) or a user's model sizes; none by default.
     """
+
+    SETTINGS: ClassVar[tuple[str, ...]] = ()
 
     name: str
     trainable: bool
@@ -279,6 +284,40 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         raise WeightsError(f"weights do not fit {family}: " + "; ".join(parts))
     model.load_state_dict(dict(state_dict), strict=True)
     return model.eval()
+
+
+CONFIG_KEY = "ninefold_config"
+"""The entry of a checkpoint file beside its "state_dict" that holds a family's SETTINGS (see ``checkpoint``)."""
+
+
+def checkpoint(state_dict: Mapping[str, torch.Tensor], config: FamilyConfig) -> dict[str, object]:
+    """What to ``torch.save`` so that ``ninefold export --weights`` reads the weights and their settings back:
+    ``{"state_dict": ..., CONFIG_KEY: {setting: value}}`` (tuples, ints and strings: weights_only can read them)."""
+    return {"state_dict": dict(state_dict), CONFIG_KEY: {name: getattr(config, name) for name in config.SETTINGS}}
+
+
+def configured(config: ConfigT, settings: Mapping[str, object], source: str) -> ConfigT:
+    """``config`` with ``settings`` applied (lists become tuples); ExportError naming ``source`` (the checkpoint
+    or the command line) for a field that is not in SETTINGS, a value of the wrong type or one the config refuses."""
+    allowed = type(config).SETTINGS
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ExportError(f"{source}: cannot set {', '.join(unknown)} (settable: {', '.join(allowed) or 'nothing'})")
+    values: dict[str, Any] = {name: tuple(v) if isinstance(v, list) else v for name, v in settings.items()}
+    for name, value in values.items():
+        if _kind(value) != _kind(getattr(config, name)):
+            raise ExportError(f"{source}: {name} must be {_kind(getattr(config, name))}, got {value!r}")
+    try:
+        return dataclasses.replace(config, **values)
+    except ValueError as error:
+        raise ExportError(f"{source}: {error}") from None
+
+
+def _kind(value: object) -> str:
+    """The type a setting is checked against: ``int``, ``str``, ``tuple of int`` ..."""
+    if isinstance(value, tuple):
+        return "tuple of " + "/".join(sorted({type(item).__name__ for item in value}) or ["anything"])
+    return type(value).__name__
 
 
 def preprocessing_parameter(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> str:

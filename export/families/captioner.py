@@ -9,7 +9,7 @@ the words of the synthetic captions; evaluation decodes greedily and with beam s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -107,6 +107,29 @@ def tokenize(caption: str) -> list[str]:
     return caption.lower().split()
 
 
+def synthetic_captions() -> list[str]:
+    """Every caption a single-object synthetic scene can have (the vocabulary's and max_length's source)."""
+    return [
+        describe([shape], [color], texture)
+        for shape in range(len(SHAPES))
+        for color in range(len(COLORS))
+        for texture in range(len(TEXTURES))
+    ]
+
+
+def synthetic_vocabulary() -> Vocabulary:
+    return Vocabulary.build(synthetic_captions())
+
+
+def caption_max_length() -> int:
+    """Decoding steps the longest synthetic caption needs: its words plus `<end>`."""
+    return max(len(tokenize(caption)) for caption in synthetic_captions()) + 1
+
+
+SYNTHETIC_VOCABULARY = synthetic_vocabulary().tokens
+SYNTHETIC_MAX_LENGTH = caption_max_length()
+
+
 @dataclass(frozen=True)
 class CaptionerConfig(FamilyConfig):
     """Shape and training budget of an encoder/decoder pair.
@@ -120,7 +143,13 @@ class CaptionerConfig(FamilyConfig):
         word five steps on stayed at chance. The code rides in the tail of both `h` and `c`, so the
         served state is one width S = H + K (state_size) and the decoder step keeps its signature.
     train_steps / batch_size / train_scenes / lr: teacher-forcing steps with Adam (small configs only).
+    vocabulary: the tokens, token id = index; must hold `<start>` and `<end>` (training also `<pad>`, `<unk>`).
+    max_length: decoding steps, the longest caption's words plus `<end>`.
+    SETTINGS: what a checkpoint stores beside its weights (``export.families.base.checkpoint``) and the
+    command line sets (``--captioner-vocabulary`` ...): a user's captioner need not be this module's.
     """
+
+    SETTINGS = ("vocabulary", "max_length", "embed_dim", "hidden_size", "image_code", "image_size", "widths")
 
     image_size: int = 224
     widths: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -132,6 +161,19 @@ class CaptionerConfig(FamilyConfig):
     batch_size: int = 64
     train_scenes: int = 3000
     lr: float = 2e-3
+    vocabulary: tuple[str, ...] = SYNTHETIC_VOCABULARY
+    max_length: int = SYNTHETIC_MAX_LENGTH
+
+    def __post_init__(self) -> None:
+        missing = [token for token in (START, END) if token not in self.vocabulary]
+        if missing:
+            raise ValueError(f"the caption vocabulary lacks {' and '.join(missing)} (one token a line, id = line)")
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ValueError("the caption vocabulary repeats a token")
+        if self.max_length < 1 or self.feature_side < 1:
+            raise ValueError(
+                f"max_length {self.max_length} and the encoder's last map ({self.feature_side} px) must be >= 1"
+            )
 
     @property
     def feature_side(self) -> int:
@@ -331,25 +373,6 @@ PARITY_SCENES = 16
 PARITY_SEED = HELD_OUT_SEED_OFFSET + 7  # system parity gets no seed; a fixed held-out draw
 
 
-def synthetic_captions() -> list[str]:
-    """Every caption a single-object synthetic scene can have (the vocabulary's and max_length's source)."""
-    return [
-        describe([shape], [color], texture)
-        for shape in range(len(SHAPES))
-        for color in range(len(COLORS))
-        for texture in range(len(TEXTURES))
-    ]
-
-
-def synthetic_vocabulary() -> Vocabulary:
-    return Vocabulary.build(synthetic_captions())
-
-
-def caption_max_length() -> int:
-    """Decoding steps the longest synthetic caption needs: its words plus `<end>`."""
-    return max(len(tokenize(caption)) for caption in synthetic_captions()) + 1
-
-
 def slot_positions() -> dict[str, int]:
     """Word index of each slot of a single-object caption: "a red star on a striped background" -> 1, 2, 5."""
     words = tokenize(describe([0], [0], 0))
@@ -382,20 +405,27 @@ def _images(scenes: Sequence[Scene]) -> torch.Tensor:
     return normalise(stack_images(list(scenes)), DEFAULT_MEAN, DEFAULT_STD)
 
 
-def train_captioner(model: Captioner, config: CaptionerConfig, seed: int) -> Captioner:
+def scene_caption(scene: Scene) -> str:
+    return scene.caption
+
+
+def train_captioner(
+    model: Captioner, config: CaptionerConfig, seed: int, caption: Callable[[Scene], str] = scene_caption
+) -> Captioner:
     """Teacher forcing with cross-entropy on `train_scenes` scenes, plus a word-presence loss; Adam.
 
     The word-presence head (training only, not part of the model or its checkpoints) predicts from the
     encoder's feature which words the caption contains, as the visual-concept detectors of Fang et al.
     2015 do: through the decoder alone the texture word's gradient never shaped the encoder (a linear
     probe on its features found texture at chance after training), the head gives every word a direct
-    path. Returns the eval-mode model.
+    path. ``caption`` says what each scene's caption is (words of the model's vocabulary; a test trains on
+    other words this way). Returns the eval-mode model.
     """
     set_threads()
     torch.manual_seed(seed)
     scenes = make_scenes(config.train_scenes, config.image_size, seed + TRAIN_SEED_OFFSET)
     images = _images(scenes)
-    tokens = caption_tensor(model.vocabulary, [scene.caption for scene in scenes], caption_max_length())
+    tokens = caption_tensor(model.vocabulary, [caption(scene) for scene in scenes], config.max_length)
     present = torch.zeros(len(scenes), len(model.vocabulary.tokens)).scatter_(1, tokens, 1.0)
     words = nn.Linear(config.hidden_size, len(model.vocabulary.tokens))
     rng = torch.Generator().manual_seed(seed)
@@ -412,15 +442,17 @@ def train_captioner(model: Captioner, config: CaptionerConfig, seed: int) -> Cap
 
 
 class CaptionerFamily:
-    """Registry entry. Both configs use the synthetic vocabulary (its size fixes the embedding and output
-    shapes), so `--weights captioner=PATH` takes a `Captioner` state_dict trained with that vocabulary."""
+    """Registry entry. Both configs default to the synthetic vocabulary; `--weights captioner=PATH` takes a
+    `Captioner` state_dict trained with that one, or a checkpoint that stores its own vocabulary and sizes
+    (CaptionerConfig.SETTINGS), or the command line gives them."""
 
     name = "captioner"
     task = CAPTION
     configs: Mapping[str, CaptionerConfig] = {"small": SMALL, "full": FULL}
 
     def build(self, config: FamilyConfig) -> nn.Module:
-        return Captioner(narrow(config, CaptionerConfig, self.name), synthetic_vocabulary())
+        captioner_config = narrow(config, CaptionerConfig, self.name)
+        return Captioner(captioner_config, Vocabulary(captioner_config.vocabulary))
 
     def train(self, model: nn.Module, config: FamilyConfig, seed: int) -> nn.Module:
         return train_captioner(narrow(model, Captioner, self.name), narrow(config, CaptionerConfig, self.name), seed)
@@ -434,14 +466,13 @@ class CaptionerFamily:
             return None
         captioner = narrow(model, Captioner, self.name).eval()
         vocabulary = captioner.vocabulary
-        size = narrow(config, CaptionerConfig, self.name).image_size
-        scenes = make_scenes(EVAL_SCENES, size, seed + HELD_OUT_SEED_OFFSET)
+        captioner_config = narrow(config, CaptionerConfig, self.name)
+        scenes = make_scenes(EVAL_SCENES, captioner_config.image_size, seed + HELD_OUT_SEED_OFFSET)
         images = _images(scenes)
         references = [tokenize(scene.caption) for scene in scenes]
-        greedy = [vocabulary.decode(ids) for ids in captioner.greedy(images, caption_max_length())]
-        beam = [
-            vocabulary.decode(captioner.beam(images[i], caption_max_length(), BEAM_SIZE)) for i in range(BEAM_SCENES)
-        ]
+        max_length = captioner_config.max_length
+        greedy = [vocabulary.decode(ids) for ids in captioner.greedy(images, max_length)]
+        beam = [vocabulary.decode(captioner.beam(images[i], max_length, BEAM_SIZE)) for i in range(BEAM_SCENES)]
         quality = caption_quality(greedy, references)
         return replace(
             quality,
@@ -484,7 +515,7 @@ class CaptionerFamily:
                 VOCABULARY_PARAMETER: VOCABULARY_FILE,
                 START_TOKEN_PARAMETER: str(vocabulary.start_id),
                 END_TOKEN_PARAMETER: str(vocabulary.end_id),
-                MAX_LENGTH_PARAMETER: str(caption_max_length()),
+                MAX_LENGTH_PARAMETER: str(captioner_config.max_length),
             },
             extra_files={VOCABULARY_FILE: "\n".join(vocabulary.tokens) + "\n"},
         )
@@ -524,9 +555,10 @@ class CaptionerFamily:
     ) -> Sequence[ParityCheck]:
         """Greedy captions from a numpy loop over the two ONNX graphs must equal PyTorch's, word for word."""
         captioner = narrow(model, Captioner, self.name).eval()
-        scenes = make_scenes(PARITY_SCENES, narrow(config, CaptionerConfig, self.name).image_size, PARITY_SEED)
+        captioner_config = narrow(config, CaptionerConfig, self.name)
+        scenes = make_scenes(PARITY_SCENES, captioner_config.image_size, PARITY_SEED)
         images = _images(scenes)
-        max_length = caption_max_length()
+        max_length = captioner_config.max_length
         expected = captioner.greedy(images, max_length)
         state = run("", {"images": images.numpy()})
         h, c = state["h"], state["c"]

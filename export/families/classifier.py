@@ -204,6 +204,9 @@ class ClassifierFamily(Generic[C]):
     """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
     extra_graphs: Callable[[nn.Module, C, int], Sequence[GraphSpec]] | None = None
     """Further graphs over the same trained model (ZF Net's DeconvNet), exported after the classifier."""
+    weights_layout: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None
+    """Renames a checkpoint written in another layout into the family's own (ZF Net from a plain
+    ``nn.Sequential``), before the variant is picked; None: loaded as is."""
 
     def build(self, config: C) -> nn.Module:
         return self.builder(config)
@@ -230,6 +233,8 @@ class ClassifierFamily(Generic[C]):
 
     def load(self, model: nn.Module, config: C, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         """Load strictly; a family with variants first rebuilds the model as the variant the keys describe."""
+        if self.weights_layout is not None:
+            state_dict = self.weights_layout(state_dict)
         if self.weights_variant is not None:
             config = self.weights_variant(config, state_dict)
             model = self.builder(config)

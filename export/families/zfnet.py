@@ -7,19 +7,22 @@ export/families/deconvnet.py): unpool by the switches, rectify, filter back down
 
 small: the same eight layers at 64 x 64 (maps 64 -> 30 -> 15 -> 6 -> 3 -> 1, as 224 -> 110 -> 55 -> 26 ->
 13 -> 6 in the paper) with narrower layers. full: the paper's layer sizes at 224 (torchvision has no ZF
-Net, so its state_dict layout is this module's own).
+Net, so its state_dict layout is this module's own, documented in docs/EXPORT.md; a checkpoint of a ZF Net
+written as one plain ``nn.Sequential`` is renamed into it by ``from_sequential``). The widths of a
+checkpoint's layers are read from it, so a narrower or wider ZF Net loads too.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from export.families import register_family
-from export.families.base import GraphSpec
+from export.families.base import GraphSpec, WeightsError
 from export.families.classifier import (
     ClassifierConfig,
     ClassifierFamily,
@@ -110,6 +113,52 @@ class ZFNet(nn.Module):
         return self.classifier(torch.flatten(self._features(x, keep_switches=False).features, 1))
 
 
+CONVOLUTIONS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+LINEARS = ("classifier.1", "classifier.4", "classifier.6")  # dropout_fc_head's three nn.Linear
+LAYERS = CONVOLUTIONS + LINEARS
+"""The parameterised layers of the state_dict layout, in forward order; each has ``.weight`` and ``.bias``."""
+
+
+def from_sequential(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ZF Net checkpoint in this module's layout: as it is when it already is, else renamed from a plain
+    ``nn.Sequential`` (keys ``0.weight``, ``3.bias``, ... or nested ``features.0.weight``, ``classifier.1.bias``).
+
+    The Sequential's parameterised layers are taken in the checkpoint's order (the order the modules were
+    registered): five convolutions then three linear layers, each with a bias; what lies between them (ReLU,
+    pools, dropout, flatten) has no parameters, so the Sequential must compute what ``ZFNet`` does (its
+    layers are listed in docs/EXPORT.md): the names change, the answers do not.
+    """
+    if all(f"{layer}.weight" in state_dict for layer in LAYERS):
+        return dict(state_dict)
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        module, _, parameter = key.rpartition(".")
+        layers.setdefault(module, {})[parameter] = value
+    ranks = [layer.get("weight", torch.empty(0)).ndim for layer in layers.values()]
+    convolutions, linears = ranks.count(4), ranks.count(2)
+    if ranks != [4] * 5 + [2] * 3 or any(set(layer) != {"weight", "bias"} for layer in layers.values()):
+        raise WeightsError(
+            "zfnet weights are neither its own layout (conv1.weight ... classifier.6.bias, docs/EXPORT.md) nor a "
+            "plain nn.Sequential of 5 convolutions then 3 linear layers, each with weight and bias: found "
+            f"{convolutions} convolutions and {linears} linear layers among {len(layers)} modules "
+            f"({', '.join(sorted(set(state_dict))[:4])}, ...)"
+        )
+    return {
+        f"{own}.{parameter}": layer[parameter]
+        for own, layer in zip(LAYERS, layers.values(), strict=True)
+        for parameter in ("weight", "bias")
+    }
+
+
+def weights_variant(config: ZFNetConfig, state_dict: Mapping[str, torch.Tensor]) -> ZFNetConfig:
+    """The convolution widths and hidden FC width of a checkpoint in this module's layout."""
+    if not all(f"{layer}.weight" in state_dict for layer in LAYERS):
+        return config  # the strict load names what is missing
+    c1, c2, c3, c4, c5 = (int(state_dict[f"{conv}.weight"].shape[0]) for conv in CONVOLUTIONS)
+    fc_width = int(state_dict["classifier.1.weight"].shape[0])
+    return replace(config, conv_widths=(c1, c2, c3, c4, c5), fc_width=fc_width)
+
+
 SMALL = ZFNetConfig(
     **small_config_fields(
         image_size=64,
@@ -147,6 +196,11 @@ def explain_graphs(model: nn.Module, config: ZFNetConfig, seed: int) -> tuple[Gr
 
 register_family(
     ClassifierFamily(
-        name="zfnet", configs={"small": SMALL, "full": FULL}, builder=ZFNet, extra_graphs=explain_graphs
+        name="zfnet",
+        configs={"small": SMALL, "full": FULL},
+        builder=ZFNet,
+        extra_graphs=explain_graphs,
+        weights_variant=weights_variant,
+        weights_layout=from_sequential,
     )
 )

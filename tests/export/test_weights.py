@@ -17,6 +17,7 @@ from torch import nn
 from export.families import get_family
 from export.families.base import WeightsError
 from export.pipeline import read_state_dict
+from tests.export.livening import liven
 
 CASES = [
     pytest.param("alexnet", torchvision.models.alexnet, id="alexnet"),
@@ -28,24 +29,6 @@ CASES = [
     pytest.param("vgg", torchvision.models.vgg16, id="vgg16", marks=pytest.mark.slow),
     pytest.param("vgg", torchvision.models.vgg19_bn, id="vgg19_bn", marks=pytest.mark.slow),
 ]
-
-
-def liven(model: nn.Module) -> nn.Module:
-    """Random weights whose outputs depend on the input: He-normal layers, random biases, BatchNorm
-    statistics measured on a batch. (torchvision's own random init makes GoogLeNet answer its fc bias for
-    every image, so comparing two of them could not fail.)"""
-    torch.manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.normal_(module.bias, std=0.1)
-        elif isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batch
-    with torch.no_grad():
-        model.train()(torch.randn(4, 3, 64, 64))
-    return model.eval()
 
 
 def _load_full(family_name: str, state_dict: dict[str, torch.Tensor], **changes: object) -> nn.Module:
