@@ -1,0 +1,1 @@
+"""The one definition of what export, serving and clients share (no torch, no grpc)."""
