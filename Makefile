@@ -43,7 +43,7 @@ proto: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy export serving clients
+	$(BIN)/mypy contract export serving clients
 
 bench: install
 	$(BIN)/python -m benchmarks.suite --out bench_results $(BENCH_ARGS)
