@@ -1,9 +1,9 @@
 """Is the demo's model repository up to date, and if not, export it.
 
 "Up to date" means: the stamp file the demo wrote after its last export exists, its digest of
-the export stage's sources (every export/**/*.py) equals today's, and every model it lists still
-has its config.pbtxt and an export_report.json. Any edit to export/ therefore re-exports; a
-repository exported by hand (no stamp) is exported again once, then reused.
+the export stage's sources (every export/**/*.py and contract/**/*.py) equals today's, and every model
+it lists still has its config.pbtxt and an export_report.json. Any edit to export/ or contract/ therefore
+re-exports; a repository exported by hand (no stamp) is exported again once, then reused.
 
 `python -m clients.demo_repository [--model-repository DIR] [--force] [--allow-below-threshold]` (what
 `make export` runs) exports and stamps, so that a later `make demo` reuses the result. An export that
@@ -23,16 +23,17 @@ from pathlib import Path
 from clients.errors import ClientError
 
 STAMP_FILE = ".ninefold-demo-export.json"
-EXPORT_SOURCES = Path(__file__).resolve().parent.parent / "export"
-"""The export package, a sibling of this one in the source tree and in site-packages alike."""
+EXPORT_SOURCES = tuple(Path(__file__).resolve().parent.parent / name for name in ("export", "contract"))
+"""The export package and the contract it runs (the caption decoding its report measures with), siblings of
+this one in the source tree and in site-packages alike."""
 
 
 def export_sources_digest() -> str:
-    """sha256 over the relative path and bytes of every Python file of the export package."""
-    root = EXPORT_SOURCES
+    """sha256 over the relative path and bytes of every Python file of the export and contract packages."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for root in EXPORT_SOURCES:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
