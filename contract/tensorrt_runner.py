@@ -90,7 +90,8 @@ class EngineRunner:
         to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         for tensor in self.inputs:
             array = np.ascontiguousarray(inputs[tensor.name], dtype=tensor.dtype)
-            self._context.set_input_shape(tensor.name, array.shape)
+            if not self._context.set_input_shape(tensor.name, array.shape):  # also guards the buffers' size
+                raise ValueError(f"input '{tensor.name}' of shape {array.shape} is outside the engine's profile")
             _check(
                 cudart.cudaMemcpyAsync(
                     self._buffers[tensor.name], array.ctypes.data, array.nbytes, to_device, self._stream

@@ -64,6 +64,9 @@ class _Context:
         self.addresses: dict[str, int] = {}
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        """False for a shape outside the profile, as TensorRT answers."""
+        if not 1 <= shape[0] <= MAX_BATCH or tuple(shape[1:]) != (WIDTH,):
+            return False
         self.shapes[name] = tuple(shape)
         return True
 

@@ -91,6 +91,9 @@ def test_the_tensorrt_backend_runs_its_engine_through_the_one_runner(
         x = np.arange(batch * fake_tensorrt.WIDTH, dtype=np.float64).reshape(batch, -1)  # cast to the engine's FP32
         np.testing.assert_array_equal(backend.infer({"x": x})["y"], (2 * x + 1).astype(np.float32))
     assert set(runtime.devices) == {1} and runtime.allocated
+    too_many = np.zeros((fake_tensorrt.MAX_BATCH + 1, fake_tensorrt.WIDTH), np.float32)
+    with pytest.raises(ValueError, match=r"input 'x' of shape \(9, 3\) is outside the engine's profile"):
+        backend.infer({"x": too_many})
     backend.close()
     assert not runtime.allocated  # every device buffer freed
 
