@@ -4,7 +4,8 @@ A CNN encodes the image into the initial state (h, c) of an LSTM; the LSTM then 
 step, fed its previous word, until `<end>`. Served as two graphs so the server can batch decoding
 steps of concurrent requests: the encoder (`images` -> `h`, `c`) and one decoder step (`token`,
 `h`, `c` -> `logprobs`, `h_out`, `c_out`). Training is teacher forcing with cross-entropy over
-the words of the synthetic captions; evaluation decodes greedily and with beam search.
+the words of the synthetic captions; evaluation decodes greedily and with beam search, with the
+server's own decoding (contract.caption_decoding) over the exported graphs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from torch.nn import functional as F
 
 from contract.caption_decoding import (
     SearchSettings,
-    TokenSequence,
     beam_search,
     caption_words,
     decoder_step,
@@ -338,8 +338,7 @@ def decoded_captions(
     async def decoder(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return run(DECODER_SUFFIX, inputs)
 
-    search = beam_search(decoder_step(decoder), initial_state(run("", {"images": images})), settings)
-    sequences: list[TokenSequence] = asyncio.run(search)
+    sequences = asyncio.run(beam_search(decoder_step(decoder), initial_state(run("", {"images": images})), settings))
     return [caption_words(vocabulary, sequence.tokens, settings.start_token) for sequence in sequences]
 
 
