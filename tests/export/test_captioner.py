@@ -284,3 +284,18 @@ def test_a_decoder_that_confuses_textures_fails_the_gate(small_repository: Path)
     assert held_out_quality(run, parameters, vocabulary, scenes).passed
     quality = held_out_quality(broken, parameters, vocabulary, scenes)
     assert not quality.passed and "texture_accuracy" in " ".join(quality.misses())
+
+
+def test_evaluate_measures_captions_of_the_servers_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's greedy and beam figures both come from contract's beam_search (a spy counts its beams)."""
+    widths: list[int] = []
+
+    async def spy(step, initial, settings):  # type: ignore[no-untyped-def]
+        widths.append(settings.beam_size)
+        return await serving.tasks.caption.beam_search(step, initial, settings)
+
+    monkeypatch.setattr(captioner_family, "beam_search", spy)
+    torch.manual_seed(0)
+    quality = get_family("captioner").evaluate(Captioner(TINY, synthetic_vocabulary()).eval(), TINY, seed=0)
+    assert widths == [1, captioner_family.BEAM_SIZE]
+    assert quality is not None and quality.details["held_out_scenes"] == EVAL_SCENES
