@@ -9,4 +9,9 @@ serving or clients), so that every stage can import it without pulling in anothe
     v2_codec.py      Open Inference Protocol tensors <-> numpy arrays, checked
     scenes.py        the procedural scenes every stage draws its images from
     sources.py       the digest of the sources an exported repository depends on
+    caption_decoding.py  the one beam search (the server's), also measuring the export report's captions
+    ranking.py       top-k columns of a score matrix, ties broken alike everywhere
+    tensorrt_runner.py   the one TensorRT engine runner (tensorrt imported lazily), export check and backend
+    alignment_scores.py  the aligner's image-sentence scores and recall (Align and its export gate)
+    explain_layers.py    the DeconvNet's `explain_layers` parameter
 """

@@ -8,8 +8,10 @@ faster one wins. Every graph gets a dynamic batch axis 0 (``dynamic_axes``), and
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import onnxruntime
 import torch
 
 from contract.tensors import TensorSpec
-from export.families.base import GraphSpec, ParityCheck, Tolerance
+from export.families.base import GraphSpec, OnnxRunner, ParityCheck, Tolerance
 
 OPSET = 17
 EXPORTER = "torchscript"
@@ -89,6 +91,27 @@ def open_session(path: Path, threads: int = 1) -> onnxruntime.InferenceSession:
 def run_session(session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+
+
+def runner(sessions: Mapping[str, onnxruntime.InferenceSession]) -> OnnxRunner:
+    """An OnnxRunner over one session per graph suffix."""
+    return lambda suffix, inputs: run_session(sessions[suffix], inputs)
+
+
+@contextlib.contextmanager
+def exported_runner(graphs: Sequence[GraphSpec]) -> Iterator[OnnxRunner]:
+    """`graphs` exported as the pipeline exports them (into a temporary folder), behind an OnnxRunner.
+
+    For a family's evaluate: quality measured on the graphs the server runs, not on the PyTorch modules
+    (evaluate runs before the pipeline stages its own copies, and also alone, in ``measure_seeds``).
+    """
+    with tempfile.TemporaryDirectory(prefix="ninefold-evaluate-") as folder:
+        sessions = {}
+        for graph in graphs:
+            path = Path(folder) / f"model{graph.suffix}.onnx"
+            export_graph(graph, path)
+            sessions[graph.suffix] = open_session(path)
+        yield runner(sessions)
 
 
 @torch.no_grad()

@@ -267,11 +267,7 @@ def export_family(
             staged.append((graph, name, folder, session, parity, engine_checks, time.perf_counter() - graph_started))
 
         sessions = {graph.suffix: session for graph, _, _, session, *_ in staged}
-        system = tuple(
-            family.system_parity(
-                model, config, graphs, lambda suffix, inputs: onnx_export.run_session(sessions[suffix], inputs)
-            )
-        )
+        system = tuple(family.system_parity(model, config, graphs, onnx_export.runner(sessions)))
         misses = () if quality is None else quality.misses()
         results = []
         for index, (graph, name, folder, _, parity, engine_checks, export_seconds) in enumerate(staged):

@@ -2,7 +2,8 @@
 1..max_batch_size, named per GPU architecture (``model.sm90.plan``), and its agreement with ONNX Runtime.
 
 The shape logic (profiles, file names, agreement figures) is pure and runs anywhere; only
-``build_engine`` and ``run_engine`` need TensorRT and a GPU, and they import them lazily.
+``build_engine`` and ``run_engine`` need TensorRT and a GPU, and they import them lazily. Engines run
+in contract.tensorrt_runner, the runner the serving backend uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.tensorrt_runner import EngineRunner, cuda_runtime
 from contract.tensors import TensorSpec
 from export.families.base import ParityCheck
 
@@ -69,8 +71,13 @@ def unavailable_reason() -> str | None:
     """Why engines cannot be built here (no TensorRT, no CUDA GPU), or None when they can."""
     try:
         import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed (pip install 'ninefold[gpu]' on a machine with an NVIDIA GPU)"
+
+        cuda_runtime()
+    except ImportError as error:
+        return (
+            f"TensorRT needs the tensorrt and cuda-python packages, and {error.name} is not installed "
+            "(pip install 'ninefold[gpu]' on a machine with an NVIDIA GPU)"
+        )
     import torch
 
     if not torch.cuda.is_available():
@@ -108,28 +115,9 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: Sequence[ProfileShap
 
 
 def run_engine(plan_path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a serialised engine once on named host inputs; named host outputs (GPU only, torch buffers)."""
-    import tensorrt as trt
-    import torch
-
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-    context = engine.create_execution_context()
-    device_buffers: dict[str, torch.Tensor] = {}
-    for name, array in inputs.items():
-        device_buffers[name] = torch.from_numpy(np.ascontiguousarray(array)).cuda()
-        context.set_input_shape(name, tuple(array.shape))
-    output_names = []
-    for index in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(index)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = torch.from_numpy(np.zeros(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            device_buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            output_names.append(name)
-    for name, buffer in device_buffers.items():
-        context.set_tensor_address(name, buffer.data_ptr())
-    torch.cuda.synchronize()  # the host-to-device copies above ran on the default stream
-    stream = torch.cuda.Stream()
-    context.execute_async_v3(stream.cuda_stream)
-    stream.synchronize()
-    return {name: device_buffers[name].cpu().numpy() for name in output_names}
+    """Run a serialised engine once on named host inputs, with the runner the server uses (GPU 0 only)."""
+    runner = EngineRunner(plan_path.read_bytes(), 0, plan_path.name)
+    try:
+        return runner.infer(inputs)
+    finally:
+        runner.close()

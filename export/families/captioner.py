@@ -4,11 +4,13 @@ A CNN encodes the image into the initial state (h, c) of an LSTM; the LSTM then 
 step, fed its previous word, until `<end>`. Served as two graphs so the server can batch decoding
 steps of concurrent requests: the encoder (`images` -> `h`, `c`) and one decoder step (`token`,
 `h`, `c` -> `logprobs`, `h_out`, `c_out`). Training is teacher forcing with cross-entropy over
-the words of the synthetic captions; evaluation decodes greedily and with beam search.
+the words of the synthetic captions; evaluation decodes greedily and with beam search, with the
+server's own decoding (contract.caption_decoding) over the exported graphs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -17,6 +19,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.caption_decoding import (
+    SearchSettings,
+    beam_search,
+    caption_words,
+    decoder_step,
+    initial_state,
+)
 from contract.names import (
     CAPTION,
     CAPTION_DECODER,
@@ -37,6 +46,7 @@ from contract.names import (
 )
 from contract.scenes import COLORS, SHAPES, TEXTURES, Scene, describe, make_scenes, stack_images
 from contract.tensors import TensorSpec
+from export import onnx as onnx_export
 from export.bleu import corpus_bleu
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_SEED_OFFSET, TRAIN_SEED_OFFSET, normalise
 from export.families import register_family
@@ -90,17 +100,6 @@ class Vocabulary:
         index = {token: i for i, token in enumerate(self.tokens)}
         unk = index[UNK]
         return [index.get(word, unk) for word in tokenize(caption)]
-
-    def decode(self, ids: Iterable[int]) -> list[str]:
-        """Words of `ids` up to (not including) the first `<end>`; padding and `<start>` dropped."""
-        words: list[str] = []
-        for token_id in ids:
-            token = self.tokens[token_id]
-            if token == END:
-                break
-            if token not in (PAD, START):
-                words.append(token)
-        return words
 
 
 def tokenize(caption: str) -> list[str]:
@@ -313,41 +312,6 @@ class Captioner(nn.Module):
         rows = torch.cat(steps, dim=1).tolist()
         return [_cut_at(row, self.vocabulary.end_id) for row in rows]
 
-    @torch.no_grad()
-    def beam(self, image: torch.Tensor, max_length: int, beam_size: int = 3) -> list[int]:
-        """Beam search for one image FP32 [3, H, W]: the finished caption with the best total log-probability."""
-        h, c = self.encoder(image[None])
-        beams = [_Beam(tokens=(self.vocabulary.start_id,), score=0.0, h=h, c=c)]
-        finished: list[_Beam] = []
-        for _ in range(max_length):
-            if not beams:
-                break
-            token = torch.tensor([[b.tokens[-1]] for b in beams], dtype=torch.int64)
-            h = torch.cat([b.h for b in beams])
-            c = torch.cat([b.c for b in beams])
-            logprobs, h_all, c_all = self.decoder(token, h, c)
-            candidates = []
-            for row, beam in enumerate(beams):
-                top = logprobs[row].topk(beam_size)
-                for score, word in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                    candidates.append(
-                        _Beam(beam.tokens + (word,), beam.score + score, h_all[row : row + 1], c_all[row : row + 1])
-                    )
-            candidates.sort(key=lambda b: b.score, reverse=True)
-            beams = []
-            for candidate in candidates[:beam_size]:
-                (finished if candidate.tokens[-1] == self.vocabulary.end_id else beams).append(candidate)
-        best = max(finished or beams, key=lambda b: b.score)
-        return _cut_at(list(best.tokens[1:]), self.vocabulary.end_id)
-
-
-@dataclass(frozen=True)
-class _Beam:
-    tokens: tuple[int, ...]
-    score: float
-    h: torch.Tensor
-    c: torch.Tensor
-
 
 def _cut_at(ids: list[int], end_id: int) -> list[int]:
     return ids[: ids.index(end_id)] if end_id in ids else ids
@@ -399,6 +363,54 @@ def caption_quality(candidates: Sequence[Sequence[str]], references: Sequence[Se
         gates=tuple(Bar(f"{slot}_accuracy", value, SLOT_ACCURACY_THRESHOLD) for slot, value in slots.items())
         + (Bar("exact_caption_fraction", exact, EXACT_THRESHOLD),),
     )
+
+
+def decoded_captions(
+    run: OnnxRunner, parameters: Mapping[str, str], vocabulary: Sequence[str], images: np.ndarray, beam_size: int
+) -> list[list[str]]:
+    """Captions of `images` as the server makes them: its beam search over the encoder ("") and decoder step
+    (DECODER_SUFFIX) graphs, with the tokens and length of the encoder's config.pbtxt `parameters`."""
+    settings = SearchSettings(
+        start_token=int(parameters["start_token"]),
+        end_token=int(parameters["end_token"]),
+        beam_size=beam_size,
+        max_length=int(parameters["max_length"]),
+    )
+
+    async def decoder(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run(DECODER_SUFFIX, inputs)
+
+    sequences = asyncio.run(beam_search(decoder_step(decoder), initial_state(run("", {"images": images})), settings))
+    return [caption_words(vocabulary, sequence.tokens, settings.start_token) for sequence in sequences]
+
+
+def held_out_quality(
+    run: OnnxRunner, parameters: Mapping[str, str], vocabulary: Sequence[str], scenes: Sequence[Scene]
+) -> Quality:
+    """caption_quality of greedy captions of `scenes` (decoded_captions), with beam-search BLEU-4 of the
+    first BEAM_SCENES and a few examples as details."""
+    images = _images(scenes).numpy()
+    references = [tokenize(scene.caption) for scene in scenes]
+    greedy = decoded_captions(run, parameters, vocabulary, images, beam_size=1)
+    beam = decoded_captions(run, parameters, vocabulary, images[:BEAM_SCENES], BEAM_SIZE)
+    return replace(
+        caption_quality(greedy, references),
+        details={
+            "held_out_scenes": len(scenes),
+            "bleu4_beam": corpus_bleu(beam, [[r] for r in references[:BEAM_SCENES]]),
+            "beam_size": BEAM_SIZE,
+            "beam_scenes": min(BEAM_SCENES, len(scenes)),
+            "examples": [
+                {"reference": scene.caption, "greedy": " ".join(words)}
+                for scene, words in zip(scenes[:3], greedy, strict=False)
+            ],
+        },
+    )
+
+
+def _vocabulary_file(encoder: GraphSpec) -> list[str]:
+    """The caption vocabulary as the encoder's model folder carries it (one token a line)."""
+    return encoder.extra_files[encoder.parameters["vocabulary"]].splitlines()
 
 
 def _images(scenes: Sequence[Scene]) -> torch.Tensor:
@@ -461,32 +473,17 @@ class CaptionerFamily:
         return load_state_dict_strict(model, state_dict, f"captioner_{config.name}")
 
     def evaluate(self, model: nn.Module, config: FamilyConfig, seed: int) -> Quality | None:
-        """Greedy captions of held-out scenes (BLEU-4, slot accuracies, exact); beam-search BLEU-4 as a detail."""
+        """Greedy captions of held-out scenes (BLEU-4, slot accuracies, exact); beam-search BLEU-4 as a detail.
+
+        The captions are the server's: its decoding (contract.caption_decoding) over the exported graphs.
+        """
         if not config.trainable:
             return None
-        captioner = narrow(model, Captioner, self.name).eval()
-        vocabulary = captioner.vocabulary
-        captioner_config = narrow(config, CaptionerConfig, self.name)
-        scenes = make_scenes(EVAL_SCENES, captioner_config.image_size, seed + HELD_OUT_SEED_OFFSET)
-        images = _images(scenes)
-        references = [tokenize(scene.caption) for scene in scenes]
-        max_length = captioner_config.max_length
-        greedy = [vocabulary.decode(ids) for ids in captioner.greedy(images, max_length)]
-        beam = [vocabulary.decode(captioner.beam(images[i], max_length, BEAM_SIZE)) for i in range(BEAM_SCENES)]
-        quality = caption_quality(greedy, references)
-        return replace(
-            quality,
-            details={
-                "held_out_scenes": EVAL_SCENES,
-                "bleu4_beam": corpus_bleu(beam, [[r] for r in references[:BEAM_SCENES]]),
-                "beam_size": BEAM_SIZE,
-                "beam_scenes": BEAM_SCENES,
-                "examples": [
-                    {"reference": scene.caption, "greedy": " ".join(words)}
-                    for scene, words in zip(scenes[:3], greedy, strict=False)
-                ],
-            },
-        )
+        graphs = self.graphs(model, config, seed)
+        size = narrow(config, CaptionerConfig, self.name).image_size
+        scenes = make_scenes(EVAL_SCENES, size, seed + HELD_OUT_SEED_OFFSET)
+        with onnx_export.exported_runner(graphs) as run:
+            return held_out_quality(run, graphs[0].parameters, _vocabulary_file(graphs[0]), scenes)
 
     def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
         """The encoder (task caption) and one decoder step (task caption_decoder, suffix `_decoder`)."""

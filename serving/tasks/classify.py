@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.names import IMAGES, LOGITS
+from contract.ranking import top_columns
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.common import TensorModel, prepare_images
 
@@ -35,25 +36,6 @@ class TopK:
 
     indices: np.ndarray
     probabilities: np.ndarray
-
-
-#: Above this many columns a partition before sorting pays for its extra call.
-_PARTITION_ABOVE = 64
-
-
-def top_columns(scores: np.ndarray, count: int) -> np.ndarray:
-    """Column indices of the `count` (<= columns) largest values of each row, best first: int (N, count).
-
-    Ties keep the lower index first. Fancy indexing rather than take_along_axis: this runs on
-    every classify request, where per-call NumPy overhead dominates small arrays.
-    """
-    columns = scores.shape[1]
-    if count >= columns or columns <= _PARTITION_ABOVE:
-        return np.argsort(-scores, axis=1, kind="stable")[:, :count]
-    candidates = np.sort(np.argpartition(scores, columns - count, axis=1)[:, columns - count :], axis=1)
-    rows = np.arange(len(scores))[:, None]
-    order = np.argsort(-scores[rows, candidates], axis=1, kind="stable")
-    return candidates[rows, order]
 
 
 def softmax_top_k(logits: np.ndarray, k: int) -> TopK:

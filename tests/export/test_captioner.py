@@ -1,24 +1,28 @@
 """Captioner family: vocabulary, encoder/decoder-step contracts, decoding, checkpoint loading."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 
+import serving.tasks.caption
 from contract import model_config
+from contract.caption_decoding import caption_words
 from contract.scenes import TEXTURES, make_scenes, stack_images
 from export.bleu import corpus_bleu
-from export.data.tensors import normalise
+from export.data.tensors import HELD_OUT_SEED_OFFSET, normalise
+from export.families import captioner as captioner_family
 from export.families import get_family
-from export.families.base import WeightsError
+from export.families.base import OnnxRunner, WeightsError
 from export.families.captioner import (
     BLEU_THRESHOLD,
+    DECODER_SUFFIX,
+    EVAL_SCENES,
     FULL,
     SMALL,
     SPECIAL_TOKENS,
@@ -27,11 +31,14 @@ from export.families.captioner import (
     caption_max_length,
     caption_quality,
     caption_tensor,
+    decoded_captions,
+    held_out_quality,
     slot_positions,
     synthetic_vocabulary,
     tokenize,
     train_captioner,
 )
+from export.onnx import exported_runner, open_session, runner
 
 TINY = replace(
     SMALL,
@@ -50,8 +57,9 @@ def test_vocabulary_starts_with_the_special_tokens_and_round_trips() -> None:
     vocabulary = Vocabulary.build(["a red circle on a plain background", "A blue ring"])
     assert vocabulary.tokens[:4] == SPECIAL_TOKENS
     ids = vocabulary.encode("a blue circle on a plain background")
-    assert vocabulary.decode(ids + [vocabulary.end_id, 5]) == ["a", "blue", "circle", "on", "a", "plain", "background"]
-    assert vocabulary.decode(vocabulary.encode("a purple circle")) == ["a", "<unk>", "circle"]
+    words = caption_words(vocabulary.tokens, ids, vocabulary.start_id)
+    assert words == ["a", "blue", "circle", "on", "a", "plain", "background"]
+    assert caption_words(vocabulary.tokens, vocabulary.encode("a purple circle"), 1) == ["a", "<unk>", "circle"]
 
 
 def test_synthetic_vocabulary_covers_every_synthetic_word() -> None:
@@ -99,15 +107,19 @@ def test_sequence_teacher_forcing_equals_stepping_one_token_at_a_time() -> None:
             assert torch.allclose(whole[:, step], logprobs, atol=1e-5)
 
 
-def test_greedy_and_beam_decoding_return_word_ids_without_end() -> None:
+def test_the_servers_greedy_decoding_over_the_exported_graphs_equals_pytorchs_greedy() -> None:
     torch.manual_seed(0)
     model = Captioner(TINY, synthetic_vocabulary()).eval()
     images = torch.randn(3, 3, 16, 16)
-    greedy = model.greedy(images, max_length=6)
-    assert len(greedy) == 3 and all(len(ids) <= 6 for ids in greedy)
-    beam = model.beam(images[0], max_length=6, beam_size=1)
-    assert beam == greedy[0]  # a beam of one is greedy
-    assert model.vocabulary.end_id not in model.beam(images[1], max_length=6, beam_size=3)
+    greedy = model.greedy(images, max_length=caption_max_length())
+    assert len(greedy) == 3 and all(model.vocabulary.end_id not in ids for ids in greedy)
+    encoder, decoder = get_family("captioner").graphs(model, TINY, seed=0)
+    tokens = model.vocabulary.tokens
+    with exported_runner((encoder, decoder)) as run:
+        served = decoded_captions(run, encoder.parameters, tokens, images.numpy(), beam_size=1)
+        beam = decoded_captions(run, encoder.parameters, tokens, images.numpy(), beam_size=3)
+    assert served == [caption_words(tokens, ids, model.vocabulary.start_id) for ids in greedy]
+    assert len(beam) == 3 and all(len(words) <= caption_max_length() for words in beam)
 
 
 def _references() -> list[list[str]]:
@@ -190,12 +202,6 @@ def _parameters(folder: Path) -> dict[str, str]:
     return model_config.parameters(model_config.read(folder))
 
 
-def _session(folder: Path) -> onnxruntime.InferenceSession:
-    path = str(folder / "1" / "model.onnx")
-    onnx.checker.check_model(path)
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-
-
 def test_exported_pair_reports_quality_and_identical_greedy_captions(small_repository: Path) -> None:
     encoder_report = json.loads((small_repository / "captioner_small" / "1" / "export_report.json").read_text())
     decoder_report = json.loads((small_repository / "captioner_small_decoder" / "1" / "export_report.json").read_text())
@@ -212,27 +218,83 @@ def test_exported_pair_reports_quality_and_identical_greedy_captions(small_repos
     assert all(bar["value"] >= bar["threshold"] for bar in bars.values())
 
 
-def test_a_numpy_loop_over_the_two_graphs_captions_held_out_scenes(small_repository: Path) -> None:
+def test_the_servers_decoding_over_the_two_written_graphs_captions_held_out_scenes(small_repository: Path) -> None:
     """What the server does, from the files alone: vocabulary, tokens and length from config.pbtxt."""
     folder = small_repository / "captioner_small"
     parameters = _parameters(folder)
     assert parameters["task"] == "caption" and parameters["decoder_model"] == "captioner_small_decoder"
     assert _parameters(small_repository / "captioner_small_decoder")["task"] == "caption_decoder"
+    for name in ("captioner_small", "captioner_small_decoder"):
+        onnx.checker.check_model(str(small_repository / name / "1" / "model.onnx"))
     tokens = (folder / parameters["vocabulary"]).read_text().splitlines()
     preprocessing = json.loads(parameters["preprocessing"])
-    start, end, max_length = (int(parameters[key]) for key in ("start_token", "end_token", "max_length"))
     scenes = make_scenes(32, preprocessing["size"][0], seed=4242)
     images = normalise(stack_images(scenes), preprocessing["mean"], preprocessing["std"]).numpy()
-    encoder, decoder = _session(folder), _session(small_repository / "captioner_small_decoder")
-    h, c = encoder.run(["h", "c"], {"images": images})
-    token = np.full((len(scenes), 1), start, dtype=np.int64)
-    words: list[list[str]] = [[] for _ in scenes]
-    done = np.zeros(len(scenes), dtype=bool)
-    for _ in range(max_length):
-        logprobs, h, c = decoder.run(["logprobs", "h_out", "c_out"], {"token": token, "h": h, "c": c})
-        token = logprobs.argmax(axis=1)[:, None].astype(np.int64)
-        for row, token_id in enumerate(token[:, 0]):
-            done[row] |= token_id == end
-            if not done[row]:
-                words[row].append(tokens[token_id])
-    assert corpus_bleu(words, [[scene.caption.split()] for scene in scenes]) >= 0.60
+    for beam_size in (1, 3):
+        words = decoded_captions(_written_runner(small_repository), parameters, tokens, images, beam_size)
+        assert corpus_bleu(words, [[scene.caption.split()] for scene in scenes]) >= 0.60
+
+
+def _written_runner(repository: Path) -> OnnxRunner:
+    """An OnnxRunner over the captioner's graphs as the export wrote them."""
+    return runner(
+        {
+            suffix: open_session(repository / f"captioner_small{suffix}" / "1" / "model.onnx")
+            for suffix in ("", DECODER_SUFFIX)
+        }
+    )
+
+
+def _held_out(repository: Path, count: int) -> tuple[dict[str, str], list[str], list]:
+    """The encoder's config.pbtxt parameters, its vocabulary file, and the report's first `count` held-out scenes."""
+    folder = repository / "captioner_small"
+    parameters = _parameters(folder)
+    seed = json.loads((folder / "1" / "export_report.json").read_text())["seed"]
+    size = json.loads(parameters["preprocessing"])["size"][0]
+    vocabulary = (folder / parameters["vocabulary"]).read_text().splitlines()
+    return parameters, vocabulary, make_scenes(EVAL_SCENES, size, seed + HELD_OUT_SEED_OFFSET)[:count]
+
+
+def test_the_reported_caption_figures_are_the_servers_decoding_over_the_written_graphs(
+    small_repository: Path,
+) -> None:
+    """One decoding: the export measures with the function the server runs, over the graphs it wrote."""
+    assert captioner_family.beam_search is serving.tasks.caption.beam_search
+    report = json.loads((small_repository / "captioner_small" / "1" / "export_report.json").read_text())["quality"]
+    parameters, vocabulary, scenes = _held_out(small_repository, EVAL_SCENES)
+    quality = held_out_quality(_written_runner(small_repository), parameters, vocabulary, scenes)
+    assert (quality.metric, quality.value) == (report["metric"], report["value"])
+    assert [(bar.metric, bar.value) for bar in quality.gates] == [(b["metric"], b["value"]) for b in report["gates"]]
+    assert quality.details["bleu4_beam"] == report["details"]["bleu4_beam"]
+
+
+def test_a_decoder_that_confuses_textures_fails_the_gate(small_repository: Path) -> None:
+    """The written decoder with its texture words' log-probabilities rotated: BLEU-4 stays high, the gate holds."""
+    parameters, vocabulary, scenes = _held_out(small_repository, 60)
+    textures = [vocabulary.index(texture) for texture in TEXTURES]
+    run = _written_runner(small_repository)
+
+    def broken(suffix: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = run(suffix, inputs)
+        if suffix == DECODER_SUFFIX:
+            outputs["logprobs"][:, textures] = outputs["logprobs"][:, np.roll(textures, 1)]
+        return outputs
+
+    assert held_out_quality(run, parameters, vocabulary, scenes).passed
+    quality = held_out_quality(broken, parameters, vocabulary, scenes)
+    assert not quality.passed and "texture_accuracy" in " ".join(quality.misses())
+
+
+def test_evaluate_measures_captions_of_the_servers_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's greedy and beam figures both come from contract's beam_search (a spy counts its beams)."""
+    widths: list[int] = []
+
+    async def spy(step, initial, settings):  # type: ignore[no-untyped-def]
+        widths.append(settings.beam_size)
+        return await serving.tasks.caption.beam_search(step, initial, settings)
+
+    monkeypatch.setattr(captioner_family, "beam_search", spy)
+    torch.manual_seed(0)
+    quality = get_family("captioner").evaluate(Captioner(TINY, synthetic_vocabulary()).eval(), TINY, seed=0)
+    assert widths == [1, captioner_family.BEAM_SIZE]
+    assert quality is not None and quality.details["held_out_scenes"] == EVAL_SCENES

@@ -31,8 +31,9 @@ from torchvision.models.detection import FasterRCNN
 
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
-from export.__main__ import main as export_main
+from contract.caption_decoding import caption_words
 from contract.scenes import make_scenes, stack_images
+from export.__main__ import main as export_main
 from export.families import get_family
 from export.families.base import checkpoint
 from export.families.captioner import Captioner
@@ -221,7 +222,8 @@ def test_caption_speaks_the_checkpoints_own_words(served: Served) -> None:
     expected = captioner.greedy(served_tensor(folder, pixels), captioner.config.max_length)
     answer = served.client.caption(list(pixels), model=folder.name)
     texts = [result.text for result in answer.results]
-    assert texts == [" ".join(captioner.vocabulary.decode(ids)) for ids in expected]
+    vocabulary = captioner.vocabulary
+    assert texts == [" ".join(caption_words(vocabulary.tokens, ids, vocabulary.start_id)) for ids in expected]
     words = {word for text in texts for word in text.split()}
     assert words and words <= set(captioner.vocabulary.tokens)
     assert "dnuorgkcab" in words  # a word only this checkpoint's vocabulary has

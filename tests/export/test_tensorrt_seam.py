@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import serving.backends.tensorrt
 from contract.tensors import TensorSpec
 from export import tensorrt
 from protos.inference import model_config_pb2
+from tests import fake_tensorrt
 
 
 def test_profile_spans_batch_one_to_max_and_keeps_the_other_dims() -> None:
@@ -66,3 +68,14 @@ def test_engine_agrees_with_onnx_runtime_on_a_gpu(tmp_path: Path) -> None:
     )
     plan = result.path / "1" / tensorrt.engine_file_name(tensorrt.compute_capability())
     assert plan.is_file() and result.tensorrt and all(check.passed for check in result.tensorrt)
+
+
+def test_the_export_check_runs_engines_with_the_servers_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT and CUDA are a fake here (tests/fake_tensorrt.py); the runner is the serving backend's."""
+    assert tensorrt.EngineRunner is serving.backends.tensorrt.EngineRunner
+    runtime = fake_tensorrt.install(monkeypatch)
+    plan = tmp_path / "model.sm90.plan"
+    plan.write_bytes(fake_tensorrt.FAKE_PLAN)
+    x = np.linspace(-1, 1, 2 * fake_tensorrt.WIDTH, dtype=np.float32).reshape(2, -1)
+    assert tensorrt.agreement("y", 2 * x + 1, tensorrt.run_engine(plan, {"x": x})["y"]).max_abs_diff == 0.0
+    assert runtime.devices and not runtime.allocated  # one run, then the engine's buffers are freed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -12,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from contract.caption_decoding import DecoderState, DecoderStep, SearchSettings, beam_search, decoder_step
 from serving.errors import InvalidArgument
 from serving.images import Preprocessing, normalise
-from serving.tasks.caption import DecoderState, SearchSettings, StepOutput, beam_search
 from serving.tasks.classify import classifications, softmax_top_k
 from serving.tasks.common import ImageSize
 from serving.tasks.detect import DetectionOptions, select_detections, to_original_pixels
@@ -132,13 +133,13 @@ def decoder() -> ort.InferenceSession:
     return ort.InferenceSession(markov_decoder().SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def steps_of(session: ort.InferenceSession, batch_sizes: list[int]):
-    async def step(tokens: np.ndarray, state: DecoderState) -> StepOutput:
-        batch_sizes.append(tokens.shape[0])
-        logprobs, h, c = session.run(None, {"token": tokens, "h": state.h, "c": state.c})
-        return StepOutput(logprobs=logprobs, state=DecoderState(h=h, c=c))
+def steps_of(session: ort.InferenceSession, batch_sizes: list[int]) -> DecoderStep:
+    async def run_session(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch_sizes.append(inputs["token"].shape[0])
+        names = [output.name for output in session.get_outputs()]
+        return dict(zip(names, session.run(names, dict(inputs)), strict=True))
 
-    return step
+    return decoder_step(run_session)
 
 
 def exact_best(session: ort.InferenceSession, h: np.ndarray, max_words: int) -> tuple[tuple[int, ...], float]:
