@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from serving.tensors import TensorSpec
 
+from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving.backends.tensorrt import TensorRTBackend
 from serving.metrics import GpuCollector
@@ -85,8 +85,8 @@ def test_the_tensorrt_backend_runs_its_engine_through_the_one_runner(
     plan = tmp_path / "model.sm90.plan"
     plan.write_bytes(fake_tensorrt.FAKE_PLAN)
     backend = TensorRTBackend(plan, Device(Gpu(1, "GPU-1", "NVIDIA H100", (9, 0))))
-    assert backend.inputs == (TensorSpec("x", mc.TYPE_FP32, (-1, fake_tensorrt.WIDTH)),)
-    assert backend.outputs == (TensorSpec("y", mc.TYPE_FP32, (-1, fake_tensorrt.WIDTH)),)
+    assert backend.inputs == (TensorSpec("x", (-1, fake_tensorrt.WIDTH), mc.TYPE_FP32),)
+    assert backend.outputs == (TensorSpec("y", (-1, fake_tensorrt.WIDTH), mc.TYPE_FP32),)
     for batch in (2, fake_tensorrt.MAX_BATCH):
         x = np.arange(batch * fake_tensorrt.WIDTH, dtype=np.float64).reshape(batch, -1)  # cast to the engine's FP32
         np.testing.assert_array_equal(backend.infer({"x": x})["y"], (2 * x + 1).astype(np.float32))
