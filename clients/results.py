@@ -17,7 +17,13 @@ T = TypeVar("T")
 Box = tuple[float, float, float, float]
 """x1, y1 (top-left), x2, y2 (bottom-right) in the original image's pixels; floats, not clipped."""
 
-Theta = tuple[tuple[float, float, float], tuple[float, float, float]]
+Theta = tuple[tuple[float, ...], ...]
+"""A warp's transform parameters by rows: affine 2x3, projective 3x3, tps one (x, y) row per control point."""
+
+#: Numbers per row of theta, by transform; a server before transforms existed sends "" for affine.
+_THETA_ROW = {"affine": 3, "": 3, "projective": 3, "tps": 2}
+#: Numbers of the whole theta where the transform fixes it.
+_THETA_SIZE = {"affine": 6, "": 6, "projective": 9}
 """2x3 affine matrix (rows), `torch.nn.functional.affine_grid` convention: maps output
 coordinates in [-1, 1] to the sampled input coordinates."""
 
@@ -89,8 +95,10 @@ class Warp:
     """The warped image at the model's input resolution."""
     theta: Theta
     label: str
-    """The classifier head's best label on the warped image."""
+    """The classifier head's best label on the warped image ("" when the model has no head)."""
     score: float
+    transform: str = "affine"
+    """affine, projective or tps (thin-plate spline): how to read theta (see vision.proto's Warp)."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +145,14 @@ def generated_image(result: vision_pb2.GeneratedImage) -> GeneratedImage:
 
 
 def warp(result: vision_pb2.Warp) -> Warp:
-    if len(result.theta) != 6:
-        raise ClientError(f"the server sent a theta of {len(result.theta)} numbers, expected 6 (2x3)")
-    t = tuple(result.theta)
-    return Warp(png=result.png, theta=((t[0], t[1], t[2]), (t[3], t[4], t[5])), label=result.label, score=result.score)
+    transform, numbers = result.transform, tuple(result.theta)
+    if transform not in _THETA_ROW:
+        raise ClientError(f"the server sent an unknown transform {transform!r}")
+    row = _THETA_ROW[transform]
+    if len(numbers) != _THETA_SIZE.get(transform, len(numbers)) or not numbers or len(numbers) % row:
+        raise ClientError(f"the server sent a {transform or 'affine'} theta of {len(numbers)} numbers")
+    theta = tuple(numbers[start : start + row] for start in range(0, len(numbers), row))
+    return Warp(png=result.png, theta=theta, label=result.label, score=result.score, transform=transform or "affine")
 
 
 def model_info(info: vision_pb2.ModelInfo) -> ModelInfo:

@@ -127,7 +127,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
 
         async def work(classifier: Classifier) -> list[Classification]:
             images = images_from_grpc(request.images, self._max_images)
-            return await classifier.classify(images, request.top_k, deadline)
+            return await classifier.classify(images, request.top_k, deadline, request.crops)
 
         results = await self._run(model, Classifier, work, deadline)
         return pb.ClassifyResponse(
@@ -219,7 +219,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         results = await self._run(model, Warper, work, deadline)
         return pb.WarpResponse(
             model=model_ref(model),
-            results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],
+            results=[
+                pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score, transform=w.transform) for w in results
+            ],
         )
 
     async def ListModels(

@@ -26,7 +26,7 @@ from serving.tasks.classify import Classifier
 from serving.tasks.common import TensorModel, json_parameter, preprocessing_from
 from serving.tasks.detect import Detector
 from serving.tasks.generate import Generator
-from serving.tasks.warp import Warper
+from serving.tasks.warp import DEFAULT_TRANSFORM, TRANSFORM_PARAMETER, Warper
 
 Task = Classifier | Detector | Captioner | Generator | Warper
 T = TypeVar("T")
@@ -74,7 +74,8 @@ class TaskFactory:
         if model.task == "detect":
             return Detector(model, preprocessing_from(parameters, name), model.labels, self._limits)
         if model.task == "warp":
-            return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits)
+            transform = parameters.get(TRANSFORM_PARAMETER, DEFAULT_TRANSFORM)
+            return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits, transform)
         if model.task == "generate":
             return _generator(model)
         if model.task == "caption":
