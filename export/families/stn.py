@@ -175,7 +175,7 @@ class TpsGrid(GridGenerator):
         self.register_buffer("matrix", torch.from_numpy(matrix).float().unsqueeze(0), persistent=False)
 
     def theta(self, parameters: torch.Tensor) -> torch.Tensor:
-        return parameters.view(len(parameters), -1, 2)
+        return parameters.view(-1, len(self.identity) // 2, 2)
 
     def grid(self, theta: torch.Tensor) -> torch.Tensor:
         return (self.matrix @ theta).view(-1, self.side, self.side, 2)

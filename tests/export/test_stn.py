@@ -58,7 +58,9 @@ def test_written_out_grid_generators_match_the_numpy_transforms(transform: str) 
     grid = sampler.grid(torch.tensor(theta[None], dtype=torch.float32))[0].numpy()
     assert np.allclose(grid, warps.source_grid(transform, theta, 16, 16), atol=1e-5)
     if transform == "affine":
-        expected = torch.nn.functional.affine_grid(torch.tensor(theta[None]).float(), [1, 3, 16, 16], align_corners=False)
+        expected = torch.nn.functional.affine_grid(
+            torch.tensor(theta[None]).float(), [1, 3, 16, 16], align_corners=False
+        )
         assert np.allclose(grid, expected[0].numpy(), atol=1e-6)
     if transform == "tps":
         assert np.allclose(warps.tps_matrix(warps.control_grid(4), 4) @ theta, theta, atol=1e-9)
@@ -97,7 +99,10 @@ def test_smoke_training_moves_theta_and_variants_keep_the_frozen_head() -> None:
     assert not torch.equal(before, trained.to_theta.weight)
     variant = train_variant(trained, replace(TINY, train_scenes=8, variant_steps=2), "tps", seed=0)
     assert variant.to_theta.out_features == 32 and not variant.training
-    assert all(torch.equal(a, b) for a, b in zip(variant.classifier.state_dict().values(), trained.classifier.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(variant.classifier.state_dict().values(), trained.classifier.state_dict().values(), strict=True)
+    )
     assert not torch.equal(variant.to_theta.weight, torch.zeros_like(variant.to_theta.weight))
 
 
@@ -178,7 +183,11 @@ def test_exported_stn_reports_meet_every_bar_and_parity(small_repository: Path, 
 
 @pytest.mark.parametrize(
     ("model", "transform", "theta_shape"),
-    [("stn_small", "affine", (2, 3)), ("stn_small_projective", "projective", (3, 3)), ("stn_small_tps", "tps", (16, 2))],
+    [
+        ("stn_small", "affine", (2, 3)),
+        ("stn_small_projective", "projective", (3, 3)),
+        ("stn_small_tps", "tps", (16, 2)),
+    ],
 )
 def test_exported_stn_warps_held_out_scenes_towards_their_canonical_pose(
     small_repository: Path, model: str, transform: str, theta_shape: tuple[int, int]
