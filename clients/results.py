@@ -6,6 +6,7 @@ Every task call returns an `Answer`: the model that answered and one result per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,8 +23,13 @@ Theta = tuple[tuple[float, ...], ...]
 
 #: Numbers per row of theta, by transform; a server before transforms existed sends "" for affine.
 _THETA_ROW = {"affine": 3, "": 3, "projective": 3, "tps": 2}
-#: Numbers of the whole theta where the transform fixes it.
-_THETA_SIZE = {"affine": 6, "": 6, "projective": 9}
+#: How many numbers theta holds, by transform: (test, what to say when it fails).
+_THETA_SIZE: dict[str, tuple[Callable[[int], bool], str]] = {
+    "affine": (lambda n: n == 6, "6 (2x3)"),
+    "": (lambda n: n == 6, "6 (2x3)"),
+    "projective": (lambda n: n == 9, "9 (3x3)"),
+    "tps": (lambda n: n >= 18 and n % 2 == 0, "2 per control point (K x 2, K >= 9)"),
+}
 """2x3 affine matrix (rows), `torch.nn.functional.affine_grid` convention: maps output
 coordinates in [-1, 1] to the sampled input coordinates."""
 
@@ -149,8 +155,12 @@ def warp(result: vision_pb2.Warp) -> Warp:
     if transform not in _THETA_ROW:
         raise ClientError(f"the server sent an unknown transform {transform!r}")
     row = _THETA_ROW[transform]
-    if len(numbers) != _THETA_SIZE.get(transform, len(numbers)) or not numbers or len(numbers) % row:
-        raise ClientError(f"the server sent a {transform or 'affine'} theta of {len(numbers)} numbers")
+    fits, expected = _THETA_SIZE[transform]
+    if not fits(len(numbers)):
+        raise ClientError(
+            f"the server sent {len(numbers)} theta numbers for the {transform or 'affine'} transform, "
+            f"expected {expected}"
+        )
     theta = tuple(numbers[start : start + row] for start in range(0, len(numbers), row))
     return Warp(png=result.png, theta=theta, label=result.label, score=result.score, transform=transform or "affine")
 
