@@ -62,22 +62,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def classify(client: VisionClient, out: Path, seed: int) -> None:
-    """Every ready classifier (one request each, images sent as raw uint8 arrays)."""
+    """Every ready classifier (images sent as raw uint8 arrays), on the whole image and with 10 crops
+    (AlexNet's test-time augmentation: corners, centre and their flips, softmax averaged)."""
     scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
     classifiers = _ready_models(client, "classify")
     for model in classifiers:
-        answer = client.classify(np.stack([scene.image for scene in scenes]), model=model.name, top_k=3)
+        images = np.stack([scene.image for scene in scenes])
+        answer = client.classify(images, model=model.name, top_k=3)
+        ten_crop = client.classify(images, model=model.name, top_k=1, crops=10)
         tiles = []
-        for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
+        for i, (scene, result, averaged) in enumerate(zip(scenes, answer.results, ten_crop.results, strict=True)):
             truth = SHAPES[scene.label]
             print("  " + formatting.classification(f"scene {i} (truth {truth})", Answer(answer.model, (result,))).text)
-            best = result.predictions[0]
+            best, crops_best = result.predictions[0], averaged.predictions[0]
             verdict = pictures.GOOD if best.label == truth else pictures.BAD
-            tiles.append(
-                pictures.with_caption(
-                    pictures.enlarge(scene.image), [f"{best.label} {best.score:.2f}", f"truth: {truth}"], [verdict]
-                )
-            )
+            lines = [f"{best.label} {best.score:.2f}", f"10-crop: {crops_best.label} {crops_best.score:.2f}"]
+            tiles.append(pictures.with_caption(pictures.enlarge(scene.image), [*lines, f"truth: {truth}"], [verdict]))
         _save(pictures.grid(tiles, COLUMNS, f"classify: {answer.model}"), out / f"classify_{model.name}.png")
 
 
