@@ -106,14 +106,19 @@ def test_smoke_training_moves_theta_and_variants_keep_the_frozen_head() -> None:
     assert not torch.equal(variant.to_theta.weight, torch.zeros_like(variant.to_theta.weight))
 
 
-def _checkpoint(tmp_path: Path, config) -> tuple[SpatialTransformerNet, dict[str, torch.Tensor]]:
+def write_checkpoint(path: Path, config) -> SpatialTransformerNet:
+    """A SpatialTransformerNet of `config` whose warp depends on the image, saved as a state_dict at `path`."""
     torch.manual_seed(5)
     source = SpatialTransformerNet(config).eval()
     with torch.no_grad():
-        source.to_theta.weight.normal_(0, 0.01)  # a warp that depends on the image
-    path = tmp_path / "stn.pth"
+        source.to_theta.weight.normal_(0, 0.02)
     torch.save(source.state_dict(), path)
-    return source, torch.load(path, weights_only=True)
+    return source
+
+
+def _checkpoint(tmp_path: Path, config) -> tuple[SpatialTransformerNet, dict[str, torch.Tensor]]:
+    source = write_checkpoint(tmp_path / "stn.pth", config)
+    return source, torch.load(tmp_path / "stn.pth", weights_only=True)
 
 
 @pytest.mark.parametrize(

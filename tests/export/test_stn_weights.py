@@ -17,7 +17,8 @@ from clients.client import VisionClient
 from export.__main__ import main as export_main
 from export.data.scenes import make_scenes
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, normalise
-from export.families.stn import FULL, SpatialTransformerNet
+from export.families.stn import FULL
+from tests.export.test_stn import write_checkpoint
 from tests.serving.vision_helpers import vision_server
 
 CHECKPOINTS = {
@@ -29,12 +30,8 @@ CHECKPOINTS = {
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
 def test_full_stn_checkpoint_exports_and_serves_what_pytorch_answers(tmp_path: Path, name: str) -> None:
     config = replace(CHECKPOINTS[name], loc_hidden=16, head_widths=(4, 8))
-    torch.manual_seed(11)
-    net = SpatialTransformerNet(config).eval()
-    with torch.no_grad():
-        net.to_theta.weight.normal_(0, 0.02)  # a warp that depends on the image
     checkpoint = tmp_path / "stn.pt"
-    torch.save(net.state_dict(), checkpoint)
+    net = write_checkpoint(checkpoint, config)
     repository = tmp_path / "repository"
     arguments = ["--families", "stn", "--config", "full", "--weights", f"stn={checkpoint}", "--out", str(repository)]
     assert export_main(arguments) == 0
