@@ -300,6 +300,10 @@ ERROR_REDUCTION_THRESHOLD = 0.30
 #: The projective and thin-plate-spline variants' accuracy bar: their distortions lose more of the scene
 #: at the borders than the affine ones, and they read the affine net's head without retraining it.
 VARIANT_ACCURACY_THRESHOLD = 0.90
+#: Pixel error reduction bars per variant. The thin-plate-spline net reaches about half of what its known
+#: inverse reaches (-31% of -65%, docs/EXPORT_FAMILIES.md) in its 60 CPU-second budget; its bar keeps a
+#: margin below that and still refuses a net that does not warp (0) or warps the wrong way (< 0).
+VARIANT_REDUCTION_THRESHOLDS: Mapping[str, float] = {"projective": ERROR_REDUCTION_THRESHOLD, "tps": 0.25}
 EVAL_SCENES = 500
 
 
@@ -461,7 +465,7 @@ def variant_bars(transform: str, quality: WarpQuality) -> tuple[Bar, Bar]:
     """A variant's two gates: accuracy on its distortions, and the pixel error its warp removes."""
     return (
         Bar(f"{transform}_distorted_accuracy", quality.accuracy, VARIANT_ACCURACY_THRESHOLD),
-        Bar(f"{transform}_pixel_error_reduction", quality.reduction, ERROR_REDUCTION_THRESHOLD),
+        Bar(f"{transform}_pixel_error_reduction", quality.reduction, VARIANT_REDUCTION_THRESHOLDS[transform]),
     )
 
 
