@@ -20,6 +20,7 @@ from serving.deferred import DeferredRows, RowWriter
 from serving.errors import InvalidArgument
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.common import TensorModel, prepare_images
+from serving.tasks.offload import run_image_work
 
 DEFAULT_TOP_K = 5
 #: Crops per image a request may ask for (0 means 1): the whole image, 4 corners + centre, and those flipped.
@@ -174,7 +175,10 @@ class Classifier:
         views = crop_views(crops, self.preprocessing.size)
         source = replace(self.preprocessing, size=crop_source_size(crops, self.preprocessing.size))
         batch = await prepare_images(images, source, self.limits)
-        tensor = batch.tensor if crops == 1 else cropped(batch.tensor, views)
+        tensor = batch.tensor
+        if crops > 1:  # copying a large request's crops is image work: off the event loop
+            rows = len(images) * crops * self.preprocessing.size[0] * self.preprocessing.size[1]
+            tensor = await run_image_work(lambda: cropped(batch.tensor, views), rows)
         outputs = await self.model.infer({"images": tensor}, deadline)
         logits = outputs["logits"] if crops == 1 else averaged_log_probabilities(outputs["logits"], crops)
         return classifications(logits, self.labels, top_k or DEFAULT_TOP_K)
