@@ -44,10 +44,16 @@ class Call(Generic[R]):
     parse: Callable[[Any], R]
 
 
-def classify(images: ImagesInput, model: str = "", version: int = 0, top_k: int = 0) -> Call[Answer[Classification]]:
-    """top_k: how many labels per image, best first (0 = the server's default, 5)."""
+def classify(
+    images: ImagesInput, model: str = "", version: int = 0, top_k: int = 0, crops: int = 0
+) -> Call[Answer[Classification]]:
+    """top_k: how many labels per image, best first (0 = the server's default, 5). crops: 1 (0), 5 or 10
+    test-time crops per image, their softmax averaged by the server."""
     request = vision_pb2.ClassifyRequest(
-        model=_model_ref(model, version), images=to_proto_images(images), top_k=_count("top_k", top_k)
+        model=_model_ref(model, version),
+        images=to_proto_images(images),
+        top_k=_count("top_k", top_k),
+        crops=_count("crops", crops),
     )
     return Call("Classify", request, _answer(results.classification))
 

@@ -141,13 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     classify = task(CLASSIFY, "top-k labels of each image", _each_image(_classify), [images])
     classify.add_argument("--top-k", type=_non_negative_int, default=0, help="labels per image (0 = server's 5)")
+    classify.add_argument(
+        "--crops",
+        type=_non_negative_int,
+        default=0,
+        help="test-time crops per image, softmax averaged: 1, 5 (corners + centre) or 10 (and flips) (default: 1)",
+    )
     detect = task(DETECT, "objects in each image: label, score, box", _each_image(_detect), [images])
     detect.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score in [0, 1] (0 = server's 0.5)")
     detect.add_argument("--max-detections", type=_non_negative_int, default=0, help="per image (0 = all)")
     caption = task(CAPTION, "a sentence describing each image", _each_image(_caption), [images])
     caption.add_argument("--beam-size", type=_non_negative_int, default=0, help="beam search width (0/1 = greedy)")
     caption.add_argument("--max-length", type=_non_negative_int, default=0, help="tokens (0 = model's maximum)")
-    warp = task(WARP, "the spatial transformer's warped image and affine theta", _each_image(_warp), [images])
+    warp_help = "the spatial transformer's warped image and its theta (affine, projective or tps)"
+    warp = task(WARP, warp_help, _each_image(_warp), [images])
     warp.add_argument("--out", type=Path, default=Path("."), help="folder for the warped PNGs (default: .)")
     align = task(ALIGN, "rank sentences for an image, each word with its best region", _align, [model])
     align.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG or WebP)")
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _classify(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
-    answer = client.classify(image, model=args.model, version=args.version, top_k=args.top_k)
+    answer = client.classify(image, model=args.model, version=args.version, top_k=args.top_k, crops=args.crops)
     return formatting.classification(image, answer)
 
 

@@ -67,9 +67,16 @@ class VisionClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def classify(
-        self, images: ImagesInput, *, model: str = "", version: int = 0, top_k: int = 0, timeout: float | None = None
+        self,
+        images: ImagesInput,
+        *,
+        model: str = "",
+        version: int = 0,
+        top_k: int = 0,
+        crops: int = 0,
+        timeout: float | None = None,
     ) -> Answer[Classification]:
-        return self.call(calls.classify(images, model, version, top_k), timeout)
+        return self.call(calls.classify(images, model, version, top_k, crops), timeout)
 
     def detect(
         self,
@@ -207,9 +214,16 @@ class AsyncVisionClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def classify(
-        self, images: ImagesInput, *, model: str = "", version: int = 0, top_k: int = 0, timeout: float | None = None
+        self,
+        images: ImagesInput,
+        *,
+        model: str = "",
+        version: int = 0,
+        top_k: int = 0,
+        crops: int = 0,
+        timeout: float | None = None,
     ) -> Answer[Classification]:
-        return await self.call(calls.classify(images, model, version, top_k), timeout)
+        return await self.call(calls.classify(images, model, version, top_k, crops), timeout)
 
     async def detect(
         self,

@@ -27,6 +27,7 @@ from clients.demo_repository import ensure_repository
 from clients.errors import ClientError
 from clients.results import Answer, ChannelProjection, ModelInfo
 from clients.server_process import ServerProcess
+from contract import warps
 from contract.names import ALIGN, CAPTION, CLASSIFY, DETECT, EXPLAIN, GENERATE, WARP
 from contract.scenes import SHAPES, Scene, make_scenes
 
@@ -63,22 +64,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def classify(client: VisionClient, out: Path, seed: int) -> None:
-    """Every ready classifier (one request each, images sent as raw uint8 arrays)."""
+    """Every ready classifier (images sent as raw uint8 arrays), on the whole image and with 10 crops
+    (AlexNet's test-time augmentation: corners, centre and their flips, softmax averaged)."""
     scenes = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
     classifiers = _ready_models(client, CLASSIFY)
     for model in classifiers:
-        answer = client.classify(np.stack([scene.image for scene in scenes]), model=model.name, top_k=3)
+        images = np.stack([scene.image for scene in scenes])
+        answer = client.classify(images, model=model.name, top_k=3)
+        ten_crop = client.classify(images, model=model.name, top_k=1, crops=10)
         tiles = []
-        for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
+        for i, (scene, result, averaged) in enumerate(zip(scenes, answer.results, ten_crop.results, strict=True)):
             truth = SHAPES[scene.label]
             print("  " + formatting.classification(f"scene {i} (truth {truth})", Answer(answer.model, (result,))).text)
-            best = result.predictions[0]
+            best, crops_best = result.predictions[0], averaged.predictions[0]
             verdict = pictures.GOOD if best.label == truth else pictures.BAD
-            tiles.append(
-                pictures.with_caption(
-                    pictures.enlarge(scene.image), [f"{best.label} {best.score:.2f}", f"truth: {truth}"], [verdict]
-                )
-            )
+            lines = [f"{best.label} {best.score:.2f}", f"10-crop: {crops_best.label} {crops_best.score:.2f}"]
+            tiles.append(pictures.with_caption(pictures.enlarge(scene.image), [*lines, f"truth: {truth}"], [verdict]))
         _save(pictures.grid(tiles, COLUMNS, f"classify: {answer.model}"), out / f"classify_{model.name}.png")
 
 
@@ -123,22 +124,41 @@ def generate(client: VisionClient, out: Path, seed: int) -> None:
 
 
 def warp(client: VisionClient, out: Path, seed: int) -> None:
-    """Distorted scenes in; each row: the input, the warped output, the undistorted scene."""
-    scenes: list[Scene] = make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed, distort=True)
-    answer = client.warp([scene.image for scene in scenes])
-    tiles = []
-    for i, (scene, result) in enumerate(zip(scenes, answer.results, strict=True)):
-        print("  " + formatting.warp(f"scene {i}", Answer(answer.model, (result,)), str(out / "warp.png")).text)
-        truth = SHAPES[scene.label]
-        verdict = pictures.GOOD if result.label == truth else pictures.BAD
-        tiles += [
-            pictures.with_caption(pictures.enlarge(scene.image), ["input (distorted)", f"truth: {truth}"]),
-            pictures.with_caption(
-                pictures.enlarge(result.png), [f"warped: {result.label} {result.score:.2f}"], [verdict]
-            ),
-            pictures.with_caption(pictures.enlarge(scene.canonical), ["undistorted scene", ""]),
-        ]
-    _save(pictures.grid(tiles, 3, f"warp: {answer.model}  (input | warped | undistorted)"), out / "warp.png")
+    """Every ready warp model on scenes distorted by its own transform (affine, projective or thin-plate
+    spline); each row: the input, the warped output, the undistorted scene. warp.png for the affine model,
+    warp_<transform>.png for the others."""
+    for model in _ready_models(client, "warp"):
+        probe = client.warp(make_scenes(1, SCENE_SIDE, seed)[0].image, model=model.name)
+        transform = probe.results[0].transform
+        scenes = distorted_scenes(transform, seed)
+        answer = client.warp([image for image, _ in scenes], model=model.name)
+        path = out / ("warp.png" if transform == "affine" else f"warp_{transform}.png")
+        tiles = []
+        for i, ((image, scene), result) in enumerate(zip(scenes, answer.results, strict=True)):
+            print("  " + formatting.warp(f"scene {i}", Answer(answer.model, (result,)), str(path)).text)
+            truth = SHAPES[scene.label]
+            verdict = pictures.GOOD if result.label == truth else pictures.BAD
+            tiles += [
+                pictures.with_caption(pictures.enlarge(image), [f"input ({transform} distortion)", f"truth: {truth}"]),
+                pictures.with_caption(
+                    pictures.enlarge(result.png), [f"warped: {result.label} {result.score:.2f}"], [verdict]
+                ),
+                pictures.with_caption(pictures.enlarge(scene.canonical), ["undistorted scene", ""]),
+            ]
+        _save(pictures.grid(tiles, 3, f"warp ({transform}): {answer.model}  (input | warped | undistorted)"), path)
+
+
+def distorted_scenes(transform: str, seed: int) -> list[tuple[np.ndarray, Scene]]:
+    """IMAGES_PER_REQUEST scenes with their images distorted by a random `transform` (the scene generator's own
+    affine distortion, or contract.warps' projective and thin-plate-spline ones)."""
+    if transform == "affine":
+        return [(scene.image, scene) for scene in make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed, distort=True)]
+    rng = np.random.default_rng(seed)
+    draw = warps.distorter(transform)
+    return [
+        (warps.distort(scene.image, draw(rng, SCENE_SIDE)), scene)
+        for scene in make_scenes(IMAGES_PER_REQUEST, SCENE_SIDE, seed)
+    ]
 
 
 def align(client: VisionClient, out: Path, seed: int) -> None:

@@ -3,7 +3,7 @@
 JSON shapes are the CLI's contract (one object per request):
 classify `{"model", "predictions": [{"label", "score"}]}`, detect `{"model", "detections":
 [{"label", "score", "box": [x1, y1, x2, y2]}]}`, caption `{"model", "caption"}`,
-warp `{"model", "theta", "image_path"}`, generate `{"model", "image_paths"}`, align `{"model", "sentences":
+warp `{"model", "transform", "theta", "image_path"}`, generate `{"model", "image_paths"}`, align `{"model", "sentences":
 [{"sentence", "score", "words": [{"word", "region", "box"}], "ignored_words"}]}` (best first), explain
 `{"model", "layer", "channels": [{"channel", "activation", "receptive_field": [x1, y1, x2, y2], "image_path"}]}`.
 `model` is the answering model's name; numbers are the float32 values the server sent,
@@ -74,8 +74,9 @@ def warp(image: str, answer: Answer[Warp], image_path: str) -> Output:
     theta = [[_float(v) for v in row] for row in result.theta]
     rows = "; ".join(" ".join(f"{v:+.3f}" for v in row) for row in result.theta)
     return Output(
-        json={"model": answer.model.name, "theta": theta, "image_path": image_path},
-        text=f"{image} -> {image_path}: {result.label} {result.score:.3f}, theta [{rows}] ({answer.model})",
+        json={"model": answer.model.name, "transform": result.transform, "theta": theta, "image_path": image_path},
+        text=f"{image} -> {image_path}: {result.label} {result.score:.3f}, {result.transform} theta [{rows}] "
+        f"({answer.model})",
     )
 
 

@@ -6,7 +6,7 @@ Every task call returns an `Answer`: the model that answered and one result per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -18,7 +18,18 @@ T = TypeVar("T")
 Box = tuple[float, float, float, float]
 """x1, y1 (top-left), x2, y2 (bottom-right) in the original image's pixels; floats, not clipped."""
 
-Theta = tuple[tuple[float, float, float], tuple[float, float, float]]
+Theta = tuple[tuple[float, ...], ...]
+"""A warp's transform parameters by rows: affine 2x3, projective 3x3, tps one (x, y) row per control point."""
+
+#: Numbers per row of theta, by transform; a server before transforms existed sends "" for affine.
+_THETA_ROW = {"affine": 3, "": 3, "projective": 3, "tps": 2}
+#: How many numbers theta holds, by transform: (test, what to say when it fails).
+_THETA_SIZE: dict[str, tuple[Callable[[int], bool], str]] = {
+    "affine": (lambda n: n == 6, "6 (2x3)"),
+    "": (lambda n: n == 6, "6 (2x3)"),
+    "projective": (lambda n: n == 9, "9 (3x3)"),
+    "tps": (lambda n: n >= 18 and n % 2 == 0, "2 per control point (K x 2, K >= 9)"),
+}
 """2x3 affine matrix (rows), `torch.nn.functional.affine_grid` convention: maps output
 coordinates in [-1, 1] to the sampled input coordinates."""
 
@@ -90,8 +101,10 @@ class Warp:
     """The warped image at the model's input resolution."""
     theta: Theta
     label: str
-    """The classifier head's best label on the warped image."""
+    """The classifier head's best label on the warped image ("" when the model has no head)."""
     score: float
+    transform: str = "affine"
+    """affine, projective or tps (thin-plate spline): how to read theta (see vision.proto's Warp)."""
 
 
 @dataclass(frozen=True)
@@ -226,10 +239,18 @@ def generated_image(result: vision_pb2.GeneratedImage) -> GeneratedImage:
 
 
 def warp(result: vision_pb2.Warp) -> Warp:
-    if len(result.theta) != 6:
-        raise ClientError(f"the server sent a theta of {len(result.theta)} numbers, expected 6 (2x3)")
-    t = tuple(result.theta)
-    return Warp(png=result.png, theta=((t[0], t[1], t[2]), (t[3], t[4], t[5])), label=result.label, score=result.score)
+    transform, numbers = result.transform, tuple(result.theta)
+    if transform not in _THETA_ROW:
+        raise ClientError(f"the server sent an unknown transform {transform!r}")
+    row = _THETA_ROW[transform]
+    fits, expected = _THETA_SIZE[transform]
+    if not fits(len(numbers)):
+        raise ClientError(
+            f"the server sent {len(numbers)} theta numbers for the {transform or 'affine'} transform, "
+            f"expected {expected}"
+        )
+    theta = tuple(numbers[start : start + row] for start in range(0, len(numbers), row))
+    return Warp(png=result.png, theta=theta, label=result.label, score=result.score, transform=transform or "affine")
 
 
 def alignment(response: vision_pb2.AlignResponse, texts: Sequence[str]) -> Alignment:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.warps import sample
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
 """Class names; index = class id = line of labels.txt."""
 
@@ -217,21 +219,7 @@ def affine_sample(image: np.ndarray, theta: np.ndarray) -> np.ndarray:
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     sx = theta[0, 0] * gx + theta[0, 1] * gy + theta[0, 2]
     sy = theta[1, 0] * gx + theta[1, 1] * gy + theta[1, 2]
-    px = ((sx + 1) * width - 1) / 2
-    py = ((sy + 1) * height - 1) / 2
-    x0 = np.floor(px).astype(np.int64)
-    y0 = np.floor(py).astype(np.int64)
-    wx = (px - x0)[..., None]
-    wy = (py - y0)[..., None]
-    source = image.astype(np.float32)
-    out = np.zeros((height, width, image.shape[2]), dtype=np.float32)
-    for dy, weight_y in ((0, 1 - wy), (1, wy)):
-        for dx, weight_x in ((0, 1 - wx), (1, wx)):
-            xi, yi = x0 + dx, y0 + dy
-            valid = ((xi >= 0) & (xi < width) & (yi >= 0) & (yi < height))[..., None]
-            values = source[np.clip(yi, 0, height - 1), np.clip(xi, 0, width - 1)]
-            out += np.where(valid, values, 0.0) * weight_x * weight_y
-    return out
+    return sample(image, np.stack([sx, sy], axis=-1))
 
 
 def _distorted_box(box: np.ndarray, theta: np.ndarray, size: int) -> np.ndarray:

@@ -94,7 +94,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         with model.request(deadline):
             classifier = self._task(model, CLASSIFY, Classifier)
             images = images_from_grpc(request.images, self._max_images)
-            results = await classifier.classify(images, request.top_k, deadline)
+            results = await classifier.classify(images, request.top_k, deadline, request.crops)
         return pb.ClassifyResponse(
             model=model_ref(model),
             results=[
@@ -172,7 +172,9 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
             results = await warper.warp(images, deadline)
         return pb.WarpResponse(
             model=model_ref(model),
-            results=[pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score) for w in results],
+            results=[
+                pb.Warp(png=w.png, theta=w.theta, label=w.label, score=w.score, transform=w.transform) for w in results
+            ],
         )
 
     async def Align(self, request: pb.AlignRequest, context: grpc.aio.ServicerContext) -> pb.AlignResponse:

@@ -20,6 +20,7 @@ from contract.names import (
     CAPTION,
     CLASSIFY,
     DECODER_MODEL_PARAMETER,
+    DEFAULT_TRANSFORM,
     DETECT,
     END_TOKEN_PARAMETER,
     EXPLAIN,
@@ -32,6 +33,7 @@ from contract.names import (
     REGIONS_PARAMETER,
     SENTENCE_MODEL_PARAMETER,
     START_TOKEN_PARAMETER,
+    TRANSFORM_PARAMETER,
     VOCABULARY_PARAMETER,
     WARP,
 )
@@ -98,7 +100,8 @@ class TaskFactory:
         if model.task == DETECT:
             return Detector(model, preprocessing_from(parameters, name), model.labels, self._limits)
         if model.task == WARP:
-            return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits)
+            transform = parameters.get(TRANSFORM_PARAMETER, DEFAULT_TRANSFORM)
+            return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits, transform)
         if model.task == EXPLAIN:
             return Explainer(model, preprocessing_from(parameters, name), layers_from(parameters, name), self._limits)
         if model.task == GENERATE:

@@ -89,9 +89,32 @@ def test_explain_request_names_the_layer_and_its_answer_reads_back() -> None:
     assert result == Explanation("conv2", (ChannelProjection(17, 2.5, b"p", (0.0, 4.0, 11.0, 15.0)),))
 
 
-def test_warp_with_a_theta_that_is_not_2x3_is_a_client_error() -> None:
-    with pytest.raises(ClientError, match="6"):
-        calls.warp(b"x").parse(vision_pb2.WarpResponse(results=[vision_pb2.Warp(theta=[1, 0, 0])]))
+def test_projective_and_tps_thetas_come_back_as_rows() -> None:
+    homography = vision_pb2.Warp(theta=[1, 0, 0, 0, 1, 0, 0.1, 0, 1], transform="projective")
+    tps = vision_pb2.Warp(theta=list(range(18)), transform="tps")
+    answer = calls.warp(b"x").parse(vision_pb2.WarpResponse(results=[homography, tps]))
+    assert [r.transform for r in answer.results] == ["projective", "tps"]
+    assert answer.results[0].theta[2] == (pytest.approx(0.1), 0.0, 1.0)
+    assert answer.results[1].theta == tuple((float(i), float(i + 1)) for i in range(0, 18, 2))
+
+
+@pytest.mark.parametrize(
+    ("theta", "transform", "expected"), [([1, 0, 0], "", "6"), ([1] * 6, "projective", "9"), ([1] * 7, "tps", "K x 2")]
+)
+def test_warp_with_a_theta_of_the_wrong_size_is_a_client_error(theta, transform: str, expected: str) -> None:
+    with pytest.raises(ClientError, match=expected):
+        calls.warp(b"x").parse(vision_pb2.WarpResponse(results=[vision_pb2.Warp(theta=theta, transform=transform)]))
+
+
+def test_unknown_transform_is_a_client_error() -> None:
+    with pytest.raises(ClientError, match="unknown transform 'spline'"):
+        calls.warp(b"x").parse(vision_pb2.WarpResponse(results=[vision_pb2.Warp(theta=[1] * 6, transform="spline")]))
+
+
+def test_classify_sends_crops_and_refuses_negative_ones() -> None:
+    assert calls.classify(b"x", crops=10).request.crops == 10
+    with pytest.raises(InputError, match="crops"):
+        calls.classify(b"x", crops=-1)
 
 
 def test_generate_by_seed_or_by_latent_rows() -> None:

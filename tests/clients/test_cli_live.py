@@ -43,6 +43,16 @@ def test_classify_json_one_object_per_image(capsys, tiny_server: ServerProcess, 
         assert all(set(p) == {"label", "score"} for p in obj["predictions"])
 
 
+def test_classify_ten_crops_averages_and_a_bad_count_is_named(capsys, tiny_server: ServerProcess, images) -> None:
+    """tiny_classify's logits depend on the mean colour only, so every crop of a flat image agrees with one crop."""
+    (single,) = run_json(capsys, tiny_server, "classify", images[0], "--top-k", "3")
+    (ten,) = run_json(capsys, tiny_server, "classify", images[0], "--top-k", "3", "--crops", "10")
+    assert [p["label"] for p in ten["predictions"]] == [p["label"] for p in single["predictions"]]
+    assert np.allclose([p["score"] for p in ten["predictions"]], [p["score"] for p in single["predictions"]], atol=1e-5)
+    assert main(["classify", images[0], "--crops", "3", "--server", tiny_server.target]) != 0
+    assert "crops 3 is not one of 1, 5 or 10" in capsys.readouterr().err
+
+
 def test_detect_json_boxes(capsys, tiny_server: ServerProcess, images: list[str]) -> None:
     (obj,) = run_json(capsys, tiny_server, "detect", images[0], "--threshold", "0.3")
     assert set(obj) == {"model", "detections"}
@@ -58,7 +68,7 @@ def test_caption_json(capsys, tiny_server: ServerProcess, images: list[str]) -> 
 
 def test_warp_json_writes_the_warped_png(capsys, tiny_server: ServerProcess, images: list[str], tmp_path: Path) -> None:
     (obj,) = run_json(capsys, tiny_server, "warp", images[0], "--out", str(tmp_path))
-    assert set(obj) == {"model", "theta", "image_path"}
+    assert set(obj) == {"model", "transform", "theta", "image_path"} and obj["transform"] == "affine"
     assert np.allclose(obj["theta"], np.reshape(WARP_THETA, (2, 3)))
     assert Path(obj["image_path"]) == tmp_path / "scene0_warped.png"
     assert Image.open(obj["image_path"]).size == (8, 8)

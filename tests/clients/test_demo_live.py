@@ -67,3 +67,7 @@ def test_demo_on_the_trained_small_families(
     classifiers = sorted(p.stem.removeprefix("classify_") for p in (tmp_path / "out").glob("classify_*.png"))
     assert len(classifiers) == 5, classifiers
     assert_pictures(tmp_path / "out", classifiers)
+    for transform in ("projective", "tps"):  # each STN variant on distortions of its own kind
+        assert f"{transform} theta [" in printed
+        with Image.open(tmp_path / "out" / f"warp_{transform}.png") as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 256

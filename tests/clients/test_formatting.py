@@ -54,9 +54,12 @@ def test_caption_warp_generate_json_shapes() -> None:
     warped = formatting.warp("d.png", Answer(MODEL, (warp,)), "out/d_warped.png")
     assert warped.json == {
         "model": "some_small",
+        "transform": "affine",
         "theta": [[1.0, 0.0, 0.25], [0.0, 0.9, 0.0]],
         "image_path": "out/d_warped.png",
     }
+    tps = Warp(b"png", tuple((x, y) for y in (-1.0, 0.0, 1.0) for x in (-1.0, 0.0, 1.0)), "", 0.0, "tps")
+    assert "tps theta [-1.000 -1.000; +0.000 -1.000" in formatting.warp("e.png", Answer(MODEL, (tps,)), "e.png").text
     images = Answer(MODEL, (GeneratedImage(b"p", 8, 8), GeneratedImage(b"q", 8, 8)))
     generated = formatting.generated(images, ["o/1.png", "o/2.png"])
     assert generated.json == {"model": "some_small", "image_paths": ["o/1.png", "o/2.png"]}

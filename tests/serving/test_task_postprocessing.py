@@ -14,9 +14,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from contract.caption_decoding import DecoderState, DecoderStep, SearchSettings, beam_search, decoder_step
+from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument
 from serving.images import Preprocessing, normalise
-from serving.tasks.classify import classifications, softmax_top_k
+from serving.tasks.classify import (
+    averaged_log_probabilities,
+    classifications,
+    crop_source_size,
+    crop_views,
+    cropped,
+    softmax_top_k,
+)
 from serving.tasks.common import ImageSize
 from serving.tasks.detect import DetectionOptions, select_detections, to_original_pixels
 from serving.tasks.generate import latents_from_seed, latents_from_values, png_images
@@ -39,6 +47,55 @@ def test_top_k_is_capped_at_the_class_count_and_survives_large_logits() -> None:
     best = softmax_top_k(logits, 10)
     assert best.indices.tolist() == [[0, 1, 2]]
     assert np.isfinite(best.probabilities).all() and best.probabilities.sum() == pytest.approx(1.0)
+
+
+def test_crops_are_the_corners_the_centre_and_their_mirror_images() -> None:
+    size = (4, 6)
+    height, width = crop_source_size(10, size)
+    assert (height, width) == (5, 7)  # 4 / (7/8) = 4.57 and 6 / (7/8) = 6.86, rounded
+    image = np.arange(3 * height * width, dtype=np.float32).reshape(3, height, width)
+    crops = [view(image) for view in crop_views(10, size)]
+    origins = [(0, 0), (0, 1), (1, 0), (1, 1), (0, 0)]  # centre: (5 - 4) // 2, (7 - 6) // 2
+    assert [crop.shape for crop in crops] == [(3, *size)] * 10
+    for index, (top, left) in enumerate(origins):
+        np.testing.assert_array_equal(crops[index], image[:, top : top + 4, left : left + 6])
+        np.testing.assert_array_equal(crops[5 + index], crops[index][:, :, ::-1])
+    assert len(crop_views(5, size)) == 5 and crop_source_size(1, size) == size
+
+
+def test_crops_of_deferred_rows_decode_each_image_once() -> None:
+    decoded = []
+
+    def writer(value: float):
+        def write(row: np.ndarray) -> None:
+            decoded.append(value)
+            row[...] = value + np.arange(row.size, dtype=np.float32).reshape(row.shape)
+
+        return write
+
+    rows = DeferredRows((3, 5, 7), np.dtype(np.float32), (writer(0.0), writer(1000.0)))
+    views = crop_views(10, (4, 6))
+    crops = cropped(rows, views)
+    assert crops.shape == (20, 3, 4, 6)
+    expected = cropped(rows.materialise(), views)
+    decoded.clear()
+    np.testing.assert_array_equal(crops.materialise(), expected)
+    assert decoded == [0.0, 1000.0]
+
+
+@pytest.mark.parametrize("crops", [0, 2, 3, 4, 11])
+def test_other_crop_counts_are_invalid_arguments_naming_them(crops: int) -> None:
+    with pytest.raises(InvalidArgument, match=f"crops {crops} is not one of 1, 5 or 10"):
+        crop_views(crops, (4, 4))
+
+
+def test_averaged_log_probabilities_are_logits_of_the_mean_softmax() -> None:
+    logits = np.random.default_rng(2).normal(size=(2 * 5, 4)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    mean = probabilities.reshape(2, 5, 4).mean(axis=1)
+    best = softmax_top_k(averaged_log_probabilities(logits, 5), 4)
+    np.testing.assert_allclose(best.probabilities, np.take_along_axis(mean, best.indices, axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(best.indices, np.argsort(-mean, axis=1))
 
 
 def test_classifications_carry_labels_and_fall_back_to_the_index() -> None:
@@ -233,7 +290,16 @@ def test_warp_results_invert_the_normalisation() -> None:
         "theta": np.array([[[1, 0, 0.5], [0, 1, -0.5]]], np.float32),
         "logits": np.array([[0.0, 4.0]], np.float32),
     }
-    (result,) = warp_results(outputs, preprocessing, ("square", "circle"))
+    (result,) = warp_results(outputs, preprocessing, ("square", "circle"), "affine")
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(result.png))), picture)
-    assert result.theta == (1.0, 0.0, 0.5, 0.0, 1.0, -0.5)
+    assert result.theta == (1.0, 0.0, 0.5, 0.0, 1.0, -0.5) and result.transform == "affine"
     assert result.label == "circle" and result.score == pytest.approx(1 / (1 + np.exp(-4.0)), rel=1e-5)
+
+
+def test_warp_results_of_a_headless_tps_model_flatten_theta_and_carry_no_label() -> None:
+    preprocessing = Preprocessing(size=(2, 2), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    theta = np.arange(2 * 9 * 2, dtype=np.float32).reshape(2, 9, 2)
+    outputs = {"warped": np.zeros((2, 3, 2, 2), np.float32), "theta": theta}
+    results = warp_results(outputs, preprocessing, (), "tps")
+    assert [r.theta for r in results] == [tuple(row.reshape(-1).tolist()) for row in theta]
+    assert {(r.transform, r.label, r.score) for r in results} == {("tps", "", 0.0)}

@@ -22,9 +22,9 @@ from PIL import Image
 
 from clients.bench.scrape import read_batch_counters
 from clients.server_process import ServerProcess
-from contract import model_config
+from contract import model_config, warps
 from contract.names import TASKS
-from contract.scenes import SHAPES, Scene, affine_sample, box_iou, make_scenes
+from contract.scenes import SHAPES, Scene, box_iou, make_scenes
 from protos.ninefold.v1 import vision_pb2 as pb
 from protos.ninefold.v1 import vision_pb2_grpc
 from tests.serving.vision_helpers import encoded_image, raw_image, vision_server, vision_stub
@@ -139,22 +139,83 @@ def test_generate_same_seed_same_images(vision, models) -> None:
         assert picture.shape == (image.height, image.width, 3) and picture.std() > 1  # not a flat image
 
 
-def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, models, small_repository: Path) -> None:
+WARP_MODELS = {"stn_small": ("affine", 6), "stn_small_projective": ("projective", 9), "stn_small_tps": ("tps", 32)}
+
+
+@pytest.mark.parametrize("model", sorted(WARP_MODELS))
+def test_warp_image_is_the_sampled_input_for_the_returned_theta(vision, model: str, small_repository: Path) -> None:
     """Independent of how well the localisation net trained: the PNG must be the input resampled with
-    the returned theta (row-major 2x3, affine_grid convention), de-normalised by the server. The
-    model's sampler pads with zeros in normalised space, i.e. with the mean colour in pixels."""
-    model = default_model(models, "warp")
-    size = input_size(small_repository, model.name)
-    config = model_config.read(small_repository / model.name)
+    the returned theta (row-major, the transform's shape, output -> input normalised coordinates),
+    de-normalised by the server, and the answer names the transform. The model's sampler pads with
+    zeros in normalised space, i.e. with the mean colour in pixels."""
+    transform, numbers = WARP_MODELS[model]
+    size = input_size(small_repository, model)
+    config = model_config.read(small_repository / model)
     mean = 255 * np.array(json.loads(config.parameters["preprocessing"].string_value)["mean"], np.float32)
     scenes = make_scenes(6, size, SEED + 3, distort=True)
-    response = vision.Warp(pb.WarpRequest(images=[raw_image(s.image) for s in scenes]), timeout=60)
+    request = pb.WarpRequest(model=pb.ModelRef(name=model), images=[raw_image(s.image) for s in scenes])
+    response = vision.Warp(request, timeout=60)
     for scene, result in zip(scenes, response.results, strict=True):
         warped = np.asarray(Image.open(io.BytesIO(result.png))).astype(np.float32)
         assert warped.shape == (size, size, 3) and result.label in SHAPES and 0 < result.score <= 1
-        theta = np.array(result.theta, np.float32).reshape(2, 3)
-        expected = np.clip(affine_sample(scene.image - mean, theta) + mean, 0, 255)
+        assert result.transform == transform and len(result.theta) == numbers
+        theta = np.array(result.theta, np.float64).reshape(-1, 2 if transform == "tps" else 3)
+        expected = np.clip(
+            warps.sample(scene.image - mean, warps.source_grid(transform, theta, size, size)) + mean, 0, 255
+        )
         assert np.abs(warped - expected).mean() < 1.0, theta
+
+
+def _crops(image: np.ndarray, size: int, count: int) -> list[np.ndarray]:
+    """The `count` crops of side `size` of an image already at the crop source size: corners (top-left,
+    top-right, bottom-left, bottom-right), centre, then the five flipped left to right."""
+    side = image.shape[0]
+    far, middle = side - size, (side - size) // 2
+    origins = [(0, 0), (0, far), (far, 0), (far, far), (middle, middle)]
+    crops = [image[top : top + size, left : left + size] for top, left in origins]
+    return (crops + [crop[:, ::-1] for crop in crops])[:count]
+
+
+@pytest.mark.parametrize("count", [5, 10])
+def test_multi_crop_is_the_softmax_average_of_its_crops(vision, server, small_repository: Path, count: int) -> None:
+    """A crops request answers the mean of the probabilities its crops get one by one, and its crops run
+    as one batch (a request fills a batch on its own)."""
+    model = "alexnet_small"
+    size = input_size(small_repository, model)
+    source = round(size * 8 / 7)  # the crop source size: no resize on the server for an image of it
+    scene = make_scenes(1, source, SEED + 5)[0]
+    single = vision.Classify(
+        pb.ClassifyRequest(
+            model=pb.ModelRef(name=model),
+            images=[raw_image(np.ascontiguousarray(c)) for c in _crops(scene.image, size, count)],
+            top_k=8,
+        ),
+        timeout=60,
+    )
+    expected = np.zeros(8)
+    for result in single.results:
+        for prediction in result.predictions:
+            expected[prediction.index] += prediction.score / count
+    before = read_batch_counters(server.metrics_url, model)
+    request = pb.ClassifyRequest(model=pb.ModelRef(name=model), images=[raw_image(scene.image)], top_k=8, crops=count)
+    (result,) = vision.Classify(request, timeout=60).results
+    after = read_batch_counters(server.metrics_url, model)
+    averaged = np.zeros(8)
+    for prediction in result.predictions:
+        averaged[prediction.index] = prediction.score
+    assert np.allclose(averaged, expected, atol=1e-5)
+    assert [p.score for p in result.predictions] == sorted((p.score for p in result.predictions), reverse=True)
+    assert (after.inferences - before.inferences, after.executions - before.executions) == (count, 1)
+
+
+@pytest.mark.parametrize("crops", [2, 3, 11])
+def test_bad_crop_count_is_invalid_argument_naming_it(vision, crops: int) -> None:
+    request = pb.ClassifyRequest(images=[raw_image(make_scenes(1, 64, SEED)[0].image)], crops=crops)
+    with pytest.raises(grpc.RpcError) as caught:
+        vision.Classify(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"crops {crops} is not one of 1, 5 or 10" in caught.value.details()
+    assert vision.Classify(pb.ClassifyRequest(images=request.images, crops=1), timeout=30).results
 
 
 def test_concurrent_captions_share_decoder_batches(server: ServerProcess, models, small_repository: Path) -> None:

@@ -35,14 +35,16 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "images", "top_k")
+    __slots__ = ("model", "images", "top_k", "crops")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CROPS_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     top_k: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    crops: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., crops: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "index", "score")
@@ -191,16 +193,18 @@ class WarpRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
 
 class Warp(_message.Message):
-    __slots__ = ("png", "theta", "label", "score")
+    __slots__ = ("png", "theta", "label", "score", "transform")
     PNG_FIELD_NUMBER: _ClassVar[int]
     THETA_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
     png: bytes
     theta: _containers.RepeatedScalarFieldContainer[float]
     label: str
     score: float
-    def __init__(self, png: _Optional[bytes] = ..., theta: _Optional[_Iterable[float]] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    transform: str
+    def __init__(self, png: _Optional[bytes] = ..., theta: _Optional[_Iterable[float]] = ..., label: _Optional[str] = ..., score: _Optional[float] = ..., transform: _Optional[str] = ...) -> None: ...
 
 class WarpResponse(_message.Message):
     __slots__ = ("model", "results")
