@@ -56,6 +56,7 @@ from export.families.base import (
     preprocessing_parameter,
 )
 from export.families.captioner import Vocabulary, synthetic_vocabulary
+from export.families.layers import conv_stages
 from export.families.narrow import narrow
 from export.repository import model_name
 from export.train import fit_adam_one_cycle, set_threads
@@ -116,12 +117,8 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, config: AlignConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for width in config.widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            layers.append(nn.MaxPool2d(2))
-            channels = width
+        layers = conv_stages(config.widths)
+        channels = config.widths[-1]
         layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.cells = nn.AdaptiveAvgPool2d(config.grid)

@@ -62,6 +62,7 @@ from export.families.base import (
     load_state_dict_strict,
     preprocessing_parameter,
 )
+from export.families.layers import conv_stages
 from export.families.narrow import narrow
 from export.repository import model_name
 from export.train import fit_adam_one_cycle, set_threads
@@ -205,18 +206,8 @@ class Encoder(nn.Module):
 
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for width in config.widths:
-            layers += [
-                nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
-            channels = width
-        self.features = nn.Sequential(*layers)
-        flat = channels * config.feature_side**2
+        self.features = nn.Sequential(*conv_stages(config.widths))
+        flat = config.widths[-1] * config.feature_side**2
         self.project = nn.Sequential(nn.Flatten(), nn.Linear(flat, config.hidden_size), nn.ReLU(inplace=True))
         self.to_h = nn.Linear(config.hidden_size, config.hidden_size)
         self.to_c = nn.Linear(config.hidden_size, config.hidden_size)

@@ -43,6 +43,7 @@ from export.families.base import (
     load_state_dict_strict,
     preprocessing_parameter,
 )
+from export.families.layers import conv_stages
 from export.families.narrow import narrow
 from export.train import fit_adam_one_cycle, set_threads
 
@@ -192,20 +193,6 @@ def grid_generator(config: StnConfig) -> GridGenerator:
     raise ValueError(f"unknown transform {config.transform!r}; use one of {warps.TRANSFORMS}")
 
 
-def _conv_stages(widths: tuple[int, ...]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    channels = 3
-    for width in widths:
-        layers += [
-            nn.Conv2d(channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        ]
-        channels = width
-    return nn.Sequential(*layers)
-
-
 class SpatialTransformerNet(nn.Module):
     """images FP32 [B, 3, S, S] (preprocessed) -> warped FP32 [B, 3, S, S] (same space), theta (the
     transform's shape, see the GridGenerator subclasses) and, with a head, logits FP32 [B, classes]."""
@@ -215,7 +202,7 @@ class SpatialTransformerNet(nn.Module):
         self.config = config
         side = config.image_size // 2 ** len(config.loc_widths)
         self.localisation = nn.Sequential(
-            _conv_stages(config.loc_widths),
+            nn.Sequential(*conv_stages(config.loc_widths)),
             nn.Flatten(),
             nn.Linear(config.loc_widths[-1] * side * side, config.loc_hidden),
             nn.ReLU(inplace=True),
@@ -228,7 +215,7 @@ class SpatialTransformerNet(nn.Module):
         self.classifier: nn.Module | None = None
         if config.classes:
             self.classifier = nn.Sequential(
-                _conv_stages(config.head_widths),
+                nn.Sequential(*conv_stages(config.head_widths)),
                 nn.AdaptiveAvgPool2d(1),
                 nn.Flatten(),
                 nn.Linear(config.head_widths[-1], config.classes),
