@@ -1,0 +1,1 @@
+"""Definitions shared by export, serving and clients: no torch, no grpc."""
