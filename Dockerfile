@@ -15,6 +15,7 @@ FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
+COPY contract/ contract/
 COPY serving/ serving/
 COPY clients/ clients/
 COPY export/ export/

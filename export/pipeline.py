@@ -129,15 +129,74 @@ def _unreadable(error: Exception) -> str:
     return f"not a PyTorch checkpoint of tensors ({type(error).__name__}: {detail})"
 
 
-def _config_of(family: Family[Any], config_name: str, has_weights: bool) -> FamilyConfig:
+@dataclass(frozen=True)
+class ExportOptions:
+    """Command-line choices applied to every exported family's config (each must have the field it sets).
+
+    preprocess: ``--preprocess KEY=VALUE`` (contract.preprocessing fields) over the family's default;
+    labels: ``--labels FILE``; variant: ``--variant NAME`` (a family's ``variants``, e.g. Faster R-CNN's
+    mobilenet_v3_large_320_fpn); settings: ``--set FIELD=VALUE``, any other config field (e.g. GoogLeNet's
+    transform_input).
+    """
+
+    preprocess: tuple[tuple[str, str], ...] = ()
+    labels: str | None = None
+    variant: str | None = None
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+def parse_pairs(specs: Sequence[str], flag: str) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` strings -> pairs; a malformed one raises ExportError naming the flag."""
+    pairs = []
+    for spec in specs:
+        key, separator, value = spec.partition("=")
+        if not separator or not key.strip():
+            raise ExportError(f"{flag} expects KEY=VALUE, got {spec!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def _config_of(
+    family: Family[Any], config_name: str, has_weights: bool, options: ExportOptions = ExportOptions()
+) -> FamilyConfig:
     if config_name not in family.configs:
         raise ExportError(f"{family.name} has no {config_name!r} config; choose one of {sorted(family.configs)}")
     config = family.configs[config_name]
+    if options.variant is not None:
+        variants: Mapping[str, FamilyConfig] = getattr(family, "variants", {})
+        if options.variant not in variants:
+            raise ExportError(f"--variant {options.variant}: {family.name} has variants {sorted(variants) or 'none'}")
+        config = variants[options.variant]
     if not config.trainable and not has_weights:
         raise ExportError(
             f"{family.name} {config_name} loads a checkpoint and cannot train here; pass --weights {family.name}=PATH"
         )
-    return config
+    changes: dict[str, object] = {key: _setting(config, family.name, key, text) for key, text in options.settings}
+    if options.preprocess:
+        changes["preprocess"] = options.preprocess
+    if options.labels is not None:
+        changes["labels_file"] = options.labels
+    fields = {field.name for field in dataclasses.fields(config)}
+    for key in changes:
+        if key not in fields:
+            flag = {"preprocess": "--preprocess", "labels_file": "--labels"}.get(key, f"--set {key}")
+            raise ExportError(f"{flag}: {family.name} {config.name} has no such setting")
+    return dataclasses.replace(config, **changes)
+
+
+def _setting(config: FamilyConfig, family: str, key: str, text: str) -> object:
+    """``--set KEY=VALUE`` as the type of the config's current value (bool, int, float or str)."""
+    current = getattr(config, key, None)
+    if current is None or not isinstance(current, bool | int | float | str):
+        raise ExportError(f"--set {key}: {family} {config.name} has no such plain setting")
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false"):
+            raise ExportError(f"--set {key}: expected true or false, got {text!r}")
+        return text.lower() == "true"
+    try:
+        return type(current)(text)
+    except ValueError:
+        raise ExportError(f"--set {key}: expected {type(current).__name__}, got {text!r}") from None
 
 
 def _report(
@@ -338,7 +397,7 @@ def default_jobs() -> int:
 
 def _export_named(
     name: str,
-    config_name: str,
+    config: FamilyConfig,
     out: Path,
     seed: int,
     weights: Path | None,
@@ -346,10 +405,9 @@ def _export_named(
     allow_below_threshold: bool,
 ) -> tuple[ModelResult, ...]:
     """Export one family given by name (a worker process looks the family up in its own registry)."""
-    family = get_family(name)
     return export_family(
-        family,
-        family.configs[config_name],
+        get_family(name),
+        config,
         out,
         seed=seed,
         weights=weights,
@@ -369,6 +427,7 @@ def build_repository(
     jobs: int | None = None,
     on_model: Callable[[ModelResult], None] | None = None,
     allow_below_threshold: bool = False,
+    options: ExportOptions = ExportOptions(),
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
 
@@ -389,14 +448,14 @@ def build_repository(
     for family_name, path in weight_paths.items():
         if not path.is_file():
             raise WeightsError(f"weights file for {family_name} not found: {path}")
-    configs = {family.name: _config_of(family, config, family.name in weight_paths) for family in chosen}
+    configs = {family.name: _config_of(family, config, family.name in weight_paths, options) for family in chosen}
     if build_tensorrt and (reason := tensorrt.unavailable_reason()) is not None:
         raise ExportError(f"cannot build TensorRT engines: {reason}")
     repository.check_writable(out)
 
     names = [family.name for family in chosen]
     arguments = {
-        name: (name, configs[name].name, out, seed, weight_paths.get(name), build_tensorrt, allow_below_threshold)
+        name: (name, configs[name], out, seed, weight_paths.get(name), build_tensorrt, allow_below_threshold)
         for name in names
     }
     written: dict[str, tuple[ModelResult, ...]] = {}

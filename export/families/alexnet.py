@@ -99,4 +99,11 @@ SMALL = AlexNetConfig(
 )
 FULL = AlexNetConfig(**full_config_fields())
 
-register_family(ClassifierFamily(name="alexnet", configs={"small": SMALL, "full": FULL}, builder=build))
+register_family(
+    ClassifierFamily(
+        name="alexnet",
+        configs={"small": SMALL, "full": FULL},
+        builder=build,
+        reference_weights=lambda config: torchvision.models.AlexNet_Weights.DEFAULT,
+    )
+)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.preprocessing import Preprocessing
+
 TASKS = ("classify", "detect", "caption", "caption_decoder", "generate", "warp")
 
 # Triton data types of the tensors ninefold exports (numpy dtype name -> config.pbtxt data_type).
@@ -218,6 +220,8 @@ class Family(Protocol[ConfigT]):
         """"small" and "full" configurations, frozen dataclasses derived from FamilyConfig."""
         ...
 
+    # Optional: ``variants`` (Mapping[str, ConfigT]), the configs ``--variant NAME`` picks.
+
     def build(self, config: ConfigT) -> nn.Module:
         """The model with random weights (full configs: torchvision's layout where torchvision has it)."""
         ...
@@ -287,9 +291,20 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     return model.eval()
 
 
+def square_preprocessing(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
+    """Resize to `size` without keeping the aspect (bilinear, antialiased), then ``(x / 255 - mean) / std``:
+    the models trained here on square scenes."""
+    return Preprocessing(size=size, mean=_three(mean), std=_three(std))
+
+
+def _three(values: Sequence[float]) -> tuple[float, float, float]:
+    first, second, third = (float(value) for value in values)
+    return first, second, third
+
+
 def preprocessing_parameter(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> str:
-    """The config.pbtxt ``preprocessing`` parameter: JSON {"size": [H, W], "mean": [...], "std": [...]}."""
-    return json.dumps({"size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]})
+    """The config.pbtxt ``preprocessing`` parameter of `square_preprocessing` (contract.preprocessing JSON)."""
+    return square_preprocessing(size, mean, std).to_json()
 
 
 def input_ranges_parameter(ranges: Mapping[str, tuple[float, float]]) -> str:

@@ -8,17 +8,20 @@ and registers a ``ClassifierFamily``; the training loop, the held-out top-1 and 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypedDict, TypeVar
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generic, TypedDict, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.data.scenes import SHAPES, make_scenes, stack_images
-from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split, normalise
+from contract.preprocessing import Preprocessing, PreprocessingError, preprocess
+from export.data.scenes import SHAPES, make_scenes
+from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split
 from export.families.base import (
+    ExportError,
     FamilyConfig,
     GraphSpec,
     OnnxRunner,
@@ -26,9 +29,11 @@ from export.families.base import (
     ParityCheck,
     Quality,
     TensorSpec,
+    WeightsError,
     load_state_dict_strict,
-    preprocessing_parameter,
+    square_preprocessing,
 )
+from export.families.reference import classifier_agreement, imagenet_preprocessing
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
 TOP1_THRESHOLD = 0.95
@@ -116,13 +121,20 @@ class ClassifierRecipe:
 
 @dataclass(frozen=True)
 class ClassifierConfig(FamilyConfig):
-    """image_size: square input side; mean/std: preprocessing; recipe: None for configs that only load."""
+    """image_size: square input side; mean/std: preprocessing; recipe: None for configs that only load.
+
+    num_classes: the head's classes (a loaded checkpoint's head decides). preprocess: ``--preprocess``
+    overrides (contract.preprocessing field -> text) of the family's default preprocessing; labels_file:
+    ``--labels``, one class name a line.
+    """
 
     image_size: int
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     recipe: ClassifierRecipe | None
+    preprocess: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
+    labels_file: str | None = field(default=None, kw_only=True)
 
 
 class ClassifierFields(TypedDict):
@@ -181,10 +193,30 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> to
     return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
-def held_out_inputs(count: int, size: int, seed: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(count, 3, size, size) float32 normalised held-out scenes: the parity 'real' inputs."""
-    scenes = make_scenes(count, size, seed, split="test")
-    return normalise(stack_images(scenes), mean, std).numpy()
+def held_out_inputs(count: int, preprocessing: Preprocessing, seed: int) -> np.ndarray:
+    """(count, 3, H, W) float32 held-out scenes through the served preprocessing: the parity 'real' inputs."""
+    scenes = make_scenes(count, max(preprocessing.size), seed, split="test")
+    return np.stack([preprocess(scene.image, preprocessing)[0] for scene in scenes])
+
+
+def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
+    """The class count of a checkpoint: rows of the weight of the model's last linear layer."""
+    name = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+    weight = state_dict.get(f"{name}.weight")
+    if weight is None or weight.ndim != 2:
+        raise WeightsError(f"weights have no 2-D {name}.weight (the classifier head)")
+    return int(weight.shape[0])
+
+
+def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
+    """``--labels FILE``: one class name a line, exactly as many as the head has classes."""
+    try:
+        labels = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    except OSError as error:
+        raise ExportError(f"cannot read --labels {path}: {error.strerror}") from None
+    if len(labels) != num_classes:
+        raise ExportError(f"--labels {path} has {len(labels)} names; the checkpoint's head has {num_classes} classes")
+    return labels
 
 
 C = TypeVar("C", bound=ClassifierConfig)
@@ -200,9 +232,42 @@ class ClassifierFamily(Generic[C]):
     task: str = "classify"
     weights_variant: Callable[[C, Mapping[str, torch.Tensor]], C] | None = None
     """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
+    reference_weights: Callable[[C], Any] | None = None
+    """The torchvision weights enum member whose ``transforms()`` and categories a full config follows."""
 
     def build(self, config: C) -> nn.Module:
         return self.builder(config)
+
+    def resolved(self, model: nn.Module, config: C) -> C:
+        """The config `model` is: the variant and class count of the weights it holds."""
+        state_dict = model.state_dict()
+        if self.weights_variant is not None:
+            config = self.weights_variant(config, state_dict)
+        return replace(config, num_classes=head_classes(model, state_dict))
+
+    def preprocessing(self, config: C) -> Preprocessing:
+        """The full configs: torchvision's transforms of the reference weights, read now; the small ones:
+        the square resize they trained with. ``--preprocess`` overrides either."""
+        if config.name == "full" and self.reference_weights is not None:
+            default = imagenet_preprocessing(self.reference_weights(config).transforms())
+        else:
+            default = square_preprocessing((config.image_size, config.image_size), config.mean, config.std)
+        try:
+            return default.with_overrides(dict(config.preprocess))
+        except PreprocessingError as error:
+            raise ExportError(f"{self.name} {config.name}: --preprocess: {error}") from None
+
+    def labels(self, config: C) -> tuple[str, ...]:
+        """--labels, else torchvision's category names for its class count, else the shapes or class_<i>."""
+        if config.labels_file is not None:
+            return read_labels(config.labels_file, config.num_classes)
+        if config.name == "full" and self.reference_weights is not None:
+            categories = tuple(self.reference_weights(config).meta["categories"])
+            if len(categories) == config.num_classes:
+                return categories
+        if config.name == "small" and config.num_classes == len(SHAPES):
+            return SHAPES
+        return tuple(f"class_{i}" for i in range(config.num_classes))
 
     def train(self, model: nn.Module, config: C, seed: int) -> nn.Module:
         if config.recipe is None:
@@ -225,11 +290,12 @@ class ClassifierFamily(Generic[C]):
         return fit(model, batches, steps, loss, recipe.sgd, description=f"train {self.name}")
 
     def load(self, model: nn.Module, config: C, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-        """Load strictly; a family with variants first rebuilds the model as the variant the keys describe."""
+        """Load strictly into the model the checkpoint describes: its variant (from its keys) and its head's
+        class count (a checkpoint fine-tuned to N classes loads as an N-class model)."""
         if self.weights_variant is not None:
             config = self.weights_variant(config, state_dict)
-            model = self.builder(config)
-        return load_state_dict_strict(model, state_dict, f"{self.name} ({config.name})")
+        config = replace(config, num_classes=head_classes(model, state_dict))
+        return load_state_dict_strict(self.builder(config), state_dict, f"{self.name} ({config.name})")
 
     def evaluate(self, model: nn.Module, config: C, seed: int) -> Quality | None:
         if config.num_classes != len(SHAPES):
@@ -248,26 +314,31 @@ class ClassifierFamily(Generic[C]):
         )
 
     def graphs(self, model: nn.Module, config: C, seed: int) -> Sequence[GraphSpec]:
-        size = config.image_size
-        labels = SHAPES if config.num_classes == len(SHAPES) else tuple(f"class_{i}" for i in range(config.num_classes))
-        random = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+        config = self.resolved(model, config)
+        preprocessing = self.preprocessing(config)
+        height, width = preprocessing.size
+        random = torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(seed)).numpy()
         return (
             GraphSpec(
                 module=model.eval(),
-                inputs=(TensorSpec("images", (3, size, size)),),
+                inputs=(TensorSpec("images", (3, height, width)),),
                 outputs=(TensorSpec("logits", (config.num_classes,), label_filename="labels.txt"),),
                 parity_cases=(
-                    ParityCase("real", {"images": held_out_inputs(8, size, seed, config.mean, config.std)}),
+                    ParityCase("real", {"images": held_out_inputs(8, preprocessing, seed)}),
                     ParityCase("random", {"images": random}),
                 ),
                 max_batch_size=config.max_batch_size,
                 task=self.task,
-                parameters={"preprocessing": preprocessing_parameter((size, size), config.mean, config.std)},
-                labels=labels,
+                parameters={"preprocessing": preprocessing.to_json()},
+                labels=self.labels(config),
             ),
         )
 
     def system_parity(
         self, model: nn.Module, config: C, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
-        return ()
+        """Full configs with torchvision reference weights: agreement with torchvision's preprocessing +
+        PyTorch on photos (export.families.reference). Small configs: per-graph parity says it all."""
+        if config.name != "full" or self.reference_weights is None:
+            return ()
+        return classifier_agreement(model, self.preprocessing(self.resolved(model, config)), run, seed=0)

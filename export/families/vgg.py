@@ -103,6 +103,11 @@ def weights_variant(config: VGGConfig, state_dict: Mapping[str, torch.Tensor]) -
     return replace(config, depth=depth, batch_norm=batch_norm)
 
 
+def reference_weights(config: VGGConfig) -> torchvision.models.WeightsEnum:
+    """torchvision's default ImageNet weights of this depth and batch-norm flag."""
+    return torchvision.models.get_model_weights(f"vgg{config.depth}{'_bn' if config.batch_norm else ''}").DEFAULT
+
+
 SMALL = VGGConfig(
     **small_config_fields(
         image_size=32,
@@ -123,5 +128,11 @@ SMALL = VGGConfig(
 FULL = VGGConfig(**full_config_fields(), depth=16, batch_norm=False)
 
 register_family(
-    ClassifierFamily(name="vgg", configs={"small": SMALL, "full": FULL}, builder=build, weights_variant=weights_variant)
+    ClassifierFamily(
+        name="vgg",
+        configs={"small": SMALL, "full": FULL},
+        builder=build,
+        weights_variant=weights_variant,
+        reference_weights=reference_weights,
+    )
 )
