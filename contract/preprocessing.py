@@ -12,8 +12,10 @@ Modes (how an image of any size becomes the model's fixed `size` = (H, W) input)
   torchvision's ``Resize(int)``), then the centre `size` cropped (``CenterCrop``): torchvision's
   ``ImageClassification`` preset, which ImageNet checkpoints were trained and evaluated with.
 - ``letterbox``: scaled by ``min(resize / shorter, max_size / longer)`` (torchvision's
-  ``GeneralizedRCNNTransform``), placed at the top-left of a `size` canvas, the rest zero after
-  normalisation (as torchvision pads a detector's batch); `placement` says where, to map boxes back.
+  ``GeneralizedRCNNTransform``), placed at the top-left of a canvas the height and width of the
+  largest image of the batch rounded up to `size_divisible`, the rest zero after normalisation: exactly
+  how torchvision batches a detector's images, so the model input's height and width vary (`size` is
+  the largest canvas there can be); `placement` says where each image went, to map boxes back.
 
 Resampling: with `antialias` Pillow's filters (what torchvision applies to PIL images); without it a
 plain bilinear interpolation on float pixels, half-pixel centres, clamped at the edges (what
@@ -26,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -51,7 +53,7 @@ class PreprocessingError(ValueError):
 class Preprocessing:
     """How a model wants its images (see the module docstring for the modes).
 
-    size: (H, W) of the model input: the square size, the centre crop, or the letterbox canvas.
+    size: (H, W) of the model input: the square size, the centre crop, or the largest letterbox canvas.
     resize: shorter side after resizing (shorter_side, letterbox); 0 for square.
     max_size: letterbox only: the longer side's limit (torchvision's detector ``max_size``).
     interpolation / antialias: see the module docstring; antialias False needs bilinear.
@@ -59,6 +61,8 @@ class Preprocessing:
         ``(pixel * value_range / 255 - mean) / std``.
     channel_order: "RGB" or "BGR" (the order of the model's input channels).
     value_range: 1.0 (pixels scaled to [0, 1], torchvision) or 255.0 (left in [0, 255]).
+    size_divisible: letterbox only: the canvas's height and width are multiples of it (the backbone's
+        stride; torchvision's detectors: 32).
     """
 
     size: tuple[int, int]
@@ -71,6 +75,7 @@ class Preprocessing:
     antialias: bool = True
     channel_order: str = "RGB"
     value_range: float = 1.0
+    size_divisible: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,6 +99,8 @@ class Preprocessing:
             problems.append(
                 f"letterbox: need 0 < resize ({self.resize}) <= max_size ({self.max_size}) <= canvas {list(self.size)}"
             )
+        if self.size_divisible < 1 or any(side % self.size_divisible for side in self.size):
+            problems.append(f"size {list(self.size)} must be a multiple of size_divisible {self.size_divisible}")
         if problems:
             raise PreprocessingError("preprocessing: " + "; ".join(problems))
 
@@ -133,14 +140,16 @@ class Preprocessing:
 
     def with_overrides(self, overrides: Mapping[str, str]) -> Preprocessing:
         """A copy with fields set from ``KEY=VALUE`` text (the export's ``--preprocess``), checked."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise PreprocessingError(f"unknown preprocessing field(s) {unknown}; known: {sorted(known)}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key, text in overrides.items():
-            values[key] = _parse_field(key, text)
-        return from_mapping(values)
+        return overridden({f.name: getattr(self, f.name) for f in fields(self)}, overrides)
+
+
+def overridden(values: Mapping[str, object], overrides: Mapping[str, str]) -> Preprocessing:
+    """`values` (JSON-like, see from_mapping) with fields set from ``KEY=VALUE`` text, checked once."""
+    known = {f.name for f in fields(Preprocessing)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise PreprocessingError(f"unknown preprocessing field(s) {unknown}; known: {sorted(known)}")
+    return from_mapping({**values, **{key: _parse_field(key, text) for key, text in overrides.items()}})
 
 
 def from_mapping(value: Mapping[str, object]) -> Preprocessing:
@@ -157,6 +166,7 @@ def from_mapping(value: Mapping[str, object]) -> Preprocessing:
             "antialias": bool(value.get("antialias", True)),
             "channel_order": str(value.get("channel_order", "RGB")),
             "value_range": float(value.get("value_range", 1.0)),  # type: ignore[arg-type]
+            "size_divisible": int(value.get("size_divisible", 1)),  # type: ignore[call-overload]
         }
     except (KeyError, TypeError, ValueError):
         raise PreprocessingError(
@@ -180,7 +190,7 @@ def _parse_field(key: str, text: str) -> object:
             if text.lower() not in ("true", "false"):
                 raise ValueError
             return text.lower() == "true"
-        if key in ("resize", "max_size"):
+        if key in ("resize", "max_size", "size_divisible"):
             return int(text)
         if key == "value_range":
             return float(text)
@@ -227,6 +237,17 @@ def placement(original: tuple[int, int], preprocessing: Preprocessing) -> Placem
     return Placement(original, (max(1, math.floor(height * scale)), max(1, math.floor(width * scale))), (0, 0))
 
 
+def input_size(placements: Sequence[Placement], preprocessing: Preprocessing) -> tuple[int, int]:
+    """(H, W) of the model input for a batch of images placed so: `size`, except for ``letterbox``,
+    where it is the largest resized height and width rounded up to `size_divisible`."""
+    if preprocessing.mode != "letterbox":
+        return preprocessing.size
+    step = preprocessing.size_divisible
+    height = max(place.resized[0] for place in placements)
+    width = max(place.resized[1] for place in placements)
+    return -(-height // step) * step, -(-width // step) * step
+
+
 def shorter_side_size(original: tuple[int, int], shorter: int) -> tuple[int, int]:
     """torchvision's ``Resize(shorter)`` output (H, W): the longer side ``int(shorter * long / short)``."""
     height, width = original
@@ -241,7 +262,7 @@ def center_crop_offset(resized: tuple[int, int], crop: tuple[int, int]) -> tuple
 
 
 def preprocess_into(slot: np.ndarray, pixels: np.ndarray, preprocessing: Preprocessing) -> Placement:
-    """Write the model input of one uint8 RGB image (H, W, 3) into float32 `slot` (3, *size).
+    """Write the model input of one uint8 RGB image (H, W, 3) into float32 `slot` (3, *`input_size`).
 
     For ``square`` `pixels` may already be at `size` (the server resizes while decoding); any other
     size is resized here.
@@ -299,7 +320,10 @@ def _normalise_into(slot: np.ndarray, pixels: np.ndarray, preprocessing: Preproc
     slot += preprocessing.offset
 
 
-def preprocess(pixels: np.ndarray, preprocessing: Preprocessing) -> tuple[np.ndarray, Placement]:
-    """`preprocess_into` a new float32 (3, H, W) array."""
-    slot = np.empty((3, *preprocessing.size), dtype=np.float32)
-    return slot, preprocess_into(slot, pixels, preprocessing)
+def preprocess(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> tuple[np.ndarray, list[Placement]]:
+    """The model input of uint8 RGB images (H, W, 3), float32 (N, 3, *`input_size`), and their placements."""
+    where = [placement(image.shape[:2], preprocessing) for image in images]
+    batch = np.empty((len(images), 3, *input_size(where, preprocessing)), dtype=np.float32)
+    for slot, image in zip(batch, images, strict=True):
+        preprocess_into(slot, image, preprocessing)
+    return batch, where

@@ -39,6 +39,7 @@ from export.families.base import (
     QualityError,
     WeightsError,
 )
+from export.families.reference import PREFIX as REFERENCE_PREFIX
 from export.train import set_threads
 from serving.repository import BELOW_THRESHOLD_PARAMETER
 
@@ -166,6 +167,8 @@ def _config_of(
         variants: Mapping[str, FamilyConfig] = getattr(family, "variants", {})
         if options.variant not in variants:
             raise ExportError(f"--variant {options.variant}: {family.name} has variants {sorted(variants) or 'none'}")
+        if variants[options.variant].name != config_name:
+            raise ExportError(f"--variant {options.variant} is a {variants[options.variant].name} config's variant")
         config = variants[options.variant]
     if not config.trainable and not has_weights:
         raise ExportError(
@@ -314,7 +317,14 @@ def export_family(
         results = []
         for index, (graph, name, folder, _, parity, engine_checks, export_seconds) in enumerate(staged):
             checks = parity + (system if index == 0 else ())
-            _require_passed(name, "ONNX output differs from PyTorch", checks)
+            reference = tuple(c for c in checks if c.name.startswith(REFERENCE_PREFIX))
+            _require_passed(name, "ONNX output differs from PyTorch", tuple(c for c in checks if c not in reference))
+            _require_passed(
+                name,
+                "decode + served preprocessing + ONNX disagree with torchvision's transforms + PyTorch "
+                "(the reference agreement gate; check --preprocess)",
+                reference,
+            )
             _require_passed(name, "the TensorRT engine's output differs from ONNX Runtime", engine_checks)
             if misses and not allow_below_threshold:
                 raise QualityError(f"{family.name} ({name}) is below its quality bar: {'; '.join(misses)}")

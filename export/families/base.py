@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -305,6 +306,17 @@ def _three(values: Sequence[float]) -> tuple[float, float, float]:
 def preprocessing_parameter(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> str:
     """The config.pbtxt ``preprocessing`` parameter of `square_preprocessing` (contract.preprocessing JSON)."""
     return square_preprocessing(size, mean, std).to_json()
+
+
+def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
+    """``--labels FILE``: one class name a line, exactly as many as the head has classes."""
+    try:
+        labels = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    except OSError as error:
+        raise ExportError(f"cannot read --labels {path}: {error.strerror}") from None
+    if len(labels) != num_classes:
+        raise ExportError(f"--labels {path} has {len(labels)} names; the checkpoint's head has {num_classes} classes")
+    return labels
 
 
 def input_ranges_parameter(ranges: Mapping[str, tuple[float, float]]) -> str:

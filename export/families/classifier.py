@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Generic, TypedDict, TypeVar
 
 import numpy as np
@@ -31,6 +30,7 @@ from export.families.base import (
     TensorSpec,
     WeightsError,
     load_state_dict_strict,
+    read_labels,
     square_preprocessing,
 )
 from export.families.reference import classifier_agreement, imagenet_preprocessing
@@ -196,7 +196,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> to
 def held_out_inputs(count: int, preprocessing: Preprocessing, seed: int) -> np.ndarray:
     """(count, 3, H, W) float32 held-out scenes through the served preprocessing: the parity 'real' inputs."""
     scenes = make_scenes(count, max(preprocessing.size), seed, split="test")
-    return np.stack([preprocess(scene.image, preprocessing)[0] for scene in scenes])
+    return preprocess([scene.image for scene in scenes], preprocessing)[0]
 
 
 def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -206,17 +206,6 @@ def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> in
     if weight is None or weight.ndim != 2:
         raise WeightsError(f"weights have no 2-D {name}.weight (the classifier head)")
     return int(weight.shape[0])
-
-
-def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
-    """``--labels FILE``: one class name a line, exactly as many as the head has classes."""
-    try:
-        labels = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
-    except OSError as error:
-        raise ExportError(f"cannot read --labels {path}: {error.strerror}") from None
-    if len(labels) != num_classes:
-        raise ExportError(f"--labels {path} has {len(labels)} names; the checkpoint's head has {num_classes} classes")
-    return labels
 
 
 C = TypeVar("C", bound=ClassifierConfig)

@@ -71,8 +71,8 @@ def classifier_agreement(
     for name, data in pictures:
         decoded = Image.open(io.BytesIO(data)).convert("RGB")
         expected = model.eval()(transform(decoded)[None]).numpy()[0]
-        served_input, _ = preprocess(np.asarray(decoded), preprocessing)
-        served = run("", {"images": served_input[None]})["logits"][0]
+        served_input, _ = preprocess([np.asarray(decoded)], preprocessing)
+        served = run("", {"images": served_input})["logits"][0]
         reference_top, served_top = _top5(expected), _top5(served)
         difference = float(np.abs(expected - served).max())
         worst = max(worst, difference)

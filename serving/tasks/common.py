@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from contract.preprocessing import PreprocessingError
+from contract.preprocessing import Placement, PreprocessingError, input_size, placement
 from serving.decoding_budget import DECODING
 from serving.deferred import DeferredRows, RowWriter
 from serving.errors import ResourceExhausted, Unavailable
@@ -48,10 +48,11 @@ class ImageSize:
 class ImageBatch:
     """A request's images ready for a model: `tensor` float32 (N, 3, H, W), C-contiguous, or the same
     rows still to be decoded on the model's instance thread (DeferredRows; the model takes either),
-    and the original size of each image (for mapping results back to it)."""
+    the original size of each image and where it went in the input (for mapping results back to it)."""
 
     tensor: np.ndarray | DeferredRows
     original_sizes: tuple[ImageSize, ...]
+    placements: tuple[Placement, ...]
 
 
 def _needs_pixel_work(image: OpenedImage, preprocessing: Preprocessing) -> bool:
@@ -71,7 +72,8 @@ async def prepare_images(images: Sequence[ImageInput], preprocessing: Preprocess
     fails its request when the batch is assembled); ResourceExhausted for a request over the pixel
     limit or the budget."""
     opened = _open_all(images, limits)
-    size = preprocessing.size
+    where = tuple(placement((image.height, image.width), preprocessing) for image in opened)
+    size = input_size(where, preprocessing)
     pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, preprocessing))
     sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
     if pixels <= INLINE_PIXEL_BUDGET:
@@ -82,7 +84,7 @@ async def prepare_images(images: Sequence[ImageInput], preprocessing: Preprocess
             )
 
         rows = DeferredRows((3, *size), np.dtype(np.float32), tuple(writer(image) for image in opened))
-        return ImageBatch(tensor=rows, original_sizes=sizes)
+        return ImageBatch(tensor=rows, original_sizes=sizes, placements=where)
     tensor = np.empty((len(opened), 3, *size), dtype=np.float32)
 
     def piece(part: Sequence[OpenedImage]) -> Callable[[], None]:
@@ -95,7 +97,7 @@ async def prepare_images(images: Sequence[ImageInput], preprocessing: Preprocess
     costs = [decoding_bytes(image, decode_size(image, preprocessing)) for image in opened]
     with DECODING.reserve(costs, IMAGE_WORKERS, limits.max_decoding_bytes) as pieces:
         await run_image_jobs([piece(opened[start::pieces]) for start in range(pieces)], pixels)
-    return ImageBatch(tensor=tensor, original_sizes=sizes)
+    return ImageBatch(tensor=tensor, original_sizes=sizes, placements=where)
 
 
 def _write_row(row: np.ndarray, image: OpenedImage, preprocessing: Preprocessing) -> None:

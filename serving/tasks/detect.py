@@ -1,7 +1,8 @@
 """Detect: images -> boxes in each original image's pixel coordinates, labels, scores.
 
-Model contract (docs/MODEL_REPOSITORY.md): `images` FP32 [B, 3, H, W] (and, for a ``letterbox``
-preprocessing, `image_sizes` FP32 [B, 2]: the height and width each image fills of the canvas) ->
+Model contract (docs/MODEL_REPOSITORY.md): `images` FP32 [B, 3, H, W] (H and W vary with the batch
+for a ``letterbox`` preprocessing, which adds `image_sizes` FP32 [B, 2]: the height and width each
+image fills of that canvas) ->
 `boxes` FP32 [B, K, 4] (x1, y1, x2, y2 in the model's input grid W x H), `scores` FP32 [B, K],
 `labels` INT64 [B, K], `num_detections` INT64 [B, 1]; rows past `num_detections` are padding.
 """
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract.preprocessing import Placement, placement
+from contract.preprocessing import Placement
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.classify import label_of
-from serving.tasks.common import ImageSize, TensorModel, prepare_images
+from serving.tasks.common import TensorModel, prepare_images
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 
@@ -50,11 +51,6 @@ class DetectionOptions:
 
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     max_detections: int = 0
-
-
-def placements(preprocessing: Preprocessing, original_sizes: Sequence[ImageSize]) -> list[Placement]:
-    """Where each image went in the model input (contract.preprocessing.placement)."""
-    return [placement((size.height, size.width), preprocessing) for size in original_sizes]
 
 
 def to_original_pixels(boxes: np.ndarray, where: Sequence[Placement]) -> np.ndarray:
@@ -110,9 +106,8 @@ class Detector:
         self, images: Sequence[ImageInput], options: DetectionOptions, deadline: float | None
     ) -> list[Detections]:
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        where = placements(self.preprocessing, batch.original_sizes)
         inputs = {"images": batch.tensor}
         if self.preprocessing.mode == "letterbox":
-            inputs["image_sizes"] = image_sizes(where)
+            inputs["image_sizes"] = image_sizes(batch.placements)
         outputs = await self.model.infer(inputs, deadline)
-        return select_detections(outputs, where, self.labels, options)
+        return select_detections(outputs, batch.placements, self.labels, options)

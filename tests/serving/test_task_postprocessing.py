@@ -12,12 +12,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from contract.preprocessing import Placement, placement
 from serving.errors import InvalidArgument
 from serving.images import Preprocessing, normalise
 from serving.tasks.caption import DecoderState, SearchSettings, StepOutput, beam_search
 from serving.tasks.classify import classifications, softmax_top_k
 from serving.tasks.common import ImageSize
-from serving.tasks.detect import DetectionOptions, image_sizes, placements, select_detections, to_original_pixels
+from serving.tasks.detect import DetectionOptions, image_sizes, select_detections, to_original_pixels
 from serving.tasks.generate import latents_from_seed, latents_from_values, png_images
 from serving.tasks.warp import warp_results
 
@@ -51,6 +52,10 @@ def test_classifications_carry_labels_and_fall_back_to_the_index() -> None:
 
 def square(height: int, width: int) -> Preprocessing:
     return Preprocessing(size=(height, width), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def placements(preprocessing: Preprocessing, sizes: list[ImageSize]) -> list[Placement]:
+    return [placement((size.height, size.width), preprocessing) for size in sizes]
 
 
 def test_boxes_scale_back_per_image_and_axis() -> None:
