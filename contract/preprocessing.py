@@ -114,6 +114,15 @@ class Preprocessing:
         """float32 (3, 1, 1), in the model's channel order: -mean / std, added after `scale`."""
         return self._ordered(-np.asarray(self.mean, dtype=np.float64) / np.asarray(self.std, dtype=np.float64))
 
+    @property
+    def typical_size(self) -> tuple[int, int]:
+        """An input size real images produce: `size`, or for ``letterbox`` a `resize` square (rounded up
+        to `size_divisible`); what a server warms a model with whose input height and width vary."""
+        if self.mode != "letterbox":
+            return self.size
+        side = -(-self.resize // self.size_divisible) * self.size_divisible
+        return side, side
+
     def _ordered(self, values: np.ndarray) -> np.ndarray:
         ordered = values[::-1] if self.channel_order == "BGR" else values
         return np.ascontiguousarray(ordered, dtype=np.float32)[:, None, None]
