@@ -99,16 +99,16 @@ def test_served_classes_agree_with_torchvision_transforms_and_pytorch(
     network.load_state_dict(torch.load(checkpoints[family], weights_only=True))
     answer = client.classify([data for _, data in PHOTOS], model=model, top_k=5)
     same_sets = 0
-    served_tops = set()
+    top_scores = []
     for (name, data), result in zip(PHOTOS, answer.results, strict=True):
         expected = _reference_top5(network, transform, data)
         served = [prediction.index for prediction in result.predictions]
         assert served[0] == expected[0], f"{name}: top-1 {served[0]} served, {expected[0]} by torchvision"
         assert [p.label for p in result.predictions] == [categories[i] for i in served]
         same_sets += set(served) == set(expected)
-        served_tops.add(served[0])
+        top_scores.append(result.predictions[0].score)
     assert same_sets >= 0.95 * len(PHOTOS)
-    assert len(served_tops) > 1  # the livened weights answer differently for different photos
+    assert max(top_scores) - min(top_scores) > 1e-3  # the livened weights answer each photo differently
 
 
 def test_served_detections_agree_with_torchvision_in_the_photos_pixels(
