@@ -29,7 +29,6 @@ from export.families.base import (
     Quality,
     TensorSpec,
     Tolerance,
-    WeightsError,
     load_state_dict_strict,
     read_labels,
     square_preprocessing,
@@ -208,12 +207,11 @@ def _tolerance(config: ClassifierConfig) -> Tolerance:
 
 
 def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
-    """The class count of a checkpoint: rows of the weight of the model's last linear layer."""
-    name = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+    """The class count of a checkpoint: rows of the weight of the model's last linear layer (the model's
+    own count when the checkpoint has no such weight: the strict load then names every difference)."""
+    name, head = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
     weight = state_dict.get(f"{name}.weight")
-    if weight is None or weight.ndim != 2:
-        raise WeightsError(f"weights have no 2-D {name}.weight (the classifier head)")
-    return int(weight.shape[0])
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else head.out_features
 
 
 C = TypeVar("C", bound=ClassifierConfig)
