@@ -201,9 +201,14 @@ def held_out_inputs(count: int, preprocessing: Preprocessing, seed: int) -> np.n
 
 
 def _tolerance(config: ClassifierConfig) -> Tolerance:
-    """Logit parity bound: a full network's logits sum over millions of float32 products, so their rounding
-    grows with their size (a livened GoogLeNet: 1.1e-4 on logits of about 10); small ones keep 1e-4."""
-    return Tolerance(atol=1e-4, rtol=1e-5 if config.name == "full" else 0.0)
+    """Logit parity bound. A full network's logits sum over millions of float32 products, and ONNX Runtime
+    and PyTorch order those sums differently: measured on livened random weights (logits up to ~25),
+    ResNet-50 differs by 1.3e-3, GoogLeNet by 1.1e-4, so full configs allow 2e-3 + 1e-4 relative (about
+    1e-4 of that logit range). Small networks keep 1e-4. Whether the served answers are the checkpoint's is
+    the reference agreement's to say (export.families.reference)."""
+    if config.name == "full":
+        return Tolerance(atol=2e-3, rtol=1e-4)
+    return Tolerance(atol=1e-4)
 
 
 def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
