@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from export.data.scenes import SHAPES, make_scenes
 
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
+from contract.scenes import SHAPES, make_scenes
 
 CROP_COUNTS = (1, 5, 10)
 SCENE_SIDE = 80  # the small classifiers' 64-pixel scenes, drawn 1.25x larger

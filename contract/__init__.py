@@ -14,4 +14,6 @@ serving or clients), so that every stage can import it without pulling in anothe
     tensorrt_runner.py   the one TensorRT engine runner (tensorrt imported lazily), export check and backend
     alignment_scores.py  the aligner's image-sentence scores and recall (Align and its export gate)
     explain_layers.py    the DeconvNet's `explain_layers` parameter
+    preprocessing.py the `preprocessing` parameter as data and its one implementation (numpy + Pillow)
+    warps.py         the STN's transforms in numpy (grids, projective and thin-plate-spline distortions)
 """

@@ -43,6 +43,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FAMILY=PATH",
         help="a state_dict checkpoint for a family (repeatable); required for --config full",
     )
+    parser.add_argument(
+        "--preprocess",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the served preprocessing (repeatable; docs/MODEL_REPOSITORY.md): mode "
+        "(square|shorter_side|letterbox), size (crop or canvas, e.g. 224), resize, max_size, interpolation "
+        "(bilinear|bicubic|nearest), antialias, mean, std (e.g. 0.5,0.5,0.5), channel_order, value_range",
+    )
+    parser.add_argument("--labels", default=None, metavar="FILE", help="class names, one a line (the head's count)")
+    parser.add_argument(
+        "--variant", default=None, help="a family's variant, e.g. faster_rcnn mobilenet_v3_large_320_fpn"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other config setting (repeatable), e.g. transform_input=true for torchvision's GoogLeNet weights",
+    )
     parser.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
     parser.add_argument("--tensorrt", action="store_true", help="also build fp16 TensorRT engines (GPU only)")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
@@ -195,7 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.seeds is not None:
             return measure(families, args.seeds, args.config)
-        from export.pipeline import build_repository, parse_weights
+        from export.pipeline import ExportOptions, build_repository, parse_pairs, parse_weights
+
+        options = ExportOptions(
+            preprocess=parse_pairs(args.preprocess, "--preprocess"),
+            labels=args.labels,
+            variant=args.variant,
+            settings=parse_pairs(args.set, "--set"),
+        )
 
         results = build_repository(
             args.out,
@@ -208,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_model=lambda result: print("wrote " + "  ".join(table_row(result)), file=sys.stderr, flush=True),
             allow_below_threshold=args.allow_below_threshold,
             settings=captioner_settings(args),
+            options=options,
         )
     except (ParityError, QualityError) as error:
         print(f"ninefold export: {error}", file=sys.stderr)

@@ -42,6 +42,7 @@ from export.families.base import (
     WeightsError,
     configured,
 )
+from export.families.reference import PREFIX as REFERENCE_PREFIX
 from export.train import set_threads
 
 #: torch's weights_only refusal names the class a checkpoint pickled (a whole model, an optimizer...).
@@ -147,15 +148,76 @@ def _unreadable(error: Exception) -> str:
     return f"not a PyTorch checkpoint of tensors ({type(error).__name__}: {detail})"
 
 
-def _config_of(family: Family[Any], config_name: str, has_weights: bool) -> FamilyConfig:
+@dataclass(frozen=True)
+class ExportOptions:
+    """Command-line choices applied to every exported family's config (each must have the field it sets).
+
+    preprocess: ``--preprocess KEY=VALUE`` (contract.preprocessing fields) over the family's default;
+    labels: ``--labels FILE``; variant: ``--variant NAME`` (a family's ``variants``, e.g. Faster R-CNN's
+    mobilenet_v3_large_320_fpn); settings: ``--set FIELD=VALUE``, any other config field (e.g. GoogLeNet's
+    transform_input).
+    """
+
+    preprocess: tuple[tuple[str, str], ...] = ()
+    labels: str | None = None
+    variant: str | None = None
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+def parse_pairs(specs: Sequence[str], flag: str) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` strings -> pairs; a malformed one raises ExportError naming the flag."""
+    pairs = []
+    for spec in specs:
+        key, separator, value = spec.partition("=")
+        if not separator or not key.strip():
+            raise ExportError(f"{flag} expects KEY=VALUE, got {spec!r}")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def _config_of(
+    family: Family[Any], config_name: str, has_weights: bool, options: ExportOptions = ExportOptions()
+) -> FamilyConfig:
     if config_name not in family.configs:
         raise ExportError(f"{family.name} has no {config_name!r} config; choose one of {sorted(family.configs)}")
     config = family.configs[config_name]
+    if options.variant is not None:
+        variants: Mapping[str, FamilyConfig] = getattr(family, "variants", {})
+        if options.variant not in variants:
+            raise ExportError(f"--variant {options.variant}: {family.name} has variants {sorted(variants) or 'none'}")
+        if variants[options.variant].name != config_name:
+            raise ExportError(f"--variant {options.variant} is a {variants[options.variant].name} config's variant")
+        config = variants[options.variant]
     if not config.trainable and not has_weights:
         raise ExportError(
             f"{family.name} {config_name} loads a checkpoint and cannot train here; pass --weights {family.name}=PATH"
         )
-    return config
+    changes: dict[str, object] = {key: _setting(config, family.name, key, text) for key, text in options.settings}
+    if options.preprocess:
+        changes["preprocess"] = options.preprocess
+    if options.labels is not None:
+        changes["labels_file"] = options.labels
+    fields = {field.name for field in dataclasses.fields(config)}
+    for key in changes:
+        if key not in fields:
+            flag = {"preprocess": "--preprocess", "labels_file": "--labels"}.get(key, f"--set {key}")
+            raise ExportError(f"{flag}: {family.name} {config.name} has no such setting")
+    return dataclasses.replace(config, **changes)
+
+
+def _setting(config: FamilyConfig, family: str, key: str, text: str) -> object:
+    """``--set KEY=VALUE`` as the type of the config's current value (bool, int, float or str)."""
+    current = getattr(config, key, None)
+    if current is None or not isinstance(current, bool | int | float | str):
+        raise ExportError(f"--set {key}: {family} {config.name} has no such plain setting")
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false"):
+            raise ExportError(f"--set {key}: expected true or false, got {text!r}")
+        return text.lower() == "true"
+    try:
+        return type(current)(text)
+    except ValueError:
+        raise ExportError(f"--set {key}: expected {type(current).__name__}, got {text!r}") from None
 
 
 def _report(
@@ -272,7 +334,14 @@ def export_family(
         results = []
         for index, (graph, name, folder, _, parity, engine_checks, export_seconds) in enumerate(staged):
             checks = parity + (system if index == 0 else ())
-            _require_passed(name, "ONNX output differs from PyTorch", checks)
+            reference = tuple(c for c in checks if c.name.startswith(REFERENCE_PREFIX))
+            _require_passed(name, "ONNX output differs from PyTorch", tuple(c for c in checks if c not in reference))
+            _require_passed(
+                name,
+                "decode + served preprocessing + ONNX disagree with torchvision's transforms + PyTorch "
+                "(the reference agreement gate; check --preprocess)",
+                reference,
+            )
             _require_passed(name, "the TensorRT engine's output differs from ONNX Runtime", engine_checks)
             if misses and not allow_below_threshold:
                 raise QualityError(f"{family.name} ({name}) is below its quality bar: {'; '.join(misses)}")
@@ -355,7 +424,7 @@ def default_jobs() -> int:
 
 def _export_named(
     name: str,
-    config_name: str,
+    config: FamilyConfig,
     out: Path,
     seed: int,
     weights: Path | None,
@@ -364,10 +433,9 @@ def _export_named(
     settings: Mapping[str, object],
 ) -> tuple[ModelResult, ...]:
     """Export one family given by name (a worker process looks the family up in its own registry)."""
-    family = get_family(name)
     return export_family(
-        family,
-        family.configs[config_name],
+        get_family(name),
+        config,
         out,
         seed=seed,
         weights=weights,
@@ -389,6 +457,7 @@ def build_repository(
     on_model: Callable[[ModelResult], None] | None = None,
     allow_below_threshold: bool = False,
     settings: Mapping[str, Mapping[str, object]] | None = None,
+    options: ExportOptions = ExportOptions(),
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
 
@@ -415,7 +484,7 @@ def build_repository(
     unknown = sorted(set(family_settings) - {family.name for family in chosen})
     if unknown:
         raise ExportError(f"settings given for {', '.join(unknown)}, which is not among the families exported")
-    configs = {family.name: _config_of(family, config, family.name in weight_paths) for family in chosen}
+    configs = {family.name: _config_of(family, config, family.name in weight_paths, options) for family in chosen}
     for name, values in family_settings.items():
         configured(configs[name], values, f"{name} settings")  # refused now, before any training
     if build_tensorrt and (reason := tensorrt.unavailable_reason()) is not None:
@@ -426,7 +495,7 @@ def build_repository(
     arguments = {
         name: (
             name,
-            configs[name].name,
+            configs[name],
             out,
             seed,
             weight_paths.get(name),

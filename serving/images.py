@@ -7,14 +7,15 @@ model's input size, and frees the decoded original before it returns. `decoding_
 from the header, the memory that decoding takes at its peak (serving.decoding_budget holds the
 server-wide sum under a limit).
 `normalise` (or `normalise_into`, image by image) writes decoded images into one contiguous float32
-NCHW array.
+NCHW array, as the model's `Preprocessing` (contract.preprocessing, the config's parameter) says:
+`decode_size` is what to decode at (the model's size for ``square``, the image's own otherwise: the
+shorter-side and letterbox modes resize exactly as torchvision does, after decoding).
 
 Every error names the image by its index in the request and says what to change.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from contract.preprocessing import Preprocessing, preprocess_into
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.orientation import UPRIGHT, jpeg_orientation, orient, pillow_orientation, swaps_axes
 
@@ -64,25 +66,6 @@ class RawImage:
 
 
 ImageInput = EncodedImage | RawImage
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model wants its images: resized to `size` (H, W), scaled to [0, 1], `(x - mean) / std`."""
-
-    size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @functools.cached_property
-    def scale(self) -> np.ndarray:
-        """float32 (3, 1, 1): 1 / (255 * std), computed once per model."""
-        return (1.0 / (255.0 * np.asarray(self.std, dtype=np.float32)))[:, None, None]
-
-    @functools.cached_property
-    def offset(self) -> np.ndarray:
-        """float32 (3, 1, 1): -mean / std."""
-        return (-np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32))[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -217,9 +200,7 @@ def decode_resized(image: OpenedImage, size: tuple[int, int]) -> np.ndarray:
         vars(source).pop("_decoder", None)  # Pillow's WebP decoder: libwebp's two full-size canvases
         return np.asarray(_resized_rgb(source, (width, height)))
     except (OSError, ValueError, SyntaxError) as error:
-        raise InvalidArgument(
-            f"image {image.index}: corrupt or truncated {source.format} data ({error})"
-        ) from None
+        raise InvalidArgument(f"image {image.index}: corrupt or truncated {source.format} data ({error})") from None
     finally:
         source.close()  # the decoded original (up to hundreds of MB) goes now, not with the request
 
@@ -307,12 +288,15 @@ def normalise(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> np.
 
 
 def normalise_into(slot: np.ndarray, image: np.ndarray, preprocessing: Preprocessing) -> None:
-    """Write `(image / 255 - mean) / std` of a uint8 (H, W, 3) image into a float32 (3, H, W) `slot`.
+    """Write the model input of a uint8 (H, W, 3) image (decoded at `decode_size`) into a float32
+    (3, H, W) `slot`: resized and cropped or placed as the mode says, then `(image / 255 - mean) / std`."""
+    preprocess_into(slot, image, preprocessing)
 
-    One multiply straight into the output and one in-place add: no intermediate float copies.
-    """
-    np.multiply(image.transpose(2, 0, 1), preprocessing.scale, out=slot, casting="unsafe")
-    slot += preprocessing.offset
+
+def decode_size(image: OpenedImage, preprocessing: Preprocessing) -> tuple[int, int]:
+    """(H, W) to decode `image` at: the model's size for ``square`` (resized while decoding, JPEGs at a
+    reduced DCT scale), the image's own for the modes that resize as torchvision does."""
+    return preprocessing.size if preprocessing.mode == "square" else (image.height, image.width)
 
 
 def denormalise(batch: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:

@@ -106,5 +106,6 @@ register_family(
         configs={"small": SMALL, "full": FULL},
         builder=build,
         extra_graphs=features_explain_graphs,  # Zeiler & Fergus's DeconvNet applies as it does to ZF Net
+        reference_weights=lambda config: torchvision.models.AlexNet_Weights.DEFAULT,
     )
 )

@@ -22,6 +22,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from contract.names import MODEL_TASKS
+from contract.preprocessing import Preprocessing
 from contract.tensors import TensorSpec
 
 
@@ -217,6 +219,8 @@ class Family(Protocol[ConfigT]):
         """"small" and "full" configurations, frozen dataclasses derived from FamilyConfig."""
         ...
 
+    # Optional: ``variants`` (Mapping[str, ConfigT]), the configs ``--variant NAME`` picks.
+
     def build(self, config: ConfigT) -> nn.Module:
         """The model with random weights (full configs: torchvision's layout where torchvision has it)."""
         ...
@@ -320,9 +324,31 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+def square_preprocessing(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Preprocessing:
+    """Resize to `size` without keeping the aspect (bilinear, antialiased), then ``(x / 255 - mean) / std``:
+    the models trained here on square scenes."""
+    return Preprocessing(size=size, mean=_three(mean), std=_three(std))
+
+
+def _three(values: Sequence[float]) -> tuple[float, float, float]:
+    first, second, third = (float(value) for value in values)
+    return first, second, third
+
+
 def preprocessing_parameter(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> str:
-    """The config.pbtxt ``preprocessing`` parameter: JSON {"size": [H, W], "mean": [...], "std": [...]}."""
-    return json.dumps({"size": list(size), "mean": [float(m) for m in mean], "std": [float(s) for s in std]})
+    """The config.pbtxt ``preprocessing`` parameter of `square_preprocessing` (contract.preprocessing JSON)."""
+    return square_preprocessing(size, mean, std).to_json()
+
+
+def read_labels(path: str, num_classes: int) -> tuple[str, ...]:
+    """``--labels FILE``: one class name a line, exactly as many as the head has classes."""
+    try:
+        labels = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    except OSError as error:
+        raise ExportError(f"cannot read --labels {path}: {error.strerror}") from None
+    if len(labels) != num_classes:
+        raise ExportError(f"--labels {path} has {len(labels)} names; the checkpoint's head has {num_classes} classes")
+    return labels
 
 
 def input_ranges_parameter(ranges: Mapping[str, tuple[float, float]]) -> str:

@@ -371,7 +371,7 @@ def decoded_captions(
     async def decoder(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return run(DECODER_SUFFIX, inputs)
 
-    sequences = asyncio.run(beam_search(decoder_step(decoder), initial_state(run("", {"images": images})), settings))
+    sequences = asyncio.run(beam_search(decoder_step(decoder), initial_state(run("", {IMAGES: images})), settings))
     return [caption_words(vocabulary, sequence.tokens, settings.start_token) for sequence in sequences]
 
 
@@ -548,7 +548,7 @@ class CaptionerFamily:
         images = _images(scenes)
         max_length = captioner_config.max_length
         expected = captioner.greedy(images, max_length)
-        state = run("", {"images": images.numpy()})
+        state = run("", {IMAGES: images.numpy()})
         h, c = state["h"], state["c"]
         token = np.full((len(scenes), 1), captioner.vocabulary.start_id, dtype=np.int64)
         with torch.no_grad():

@@ -8,8 +8,8 @@ and registers a ``ClassifierFamily``; the training loop, the held-out top-1 and 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypedDict, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -18,19 +18,24 @@ from torch import nn
 
 from contract.model_config import LABELS_FILE
 from contract.names import CLASSIFY, IMAGES, LOGITS, PREPROCESSING_PARAMETER
-from contract.scenes import SHAPES, make_scenes, stack_images
+from contract.preprocessing import Preprocessing, PreprocessingError, preprocess
+from contract.scenes import SHAPES, make_scenes
 from contract.tensors import TensorSpec
-from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split, normalise
+from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split
 from export.families.base import (
+    ExportError,
     FamilyConfig,
     GraphSpec,
     OnnxRunner,
     ParityCase,
     ParityCheck,
     Quality,
+    Tolerance,
     load_state_dict_strict,
-    preprocessing_parameter,
+    read_labels,
+    square_preprocessing,
 )
+from export.families.reference import classifier_agreement, imagenet_preprocessing
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
 TOP1_THRESHOLD = 0.95
@@ -118,13 +123,20 @@ class ClassifierRecipe:
 
 @dataclass(frozen=True)
 class ClassifierConfig(FamilyConfig):
-    """image_size: square input side; mean/std: preprocessing; recipe: None for configs that only load."""
+    """image_size: square input side; mean/std: preprocessing; recipe: None for configs that only load.
+
+    num_classes: the head's classes (a loaded checkpoint's head decides). preprocess: ``--preprocess``
+    overrides (contract.preprocessing field -> text) of the family's default preprocessing; labels_file:
+    ``--labels``, one class name a line.
+    """
 
     image_size: int
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     recipe: ClassifierRecipe | None
+    preprocess: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
+    labels_file: str | None = field(default=None, kw_only=True)
 
 
 class ClassifierFields(TypedDict):
@@ -183,10 +195,29 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> to
     return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
-def held_out_inputs(count: int, size: int, seed: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(count, 3, size, size) float32 normalised held-out scenes: the parity 'real' inputs."""
-    scenes = make_scenes(count, size, seed, split="test")
-    return normalise(stack_images(scenes), mean, std).numpy()
+def held_out_inputs(count: int, preprocessing: Preprocessing, seed: int) -> np.ndarray:
+    """(count, 3, H, W) float32 held-out scenes through the served preprocessing: the parity 'real' inputs."""
+    scenes = make_scenes(count, max(preprocessing.size), seed, split="test")
+    return preprocess([scene.image for scene in scenes], preprocessing)[0]
+
+
+def _tolerance(config: ClassifierConfig) -> Tolerance:
+    """Logit parity bound. A full network's logits sum over millions of float32 products, and ONNX Runtime
+    and PyTorch order those sums differently: measured on livened random weights (logits up to ~25),
+    ResNet-50 differs by 1.3e-3, GoogLeNet by 1.1e-4, so full configs allow 2e-3 + 1e-4 relative (about
+    1e-4 of that logit range). Small networks keep 1e-4. Whether the served answers are the checkpoint's is
+    the reference agreement's to say (export.families.reference)."""
+    if config.name == "full":
+        return Tolerance(atol=2e-3, rtol=1e-4)
+    return Tolerance(atol=1e-4)
+
+
+def head_classes(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> int:
+    """The class count of a checkpoint: rows of the weight of the model's last linear layer (the model's
+    own count when the checkpoint has no such weight: the strict load then names every difference)."""
+    name, head = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
+    weight = state_dict.get(f"{name}.weight")
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else head.out_features
 
 
 C = TypeVar("C", bound=ClassifierConfig)
@@ -207,9 +238,42 @@ class ClassifierFamily(Generic[C]):
     weights_layout: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None
     """Renames a checkpoint written in another layout into the family's own (ZF Net from a plain
     ``nn.Sequential``), before the variant is picked; None: loaded as is."""
+    reference_weights: Callable[[C], Any] | None = None
+    """The torchvision weights enum member whose ``transforms()`` and categories a full config follows."""
 
     def build(self, config: C) -> nn.Module:
         return self.builder(config)
+
+    def resolved(self, model: nn.Module, config: C) -> C:
+        """The config `model` is: the variant and class count of the weights it holds."""
+        state_dict = model.state_dict()
+        if self.weights_variant is not None:
+            config = self.weights_variant(config, state_dict)
+        return replace(config, num_classes=head_classes(model, state_dict))
+
+    def preprocessing(self, config: C) -> Preprocessing:
+        """The full configs: torchvision's transforms of the reference weights, read now; the small ones:
+        the square resize they trained with. ``--preprocess`` overrides either."""
+        if config.name == "full" and self.reference_weights is not None:
+            default = imagenet_preprocessing(self.reference_weights(config).transforms())
+        else:
+            default = square_preprocessing((config.image_size, config.image_size), config.mean, config.std)
+        try:
+            return default.with_overrides(dict(config.preprocess))
+        except PreprocessingError as error:
+            raise ExportError(f"{self.name} {config.name}: --preprocess: {error}") from None
+
+    def labels(self, config: C) -> tuple[str, ...]:
+        """--labels, else torchvision's category names for its class count, else the shapes or class_<i>."""
+        if config.labels_file is not None:
+            return read_labels(config.labels_file, config.num_classes)
+        if config.name == "full" and self.reference_weights is not None:
+            categories = tuple(self.reference_weights(config).meta["categories"])
+            if len(categories) == config.num_classes:
+                return categories
+        if config.name == "small" and config.num_classes == len(SHAPES):
+            return SHAPES
+        return tuple(f"class_{i}" for i in range(config.num_classes))
 
     def train(self, model: nn.Module, config: C, seed: int) -> nn.Module:
         if config.recipe is None:
@@ -232,13 +296,14 @@ class ClassifierFamily(Generic[C]):
         return fit(model, batches, steps, loss, recipe.sgd, description=f"train {self.name}")
 
     def load(self, model: nn.Module, config: C, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-        """Load strictly; a family with variants first rebuilds the model as the variant the keys describe."""
+        """Load strictly into the model the checkpoint describes: its variant (from its keys) and its head's
+        class count (a checkpoint fine-tuned to N classes loads as an N-class model)."""
         if self.weights_layout is not None:
             state_dict = self.weights_layout(state_dict)
         if self.weights_variant is not None:
             config = self.weights_variant(config, state_dict)
-            model = self.builder(config)
-        return load_state_dict_strict(model, state_dict, f"{self.name} ({config.name})")
+        config = replace(config, num_classes=head_classes(model, state_dict))
+        return load_state_dict_strict(self.builder(config), state_dict, f"{self.name} ({config.name})")
 
     def evaluate(self, model: nn.Module, config: C, seed: int) -> Quality | None:
         if config.num_classes != len(SHAPES):
@@ -257,23 +322,25 @@ class ClassifierFamily(Generic[C]):
         )
 
     def graphs(self, model: nn.Module, config: C, seed: int) -> Sequence[GraphSpec]:
-        size = config.image_size
-        labels = SHAPES if config.num_classes == len(SHAPES) else tuple(f"class_{i}" for i in range(config.num_classes))
-        random = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+        config = self.resolved(model, config)
+        preprocessing = self.preprocessing(config)
+        height, width = preprocessing.size
+        random = torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(seed)).numpy()
         extra = () if self.extra_graphs is None else tuple(self.extra_graphs(model, config, seed))
         return (
             GraphSpec(
                 module=model.eval(),
-                inputs=(TensorSpec(IMAGES, (3, size, size)),),
+                inputs=(TensorSpec(IMAGES, (3, height, width)),),
                 outputs=(TensorSpec(LOGITS, (config.num_classes,), label_filename=LABELS_FILE),),
+                tolerances={LOGITS: _tolerance(config)},
                 parity_cases=(
-                    ParityCase("real", {IMAGES: held_out_inputs(8, size, seed, config.mean, config.std)}),
+                    ParityCase("real", {IMAGES: held_out_inputs(8, preprocessing, seed)}),
                     ParityCase("random", {IMAGES: random}),
                 ),
                 max_batch_size=config.max_batch_size,
                 task=self.task,
-                parameters={PREPROCESSING_PARAMETER: preprocessing_parameter((size, size), config.mean, config.std)},
-                labels=labels,
+                parameters={PREPROCESSING_PARAMETER: preprocessing.to_json()},
+                labels=self.labels(config),
             ),
             *extra,
         )
@@ -281,4 +348,8 @@ class ClassifierFamily(Generic[C]):
     def system_parity(
         self, model: nn.Module, config: C, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
-        return ()
+        """Full configs with torchvision reference weights: agreement with torchvision's preprocessing +
+        PyTorch on photos (export.families.reference). Small configs: per-graph parity says it all."""
+        if config.name != "full" or self.reference_weights is None:
+            return ()
+        return classifier_agreement(model, self.preprocessing(self.resolved(model, config)), run, seed=0)

@@ -49,7 +49,7 @@ from export.families.base import (
     Tolerance,
     input_ranges_parameter,
     pixel_range,
-    preprocessing_parameter,
+    square_preprocessing,
 )
 from export.families.classifier import ClassifierConfig, held_out_inputs
 from protos.inference import model_config_pb2 as mc
@@ -238,10 +238,11 @@ def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int, 
     layers and ranks spread out.
     """
     image_size, mean, std = config.image_size, config.mean, config.std
+    preprocessing = square_preprocessing((image_size, image_size), mean, std)
     layers = explained_layers(stages, image_size)
     count = len(layers)
     rng = np.random.default_rng(seed)
-    real_rows = np.repeat(held_out_inputs(count, image_size, seed, mean, std), 2, axis=0)
+    real_rows = np.repeat(held_out_inputs(count, preprocessing, seed), 2, axis=0)
     column = np.int64
 
     def case(name: str, images: np.ndarray, layer: Sequence[int], rank: Sequence[int]) -> ParityCase:
@@ -287,7 +288,7 @@ def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int, 
         task=TASK,
         suffix=SUFFIX,
         parameters={
-            PREPROCESSING_PARAMETER: preprocessing_parameter((image_size, image_size), mean, std),
+            PREPROCESSING_PARAMETER: preprocessing.to_json(),
             LAYERS_PARAMETER: json.dumps([asdict(layer) for layer in layers]),
             # Any layer and rank is safe (no layer: a zero projection), so only images are bounded.
             INPUT_RANGES_PARAMETER: input_ranges_parameter({IMAGES: pixel_range(mean, std)}),

@@ -2,9 +2,17 @@
 
 small: the paper's pipeline on one backbone feature map (RPN with 3 x 3 anchors per cell -> RoIAlign ->
 two-FC box head -> class scores + per-class box regression -> per-class NMS), trained from scratch on
-synthetic multi-object scenes. full: torchvision's Faster R-CNN (ResNet-50 FPN, its v2, or MobileNetV3-
-Large FPN); ``load`` reads which one (and its class count) from the checkpoint's keys, so any torchvision
-Faster R-CNN state_dict loads as it is.
+synthetic multi-object scenes. full: torchvision's Faster R-CNN (ResNet-50 FPN, its v2, MobileNetV3-
+Large FPN, or ``--variant mobilenet_v3_large_320_fpn``); ``load`` reads which one (and its class count) from
+the checkpoint's keys, so any torchvision Faster R-CNN state_dict loads as it is.
+
+Full configs serve torchvision's own detector preprocessing (``GeneralizedRCNNTransform``): the shorter
+side scaled to ``min_size`` unless the longer one would pass ``max_size``, bilinear without antialiasing,
+read from the built model. The exported graph has a fixed input size, so the image is letterboxed into a
+square canvas of max_size rounded up to 32 (top-left, zero padding after normalisation, as torchvision pads
+a batch) and the graph takes each image's extent (``image_sizes``) to clip proposals and boxes as
+torchvision does; the server maps boxes back to the original image by the resize ratios. The price of
+one fixed shape: a landscape photo pays for the canvas's unused rows (docs/EXPORT.md).
 
 Export: torchvision's eval forward only exports at the batch size it was traced with, so the served graph
 is detection.batched.BatchedFasterRCNN, a batch-friendly forward over the same modules and weights
@@ -13,11 +21,14 @@ is detection.batched.BatchedFasterRCNN, a batch-friendly forward over the same m
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torchvision.models.detection import (
     FasterRCNN,
@@ -33,6 +44,7 @@ from contract.model_config import LABELS_FILE
 from contract.names import (
     BOXES,
     DETECT,
+    IMAGE_SIZES,
     IMAGES,
     INPUT_RANGES_PARAMETER,
     LABELS,
@@ -40,11 +52,21 @@ from contract.names import (
     PREPROCESSING_PARAMETER,
     SCORES,
 )
+from contract.preprocessing import (
+    LETTERBOX,
+    Preprocessing,
+    PreprocessingError,
+    overridden,
+    placement,
+    preprocess,
+)
 from contract.scenes import SHAPES, make_scenes, stack_images
 from contract.tensors import TensorSpec
+from export.data.photos import photos
 from export.data.tensors import evaluation_split
 from export.families import register_family
 from export.families.base import (
+    ExportError,
     FamilyConfig,
     GraphSpec,
     OnnxRunner,
@@ -57,13 +79,15 @@ from export.families.base import (
     load_state_dict_strict,
     pixel_range,
     preprocessing_parameter,
+    read_labels,
 )
-from export.families.detection.agreement import Agreement, compare_detections, unpad
+from export.families.detection.agreement import BOX_RTOL, Agreement, compare_detections, unpad
 from export.families.detection.batched import BatchedFasterRCNN
 from export.families.detection.mean_ap import ImageDetections
 from export.families.detection.small import SmallDetectorShape, build_small
 from export.families.detection.training import evaluate_detector, scene_set, train_detector
 from export.families.narrow import narrow
+from export.families.reference import PREFIX as REFERENCE_PREFIX
 from export.train import SGDRecipe, set_threads
 from protos.inference import model_config_pb2 as mc
 
@@ -72,6 +96,7 @@ MAP_THRESHOLD = 0.80
 # scores differ by 1e-7 may swap rows between runtimes. system_parity decides, pairing detections
 # (detection.agreement): ONNX vs the export forward on the parity cases, and vs torchvision's eval forward.
 RECORDED_ONLY = Tolerance(atol=float("inf"))
+RECORDED_ONLY_OUTPUTS = {name: RECORDED_ONLY for name in (BOXES, SCORES, LABELS, NUM_DETECTIONS)}
 
 
 @dataclass(frozen=True)
@@ -80,7 +105,9 @@ class FasterRCNNConfig(FamilyConfig):
 
     small / recipe / train_objects / train_scenes_per_count: the small detector's shape and training
     (scenes with each object count in train_objects). eval_objects / eval_scenes_per_count: held-out set.
-    parity_batches: batch sizes at which the exported graph is checked against torchvision's eval forward.
+    parity_batches: batch sizes at which the exported graph is checked against torchvision's eval forward
+        (small; full configs are checked on photos, see ``photo_agreement``).
+    preprocess: ``--preprocess`` overrides of the letterbox (full); labels_file: ``--labels``.
     """
 
     architecture: str
@@ -91,6 +118,8 @@ class FasterRCNNConfig(FamilyConfig):
     eval_objects: tuple[int, ...] = (2, 3, 4)
     eval_scenes_per_count: int = 100
     parity_batches: tuple[int, ...] = (1, 2, 3, 8)
+    preprocess: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
+    labels_file: str | None = field(default=None, kw_only=True)
 
 
 TORCHVISION_BUILDERS: Mapping[str, Callable[..., FasterRCNN]] = {
@@ -100,6 +129,11 @@ TORCHVISION_BUILDERS: Mapping[str, Callable[..., FasterRCNN]] = {
     "mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn,
 }
 COCO_CLASSES = 91  # torchvision's COCO heads: background + 90 category ids (some "N/A")
+PHOTOS = 8  # reference-agreement photos of a full export (each runs the detector twice)
+# Photos pass with this share of detections paired (boxes within the agreement's bound): torchvision's own
+# answer depends on how an image is padded, and a resize that differs in the 6th digit can move a detection
+# across a top-n or NMS cut-off that is no near-tie of scores (the classifiers' top-5 bar, for detections).
+PAIRED_SHARE = 0.95
 
 SMALL = FasterRCNNConfig(
     name="small",
@@ -180,16 +214,48 @@ def class_count(state_dict: Mapping[str, torch.Tensor]) -> int:
     return int(weight.shape[0])
 
 
-def class_names(num_classes: int) -> tuple[str, ...]:
-    """labels.txt lines (background excluded): COCO's names for a 91-class head, else class_<id>."""
+def class_names(num_classes: int, labels_file: str | None = None) -> tuple[str, ...]:
+    """labels.txt lines (background excluded): ``--labels``, COCO's names for a 91-class head, else class_<id>."""
+    if labels_file is not None:
+        return read_labels(labels_file, num_classes - 1)
     if num_classes == COCO_CLASSES:
         return tuple(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:])
     return tuple(f"class_{index}" for index in range(1, num_classes))
 
 
 def input_size(model: FasterRCNN) -> int:
-    """The square export size: torchvision's transform leaves a min_size x min_size image as it is."""
+    """The small config's square export size: torchvision's transform leaves a min_size x min_size image
+    as it is."""
     return int(model.transform.min_size[0])
+
+
+def served_preprocessing(model: FasterRCNN, config: FasterRCNNConfig) -> Preprocessing:
+    """A full config's letterbox (module docstring), from the model's own transform and ``--preprocess``;
+    the model's transform then follows any size override, so the torchvision reference resizes as served."""
+    transform = model.transform
+    overrides = dict(config.preprocess)
+    divisible = int(transform.size_divisible)
+    try:
+        max_size = int(overrides.get("max_size", transform.max_size))
+        canvas = math.ceil(max_size / divisible) * divisible
+        defaults = {
+            "size": [canvas, canvas],
+            "mean": list(transform.image_mean),
+            "std": list(transform.image_std),
+            "mode": LETTERBOX,
+            "resize": int(transform.min_size[0]),
+            "max_size": int(transform.max_size),
+            "antialias": False,
+            "size_divisible": divisible,
+        }
+        chosen = overridden(defaults, overrides)
+    except (PreprocessingError, ValueError) as error:
+        raise ExportError(f"faster_rcnn {config.name}: --preprocess: {error}") from None
+    if chosen.mode == "shorter_side":
+        raise ExportError(f"faster_rcnn {config.name}: --preprocess mode: a detector takes letterbox or square")
+    if chosen.mode == LETTERBOX:
+        transform.min_size, transform.max_size = (chosen.resize,), chosen.max_size
+    return chosen
 
 
 class FasterRCNNFamily:
@@ -198,6 +264,7 @@ class FasterRCNNFamily:
     name = "faster_rcnn"
     task = DETECT
     configs: Mapping[str, FasterRCNNConfig] = {"small": SMALL, "full": FULL}
+    variants: Mapping[str, FasterRCNNConfig] = FULL_VARIANTS
 
     def build(self, config: FamilyConfig) -> nn.Module:
         return build(_own(config))
@@ -243,76 +310,150 @@ class FasterRCNNFamily:
         )
 
     def graphs(self, model: nn.Module, config: FamilyConfig, seed: int) -> Sequence[GraphSpec]:
-        detector = _detector(model).eval()
+        own = _own(config)
+        if own.small is not None:
+            return (self._small_graph(_detector(model).eval(), own, seed),)
+        return (self._full_graph(_detector(model).eval(), own, seed),)
+
+    def _small_graph(self, detector: FasterRCNN, config: FasterRCNNConfig, seed: int) -> GraphSpec:
         side = input_size(detector)
-        max_detections = detector.roi_heads.detections_per_img
         transform = detector.transform
         noise = np.random.default_rng(seed).integers(0, 256, size=(2, side, side, 3), dtype=np.uint8)
         real = normalise_pixels(scene_pixels(3, side, seed), transform.image_mean, transform.image_std)
         random = normalise_pixels(noise, transform.image_mean, transform.image_std)
-        num_classes = detector.roi_heads.box_predictor.cls_score.out_features
-        outputs = (
-            TensorSpec(BOXES, (max_detections, 4)),
-            TensorSpec(SCORES, (max_detections,)),
-            TensorSpec(LABELS, (max_detections,), mc.TYPE_INT64, LABELS_FILE),
-            TensorSpec(NUM_DETECTIONS, (1,), mc.TYPE_INT64),
+        return GraphSpec(
+            module=BatchedFasterRCNN(detector),
+            inputs=(TensorSpec(IMAGES, (3, side, side)),),
+            outputs=_outputs(detector),
+            tolerances=RECORDED_ONLY_OUTPUTS,
+            parity_cases=(ParityCase("real", {IMAGES: real}), ParityCase("random", {IMAGES: random})),
+            max_batch_size=config.max_batch_size,
+            task=self.task,
+            parameters={
+                PREPROCESSING_PARAMETER: preprocessing_parameter(
+                    (side, side), transform.image_mean, transform.image_std
+                ),
+                # RoiAlign fails a whole batch on non-finite boxes, which NaN or huge inputs produce.
+                INPUT_RANGES_PARAMETER: input_ranges_parameter(
+                    {IMAGES: pixel_range(transform.image_mean, transform.image_std)}
+                ),
+            },
+            labels=SHAPES,
         )
-        return (
-            GraphSpec(
-                module=BatchedFasterRCNN(detector, (side, side)),
-                inputs=(TensorSpec(IMAGES, (3, side, side)),),
-                outputs=outputs,
-                tolerances={tensor.name: RECORDED_ONLY for tensor in outputs},
-                parity_cases=(ParityCase("real", {IMAGES: real}), ParityCase("random", {IMAGES: random})),
-                max_batch_size=_own(config).max_batch_size,
-                task=self.task,
-                parameters={
-                    PREPROCESSING_PARAMETER: preprocessing_parameter(
-                        (side, side), transform.image_mean, transform.image_std
-                    ),
-                    # RoiAlign fails a whole batch on non-finite boxes, which NaN or huge inputs produce.
-                    INPUT_RANGES_PARAMETER: input_ranges_parameter(
-                        {IMAGES: pixel_range(transform.image_mean, transform.image_std)}
-                    ),
-                },
-                labels=SHAPES if _own(config).small is not None else class_names(num_classes),
+
+    def _full_graph(self, detector: FasterRCNN, config: FasterRCNNConfig, seed: int) -> GraphSpec:
+        """The letterbox graph (images + image_sizes), or images alone for a ``--preprocess mode=square``."""
+        preprocessing = served_preprocessing(detector, config)
+        height, width = preprocessing.size
+        ranges = {IMAGES: pixel_range(preprocessing.mean, preprocessing.std)}
+        inputs = [TensorSpec(IMAGES, (3, height, width))]
+        if preprocessing.mode == LETTERBOX:  # the canvas follows the batch's largest image
+            inputs = [TensorSpec(IMAGES, (3, -1, -1)), TensorSpec(IMAGE_SIZES, (2,))]
+            ranges[IMAGE_SIZES] = (1.0, float(max(height, width)))
+        scenes = [scene.image for scene in make_scenes(2, max(preprocessing.resize, 64), seed, objects=3, split="test")]
+        # Low-contrast noise: full-range noise saturates a livened detector's scores at 1.0, all tied.
+        noise = np.random.default_rng(seed).integers(96, 160, size=(2, height // 2, width, 3), dtype=np.uint8)
+        num_classes = detector.roi_heads.box_predictor.cls_score.out_features
+        return GraphSpec(
+            module=BatchedFasterRCNN(detector),
+            inputs=tuple(inputs),
+            outputs=_outputs(detector),
+            tolerances=RECORDED_ONLY_OUTPUTS,
+            parity_cases=(
+                ParityCase("real", served_inputs(scenes, preprocessing)),
+                ParityCase("random", served_inputs(list(noise), preprocessing)),
             ),
+            max_batch_size=config.max_batch_size,
+            task=self.task,
+            parameters={
+                PREPROCESSING_PARAMETER: preprocessing.to_json(),
+                INPUT_RANGES_PARAMETER: input_ranges_parameter(ranges),
+            },
+            labels=class_names(num_classes, config.labels_file),
         )
 
     def system_parity(
         self, model: nn.Module, config: FamilyConfig, graphs: Sequence[GraphSpec], run: OnnxRunner
     ) -> Sequence[ParityCheck]:
         """Detection-aware parity: the ONNX graph against the export forward in PyTorch on the graph's parity
-        cases, and at several batch sizes against torchvision's own eval forward, image by image."""
+        cases; then against torchvision's own eval forward, image by image: small configs at several batch
+        sizes of scenes, full configs on photos through the served preprocessing (``photo_agreement``)."""
         detector = _detector(model).eval()
-        side = input_size(detector)
-        transform = detector.transform
         graph = graphs[0]
         checks = []
         for case in graph.parity_cases:
             with torch.no_grad():
-                expected_outputs = graph.module(torch.from_numpy(case.inputs["images"]))
+                expected_outputs = graph.module(*(torch.from_numpy(case.inputs[spec.name]) for spec in graph.inputs))
             out = run("", case.inputs)
-            agreement = compare_detections(
-                unpad(*(tensor.numpy() for tensor in expected_outputs)),
-                unpad(out["boxes"], out["scores"], out["labels"], out["num_detections"]),
-                max_detections=detector.roi_heads.detections_per_img,
-                score_threshold=detector.roi_heads.score_thresh,
-            )
+            agreement = _agreement(detector, unpad(*(tensor.numpy() for tensor in expected_outputs)), _unpadded(out))
             checks.append(_check(f"{case.name}/detections", agreement))
-        for batch in _own(config).parity_batches:
+        own = _own(config)
+        if own.small is None:
+            return (*checks, *photo_agreement(detector, served_preprocessing(detector, own), run, seed=0))
+        side = input_size(detector)
+        transform = detector.transform
+        for batch in own.parity_batches:
             pixels = scene_pixels(batch, side, seed=batch)
             expected = torchvision_detections(detector, pixels)
-            out = run("", {"images": normalise_pixels(pixels, transform.image_mean, transform.image_std)})
-            actual = unpad(out["boxes"], out["scores"], out["labels"], out["num_detections"])
-            agreement = compare_detections(
-                expected,
-                actual,
-                max_detections=detector.roi_heads.detections_per_img,
-                score_threshold=detector.roi_heads.score_thresh,
-            )
+            out = run("", {IMAGES: normalise_pixels(pixels, transform.image_mean, transform.image_std)})
+            agreement = _agreement(detector, expected, _unpadded(out))
             checks.append(_check(f"torchvision_eval_vs_onnx/batch{batch}", agreement))
         return tuple(checks)
+
+
+def _outputs(detector: FasterRCNN) -> tuple[TensorSpec, ...]:
+    max_detections = detector.roi_heads.detections_per_img
+    return (
+        TensorSpec(BOXES, (max_detections, 4)),
+        TensorSpec(SCORES, (max_detections,)),
+        TensorSpec(LABELS, (max_detections,), mc.TYPE_INT64, LABELS_FILE),
+        TensorSpec(NUM_DETECTIONS, (1,), mc.TYPE_INT64),
+    )
+
+
+def served_inputs(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> dict[str, np.ndarray]:
+    """The graph's inputs for uint8 (H, W, 3) images of any size, as the server makes them."""
+    batch, where = preprocess(images, preprocessing)
+    inputs = {IMAGES: batch}
+    if preprocessing.mode == LETTERBOX:
+        inputs[IMAGE_SIZES] = np.array([place.resized for place in where], dtype=np.float32)
+    return inputs
+
+
+def photo_agreement(
+    detector: FasterRCNN, preprocessing: Preprocessing, run: OnnxRunner, seed: int, count: int = PHOTOS
+) -> tuple[ParityCheck, ...]:
+    """Per photo (export.data.photos): torchvision's eval forward on the decoded image (its own transform,
+    boxes in the photo's pixels) against decode + served preprocessing + ONNX + boxes mapped back."""
+    checks = []
+    for name, data in photos(count, seed):
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        expected = torchvision_detections(detector, pixels[None])
+        inputs = served_inputs([pixels], preprocessing)
+        out = run("", inputs)
+        where = placement((pixels.shape[0], pixels.shape[1]), preprocessing)
+        served = _unpadded({**out, BOXES: where.to_original(out[BOXES])})
+        agreement = _agreement(detector, expected, served)
+        share = 1 - agreement.unexplained / max(1, agreement.paired + agreement.unpaired)
+        passed = share >= PAIRED_SHARE and agreement.max_box_rel <= BOX_RTOL
+        detail = f"{share:.1%} of detections agree (bar {PAIRED_SHARE:.0%}): {agreement.describe()}"
+        checks.append(ParityCheck(REFERENCE_PREFIX + name, agreement.max_box_abs, passed, detail))
+    return tuple(checks)
+
+
+def _unpadded(outputs: Mapping[str, np.ndarray]) -> list[ImageDetections]:
+    return unpad(outputs[BOXES], outputs[SCORES], outputs[LABELS], outputs[NUM_DETECTIONS])
+
+
+def _agreement(
+    detector: FasterRCNN, expected: Sequence[ImageDetections], actual: Sequence[ImageDetections]
+) -> Agreement:
+    return compare_detections(
+        expected,
+        actual,
+        max_detections=detector.roi_heads.detections_per_img,
+        score_threshold=detector.roi_heads.score_thresh,
+    )
 
 
 def _check(name: str, agreement: Agreement) -> ParityCheck:

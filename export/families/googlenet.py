@@ -180,12 +180,17 @@ SMALL = GoogLeNetConfig(
     ),
     aux_after=2,
 )
-# torchvision's ImageNet weights were ported from TensorFlow and expect transform_input=True: the model
-# re-normalises ImageNet-normalised input to [-1, 1] itself.
-FULL = GoogLeNetConfig(**full_config_fields(), transform_input=True)
+# transform_input (the model re-normalises ImageNet-normalised input to [-1, 1] itself) is off, torchvision's
+# default for a model trained from scratch; its released ImageNet weights (ported from TensorFlow) need it on:
+# `--set transform_input=true`. A state_dict does not record it, so it cannot be read from the checkpoint.
+FULL = GoogLeNetConfig(**full_config_fields(), transform_input=False)
 
 register_family(
     ClassifierFamily(
-        name="googlenet", configs={"small": SMALL, "full": FULL}, builder=build, weights_variant=weights_variant
+        name="googlenet",
+        configs={"small": SMALL, "full": FULL},
+        builder=build,
+        weights_variant=weights_variant,
+        reference_weights=lambda config: torchvision.models.GoogLeNet_Weights.DEFAULT,
     )
 )

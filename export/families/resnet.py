@@ -122,6 +122,11 @@ def weights_variant(config: ResNetConfig, state_dict: Mapping[str, torch.Tensor]
     return replace(config, depth=_LAYOUTS.get((bottleneck, blocks), config.depth))  # unknown: strict load says
 
 
+def reference_weights(config: ResNetConfig) -> torchvision.models.WeightsEnum:
+    """torchvision's default ImageNet weights of this depth (ResNet-50: IMAGENET1K_V2, resize 232)."""
+    return torchvision.models.get_model_weights(f"resnet{config.depth}").DEFAULT
+
+
 SMALL = ResNetConfig(
     **small_config_fields(
         image_size=32,
@@ -141,6 +146,10 @@ FULL = ResNetConfig(**full_config_fields(), depth=50)
 
 register_family(
     ClassifierFamily(
-        name="resnet", configs={"small": SMALL, "full": FULL}, builder=build, weights_variant=weights_variant
+        name="resnet",
+        configs={"small": SMALL, "full": FULL},
+        builder=build,
+        weights_variant=weights_variant,
+        reference_weights=reference_weights,
     )
 )

@@ -104,6 +104,11 @@ def weights_variant(config: VGGConfig, state_dict: Mapping[str, torch.Tensor]) -
     return replace(config, depth=depth, batch_norm=batch_norm)
 
 
+def reference_weights(config: VGGConfig) -> torchvision.models.WeightsEnum:
+    """torchvision's default ImageNet weights of this depth and batch-norm flag."""
+    return torchvision.models.get_model_weights(f"vgg{config.depth}{'_bn' if config.batch_norm else ''}").DEFAULT
+
+
 SMALL = VGGConfig(
     **small_config_fields(
         image_size=32,
@@ -130,5 +135,6 @@ register_family(
         builder=build,
         weights_variant=weights_variant,
         extra_graphs=features_explain_graphs,  # the DeconvNet over VGG's layers, batch norms folded in
+        reference_weights=reference_weights,
     )
 )

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from contract.model_config import CONFIG_FILE
-from contract.names import BELOW_THRESHOLD_PARAMETER
+from contract.names import BELOW_THRESHOLD_PARAMETER, IMAGES, PREPROCESSING_PARAMETER
+from contract.preprocessing import Preprocessing, PreprocessingError
 from contract.tensors import TensorSpec
 from protos.inference import model_config_pb2 as mc
 from serving.backends import Backend, BackendSettings, open_backend, select_backend, tensorrt_installed
@@ -224,13 +225,25 @@ def batch_one_seconds(spec: ModelSpec, backend: Backend) -> float:
     return best
 
 
+def _typical_image_dims(spec: ModelSpec) -> tuple[int, ...]:
+    """(3, H, W) of a typical input image of the model's preprocessing, () when it has none."""
+    try:
+        return (3, *Preprocessing.from_json(spec.parameters[PREPROCESSING_PARAMETER]).typical_size)
+    except (KeyError, PreprocessingError):
+        return ()
+
+
 def warm_up(spec: ModelSpec, backend: Backend, batch_sizes: Sequence[int] = (1,)) -> None:
-    """One inference of zeros per batch size (dynamic dims -> 1) so the first request pays no lazy
-    setup; a fixed-shape instance warms every rung of its ladder before the model is READY."""
+    """One inference of zeros per batch size (dynamic dims -> 1, an image input's -> a typical image
+    size: a detector cannot run on 1 x 1) so the first request pays no lazy setup; a fixed-shape
+    instance warms every rung of its ladder before the model is READY."""
+    image_dims = _typical_image_dims(spec)
     for size in batch_sizes if spec.policy.batches else (1,):
         lead = (size,) if spec.policy.batches else ()
         feeds = {}
         for tensor in spec.inputs:
-            shape = lead + tuple(1 if dim == -1 else dim for dim in tensor.shape)
+            typical = image_dims if tensor.name == IMAGES else ()
+            dims = tuple(typical[i] if dim == -1 and i < len(typical) else dim for i, dim in enumerate(tensor.shape))
+            shape = lead + tuple(1 if dim == -1 else dim for dim in dims)
             feeds[tensor.name] = np.zeros(shape, dtype=tensor.dtype)
         backend.infer(feeds)

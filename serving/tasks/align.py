@@ -17,9 +17,10 @@ import numpy as np
 
 from contract.alignment_scores import alignment_scores
 from contract.names import IMAGES, REGIONS, TOKENS, WORDS
+from contract.preprocessing import Placement
 from serving.errors import InvalidArgument, ResourceExhausted
 from serving.images import ImageInput, ImageLimits, Preprocessing
-from serving.tasks.common import ImageSize, TensorModel, prepare_images
+from serving.tasks.common import TensorModel, prepare_images
 from serving.tasks.detect import Box, to_original_pixels
 
 #: Sentences one request may hold: a 100-candidate retrieval pool (the export's gate) fits in one request.
@@ -147,15 +148,12 @@ def alignment_results(
     return Alignment(images=tuple(images), sentences=rankings)
 
 
-def region_boxes(
-    fractions: np.ndarray, input_size: tuple[int, int], original_sizes: Sequence[ImageSize]
-) -> list[list[Box]]:
-    """Each image's regions in its own pixels; `fractions` float (R, 4) of the model's input."""
+def region_boxes(fractions: np.ndarray, input_size: tuple[int, int], where: Sequence[Placement]) -> list[list[Box]]:
+    """Each image's regions in its own pixels (mapped back through its placement, as a detector's boxes);
+    `fractions` float (R, 4) of the model's input."""
     height, width = input_size
     on_input = fractions * np.array([width, height, width, height], dtype=np.float32)
-    pixels = to_original_pixels(
-        np.broadcast_to(on_input, (len(original_sizes), *on_input.shape)), input_size, original_sizes
-    )
+    pixels = to_original_pixels(np.broadcast_to(on_input, (len(where), *on_input.shape)), where)
     return [[Box(*box) for box in image.tolist()] for image in pixels]
 
 
@@ -183,5 +181,5 @@ class Aligner:
             self.model.infer({IMAGES: batch.tensor}, deadline),
             sentence_model.infer({TOKENS: encoded.tokens}, deadline),
         )
-        boxes = region_boxes(self.regions, self.preprocessing.size, batch.original_sizes)
+        boxes = region_boxes(self.regions, self.preprocessing.size, batch.placements)
         return alignment_results(image_side[REGIONS], sentence_side[WORDS], encoded, self.pad_token, boxes)

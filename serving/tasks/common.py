@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from contract.names import PREPROCESSING_PARAMETER
+from contract.preprocessing import Placement, PreprocessingError, input_size, placement
 from serving.decoding_budget import DECODING
 from serving.deferred import DeferredRows, RowWriter
 from serving.errors import ResourceExhausted, Unavailable
@@ -19,6 +20,7 @@ from serving.images import (
     OpenedImage,
     Preprocessing,
     decode_resized,
+    decode_size,
     decoding_bytes,
     normalise_into,
     open_image,
@@ -47,20 +49,20 @@ class ImageSize:
 class ImageBatch:
     """A request's images ready for a model: `tensor` float32 (N, 3, H, W), C-contiguous, or the same
     rows still to be decoded on the model's instance thread (DeferredRows; the model takes either),
-    and the original size of each image (for mapping results back to it)."""
+    the original size of each image and where it went in the input (for mapping results back to it)."""
 
     tensor: np.ndarray | DeferredRows
     original_sizes: tuple[ImageSize, ...]
+    placements: tuple[Placement, ...]
 
 
-def _needs_pixel_work(image: OpenedImage, size: tuple[int, int]) -> bool:
-    """False only for a raw image already at the model's size: no decode, no resize."""
-    return not (isinstance(image.source, np.ndarray) and (image.height, image.width) == size)
+def _needs_pixel_work(image: OpenedImage, preprocessing: Preprocessing) -> bool:
+    """False only for a raw image already at a square model's size: no decode, no resize."""
+    at_size = (image.height, image.width) == preprocessing.size and preprocessing.mode == "square"
+    return not (isinstance(image.source, np.ndarray) and at_size)
 
 
-async def prepare_images(
-    images: Sequence[ImageInput], preprocessing: Preprocessing, limits: ImageLimits
-) -> ImageBatch:
+async def prepare_images(images: Sequence[ImageInput], preprocessing: Preprocessing, limits: ImageLimits) -> ImageBatch:
     """Check every image's header against `limits`, then decode, resize and normalise the request's
     images into one batch. A request with few pixels is not decoded here: its rows are deferred to
     the model's instance thread, which decodes the whole batch's images straight into the batch
@@ -71,29 +73,37 @@ async def prepare_images(
     fails its request when the batch is assembled); ResourceExhausted for a request over the pixel
     limit or the budget."""
     opened = _open_all(images, limits)
-    size = preprocessing.size
-    pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, size))
+    where = tuple(placement((image.height, image.width), preprocessing) for image in opened)
+    size = input_size(where, preprocessing)
+    pixels = sum(image.pixels for image in opened if _needs_pixel_work(image, preprocessing))
     sizes = tuple(ImageSize(height=image.height, width=image.width) for image in opened)
     if pixels <= INLINE_PIXEL_BUDGET:
 
         def writer(image: OpenedImage) -> RowWriter:
-            return lambda row: normalise_into(row, decode_resized(image, size), preprocessing)
+            return lambda row: normalise_into(
+                row, decode_resized(image, decode_size(image, preprocessing)), preprocessing
+            )
 
         rows = DeferredRows((3, *size), np.dtype(np.float32), tuple(writer(image) for image in opened))
-        return ImageBatch(tensor=rows, original_sizes=sizes)
+        return ImageBatch(tensor=rows, original_sizes=sizes, placements=where)
     tensor = np.empty((len(opened), 3, *size), dtype=np.float32)
 
     def piece(part: Sequence[OpenedImage]) -> Callable[[], None]:
         def run() -> None:
             for image in part:
-                normalise_into(tensor[image.index], decode_resized(image, size), preprocessing)
+                _write_row(tensor[image.index], image, preprocessing)
 
         return run
 
-    costs = [decoding_bytes(image, size) for image in opened]
+    costs = [decoding_bytes(image, decode_size(image, preprocessing)) for image in opened]
     with DECODING.reserve(costs, IMAGE_WORKERS, limits.max_decoding_bytes) as pieces:
         await run_image_jobs([piece(opened[start::pieces]) for start in range(pieces)], pixels)
-    return ImageBatch(tensor=tensor, original_sizes=sizes)
+    return ImageBatch(tensor=tensor, original_sizes=sizes, placements=where)
+
+
+def _write_row(row: np.ndarray, image: OpenedImage, preprocessing: Preprocessing) -> None:
+    """Decode one image and write its model input into `row`; the decoded pixels go when it returns."""
+    normalise_into(row, decode_resized(image, decode_size(image, preprocessing)), preprocessing)
 
 
 def _open_all(images: Sequence[ImageInput], limits: ImageLimits) -> list[OpenedImage]:
@@ -124,18 +134,9 @@ def json_parameter(parameters: Mapping[str, str], key: str, model: str) -> objec
 
 def preprocessing_from(parameters: Mapping[str, str], model: str) -> Preprocessing:
     """Parse the `preprocessing` parameter (docs/MODEL_REPOSITORY.md) of an image-input model."""
-    value = json_parameter(parameters, PREPROCESSING_PARAMETER, model)
+    if PREPROCESSING_PARAMETER not in parameters:
+        raise Unavailable(f"model {model} has no 'preprocessing' parameter in its config.pbtxt; re-export it")
     try:
-        if not isinstance(value, dict):
-            raise TypeError
-        height, width = (int(n) for n in value["size"])
-        mean = [float(x) for x in value["mean"]]
-        std = [float(x) for x in value["std"]]
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or height <= 0 or width <= 0:
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise Unavailable(
-            f"model {model}: 'preprocessing' must be {{\"size\": [H, W], \"mean\": [3 floats], "
-            "\"std\": [3 positive floats]}; re-export it"
-        ) from None
-    return Preprocessing(size=(height, width), mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
+        return Preprocessing.from_json(parameters[PREPROCESSING_PARAMETER])
+    except PreprocessingError as error:
+        raise Unavailable(f"model {model}: {error}; re-export it") from None

@@ -1,8 +1,10 @@
 """Detect: images -> boxes in each original image's pixel coordinates, labels, scores.
 
-Model contract (docs/MODEL_REPOSITORY.md): `images` FP32 [B, 3, H, W] -> `boxes` FP32 [B, K, 4]
-(x1, y1, x2, y2 in the model's input grid W x H), `scores` FP32 [B, K], `labels` INT64 [B, K],
-`num_detections` INT64 [B, 1]; rows past `num_detections` are padding.
+Model contract (docs/MODEL_REPOSITORY.md): `images` FP32 [B, 3, H, W] (H and W vary with the batch
+for a ``letterbox`` preprocessing, which adds `image_sizes` FP32 [B, 2]: the height and width each
+image fills of that canvas) ->
+`boxes` FP32 [B, K, 4] (x1, y1, x2, y2 in the model's input grid W x H), `scores` FP32 [B, K],
+`labels` INT64 [B, K], `num_detections` INT64 [B, 1]; rows past `num_detections` are padding.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract.names import BOXES, IMAGES, LABELS, NUM_DETECTIONS, SCORES
+from contract.names import BOXES, IMAGE_SIZES, IMAGES, LABELS, NUM_DETECTIONS, SCORES
+from contract.preprocessing import LETTERBOX, Placement
 from serving.images import ImageInput, ImageLimits, Preprocessing
 from serving.tasks.classify import label_of
-from serving.tasks.common import ImageSize, TensorModel, prepare_images
+from serving.tasks.common import TensorModel, prepare_images
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 
@@ -51,30 +54,24 @@ class DetectionOptions:
     max_detections: int = 0
 
 
-def to_original_pixels(
-    boxes: np.ndarray, input_size: tuple[int, int], original_sizes: Sequence[ImageSize]
-) -> np.ndarray:
-    """Scale boxes float (N, K, 4) from the model's input grid (H, W) to each image's own pixels.
+def to_original_pixels(boxes: np.ndarray, where: Sequence[Placement]) -> np.ndarray:
+    """Boxes float (N, K, 4) from the model's input grid to each image's own pixels, clipped to it."""
+    return np.stack([place.to_original(image_boxes) for place, image_boxes in zip(where, boxes, strict=True)])
 
-    The image was resized without keeping its aspect, so x and y scale separately per image.
-    """
-    input_height, input_width = input_size
-    scale = np.array(
-        [[size.width / input_width, size.height / input_height] * 2 for size in original_sizes],
-        dtype=np.float32,
-    )
-    return boxes * scale[:, None, :]
+
+def image_sizes(where: Sequence[Placement]) -> np.ndarray:
+    """The `image_sizes` input of a letterbox detector: FP32 [B, 2] resized (height, width) per image."""
+    return np.array([place.resized for place in where], dtype=np.float32)
 
 
 def select_detections(
     outputs: Mapping[str, np.ndarray],
-    input_size: tuple[int, int],
-    original_sizes: Sequence[ImageSize],
+    where: Sequence[Placement],
     labels: Sequence[str],
     options: DetectionOptions,
 ) -> list[Detections]:
     """Per image: drop padding rows and scores under the threshold, best first, at most max_detections."""
-    boxes = to_original_pixels(outputs[BOXES], input_size, original_sizes)
+    boxes = to_original_pixels(outputs[BOXES], where)
     counts = outputs[NUM_DETECTIONS].reshape(-1)
     results = []
     for image, count in enumerate(counts.tolist()):
@@ -110,5 +107,8 @@ class Detector:
         self, images: Sequence[ImageInput], options: DetectionOptions, deadline: float | None
     ) -> list[Detections]:
         batch = await prepare_images(images, self.preprocessing, self.limits)
-        outputs = await self.model.infer({IMAGES: batch.tensor}, deadline)
-        return select_detections(outputs, self.preprocessing.size, batch.original_sizes, self.labels, options)
+        inputs = {IMAGES: batch.tensor}
+        if self.preprocessing.mode == LETTERBOX:
+            inputs[IMAGE_SIZES] = image_sizes(batch.placements)
+        outputs = await self.model.infer(inputs, deadline)
+        return select_detections(outputs, batch.placements, self.labels, options)

@@ -89,7 +89,7 @@ def test_export_forward_equals_torchvision_eval_forward(small_detector: FasterRC
     pixels = scene_pixels(3, side, seed=1)
     transform = small_detector.transform
     with torch.no_grad():
-        outputs = BatchedFasterRCNN(small_detector, (side, side))(
+        outputs = BatchedFasterRCNN(small_detector)(
             torch.from_numpy(normalise_pixels(pixels, transform.image_mean, transform.image_std))
         )
     agreement = compare_detections(
@@ -105,7 +105,7 @@ def test_export_forward_equals_torchvision_eval_forward(small_detector: FasterRC
 def test_outputs_follow_the_detect_contract(small_detector: FasterRCNN) -> None:
     side = input_size(small_detector)
     with torch.no_grad():
-        boxes, scores, labels, counts = BatchedFasterRCNN(small_detector, (side, side))(torch.randn(2, 3, side, side))
+        boxes, scores, labels, counts = BatchedFasterRCNN(small_detector)(torch.randn(2, 3, side, side))
     k = small_detector.roi_heads.detections_per_img
     assert boxes.shape == (2, k, 4) and scores.shape == (2, k) and labels.shape == (2, k) and counts.shape == (2, 1)
     assert labels.dtype == torch.int64 and counts.dtype == torch.int64

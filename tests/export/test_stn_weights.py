@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export.data.scenes import make_scenes
 from PIL import Image
 
 from clients.client import VisionClient
+from contract.scenes import make_scenes
 from export.__main__ import main as export_main
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, normalise
 from export.families.stn import FULL

@@ -20,11 +20,13 @@ def test_preprocessing_is_parsed() -> None:
     ("parameters", "message"),
     [
         ({}, "model m has no 'preprocessing' parameter"),
-        ({"preprocessing": "{size: 64"}, "model m: parameter 'preprocessing' is not valid JSON"),
-        ({"preprocessing": "[1, 2]"}, "model m: 'preprocessing' must be"),
-        ({"preprocessing": GOOD.replace('"std": [0.25, 0.2, 0.1]', '"std": [0.25, 0, 0.1]')}, "must be"),
-        ({"preprocessing": GOOD.replace('"mean": [0.5, 0.4, 0.3]', '"mean": [0.5]')}, "must be"),
-        ({"preprocessing": GOOD.replace('"size": [64, 48]', '"size": [64]')}, "must be"),
+        ({"preprocessing": "{size: 64"}, "model m: preprocessing is not valid JSON"),
+        ({"preprocessing": "[1, 2]"}, "model m: preprocessing must be a JSON object"),
+        ({"preprocessing": GOOD.replace('"std": [0.25, 0.2, 0.1]', '"std": [0.25, 0, 0.1]')}, "std positive"),
+        ({"preprocessing": GOOD.replace('"mean": [0.5, 0.4, 0.3]', '"mean": [0.5]')}, "3 values each"),
+        ({"preprocessing": GOOD.replace('"size": [64, 48]', '"size": [64]')}, "must hold"),
+        ({"preprocessing": GOOD[:-1] + ', "mode": "stretch"}'}, "mode 'stretch' is not one of"),
+        ({"preprocessing": GOOD[:-1] + ', "mode": "shorter_side", "resize": 32}'}, "resize 32 must be at least"),
     ],
 )
 def test_broken_preprocessing_makes_the_model_unavailable(parameters: dict[str, str], message: str) -> None:

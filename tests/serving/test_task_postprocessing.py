@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from contract.caption_decoding import DecoderState, DecoderStep, SearchSettings, beam_search, decoder_step
+from contract.preprocessing import Placement, placement
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument
 from serving.images import Preprocessing, normalise
@@ -26,7 +27,7 @@ from serving.tasks.classify import (
     softmax_top_k,
 )
 from serving.tasks.common import ImageSize
-from serving.tasks.detect import DetectionOptions, select_detections, to_original_pixels
+from serving.tasks.detect import DetectionOptions, image_sizes, select_detections, to_original_pixels
 from serving.tasks.generate import latents_from_seed, latents_from_values, png_images
 from serving.tasks.warp import warp_results
 
@@ -107,12 +108,32 @@ def test_classifications_carry_labels_and_fall_back_to_the_index() -> None:
 # ------------------------------------------------------------------ detect
 
 
+def square(height: int, width: int) -> Preprocessing:
+    return Preprocessing(size=(height, width), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def placements(preprocessing: Preprocessing, sizes: list[ImageSize]) -> list[Placement]:
+    return [placement((size.height, size.width), preprocessing) for size in sizes]
+
+
 def test_boxes_scale_back_per_image_and_axis() -> None:
     boxes = np.array([[[10, 20, 30, 40]], [[10, 20, 30, 40]]], np.float32)  # input grid 64 (H) x 128 (W)
     sizes = [ImageSize(height=64, width=128), ImageSize(height=640, width=256)]
-    scaled = to_original_pixels(boxes, (64, 128), sizes)
+    scaled = to_original_pixels(boxes, placements(square(64, 128), sizes))
     np.testing.assert_allclose(scaled[0, 0], [10, 20, 30, 40])
     np.testing.assert_allclose(scaled[1, 0], [20, 200, 60, 400])
+
+
+def test_letterboxed_boxes_map_back_by_the_resize_ratio_and_clip_to_the_image() -> None:
+    """A 300 x 600 image in a 128 canvas (shorter side 64, longer <= 128) fills 64 x 128 of it."""
+    letterbox = Preprocessing(
+        size=(128, 128), mean=(0.5,) * 3, std=(0.25,) * 3, mode="letterbox", resize=64, max_size=128, antialias=False
+    )
+    where = placements(letterbox, [ImageSize(height=300, width=600)])
+    np.testing.assert_array_equal(image_sizes(where), [[64, 128]])
+    boxes = np.array([[[10, 20, 30, 100]]], np.float32)  # y2 = 100 lies in the padding below the image
+    expected = [10 * 600 / 128, 20 * 300 / 64, 30 * 600 / 128, 300]
+    np.testing.assert_allclose(to_original_pixels(boxes, where)[0, 0], expected, rtol=1e-6)
 
 
 def detector_outputs() -> dict[str, np.ndarray]:
@@ -129,7 +150,8 @@ def detector_outputs() -> dict[str, np.ndarray]:
 
 def test_detections_drop_padding_threshold_and_sort() -> None:
     sizes = [ImageSize(height=16, width=16), ImageSize(height=64, width=32)]
-    results = select_detections(detector_outputs(), (32, 32), sizes, ("a", "b", "c"), DetectionOptions(0.5, 0))
+    where = placements(square(32, 32), sizes)
+    results = select_detections(detector_outputs(), where, ("a", "b", "c"), DetectionOptions(0.5, 0))
     first, second = results
     assert [(d.label, round(d.score, 2)) for d in first.detections] == [("a", 0.9), ("b", 0.6)]
     assert (first.detections[0].box.x1, first.detections[0].box.y2) == (4.0, 8.0)  # 16/32 scale
@@ -138,7 +160,8 @@ def test_detections_drop_padding_threshold_and_sort() -> None:
 
 def test_max_detections_and_threshold_options() -> None:
     sizes = [ImageSize(height=32, width=32)] * 2
-    first, _ = select_detections(detector_outputs(), (32, 32), sizes, ("a", "b", "c"), DetectionOptions(0.1, 2))
+    where = placements(square(32, 32), sizes)
+    first, _ = select_detections(detector_outputs(), where, ("a", "b", "c"), DetectionOptions(0.1, 2))
     assert [round(d.score, 2) for d in first.detections] == [0.9, 0.6]
 
 
