@@ -81,7 +81,14 @@ from export.families.base import (
     preprocessing_parameter,
     read_labels,
 )
-from export.families.detection.agreement import BOX_RTOL, Agreement, compare_detections, unpad
+from export.families.detection.agreement import (
+    BOX_RTOL,
+    REFERENCE_SCORE_ATOL,
+    SCORE_ATOL,
+    Agreement,
+    compare_detections,
+    unpad,
+)
 from export.families.detection.batched import BatchedFasterRCNN
 from export.families.detection.mean_ap import ImageDetections
 from export.families.detection.small import SmallDetectorShape, build_small
@@ -433,7 +440,7 @@ def photo_agreement(
         out = run("", inputs)
         where = placement((pixels.shape[0], pixels.shape[1]), preprocessing)
         served = _unpadded({**out, BOXES: where.to_original(out[BOXES])})
-        agreement = _agreement(detector, expected, served)
+        agreement = _agreement(detector, expected, served, REFERENCE_SCORE_ATOL)
         share = 1 - agreement.unexplained / max(1, agreement.paired + agreement.unpaired)
         passed = share >= PAIRED_SHARE and agreement.max_box_rel <= BOX_RTOL
         detail = f"{share:.1%} of detections agree (bar {PAIRED_SHARE:.0%}): {agreement.describe()}"
@@ -446,13 +453,17 @@ def _unpadded(outputs: Mapping[str, np.ndarray]) -> list[ImageDetections]:
 
 
 def _agreement(
-    detector: FasterRCNN, expected: Sequence[ImageDetections], actual: Sequence[ImageDetections]
+    detector: FasterRCNN,
+    expected: Sequence[ImageDetections],
+    actual: Sequence[ImageDetections],
+    score_atol: float = SCORE_ATOL,
 ) -> Agreement:
     return compare_detections(
         expected,
         actual,
         max_detections=detector.roi_heads.detections_per_img,
         score_threshold=detector.roi_heads.score_thresh,
+        score_atol=score_atol,
     )
 
 

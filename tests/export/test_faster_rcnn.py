@@ -32,6 +32,8 @@ from export.families.faster_rcnn import (
     input_size,
     normalise_pixels,
     scene_pixels,
+    served_inputs,
+    served_preprocessing,
     torchvision_detections,
 )
 from export.pipeline import read_state_dict
@@ -242,12 +244,10 @@ def test_full_mobilenet_exports_with_dynamic_batch(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     onnx_export.export_graph(graph, path)  # onnx.checker, full_check
     session = onnx_export.open_session(path)
-    transform = detector.transform
+    preprocessing = served_preprocessing(detector, config)  # 320 px scenes: resized 1:1, no box mapping
     for batch in (1, 2, 3):
         pixels = scene_pixels(batch, 320, seed=batch)
-        out = onnx_export.run_session(
-            session, {"images": normalise_pixels(pixels, transform.image_mean, transform.image_std)}
-        )
+        out = onnx_export.run_session(session, served_inputs(list(pixels), preprocessing))
         assert out["boxes"].shape == (batch, 100, 4) and out["num_detections"].shape == (batch, 1)
         agreement = compare_detections(
             torchvision_detections(detector, pixels),

@@ -19,6 +19,11 @@ from export.families.detection.mean_ap import ImageDetections
 
 SCORE_ATOL = 1e-4
 BOX_RTOL = 1e-3
+REFERENCE_SCORE_ATOL = 1e-3
+"""Score bound of the reference agreement (a photo resized by torchvision vs by the served preprocessing):
+the two inputs already differ by interpolation rounding, so a detection's score moves more than between two
+runtimes on one input. At the runtimes' 1e-4 the same livened detector paired every detection of a photo in
+one run and left 6 of 103 unpaired (not at any cut) in another on this machine."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ def compare_detections(
     *,
     max_detections: int,
     score_threshold: float,
+    score_atol: float = SCORE_ATOL,
 ) -> Agreement:
     """Pair ``actual`` with ``expected`` image by image (see the module docstring)."""
     if len(expected) != len(actual):
@@ -72,7 +78,7 @@ def compare_detections(
         leftover_expected = []
         for i in np.argsort(-want.scores, kind="stable"):
             candidates = np.flatnonzero(
-                free & (got.labels == want.labels[i]) & (np.abs(got.scores - want.scores[i]) <= SCORE_ATOL)
+                free & (got.labels == want.labels[i]) & (np.abs(got.scores - want.scores[i]) <= score_atol)
             )
             if len(candidates) == 0:
                 leftover_expected.append(float(want.scores[i]))
@@ -87,14 +93,16 @@ def compare_detections(
             score_abs = max(score_abs, float(abs(got.scores[j] - want.scores[i])))
         leftovers = leftover_expected + got.scores[free].astype(float).tolist()
         unpaired += len(leftovers)
-        unexplained += sum(not _at_boundary(s, want, got, max_detections, score_threshold) for s in leftovers)
+        unexplained += sum(
+            not _at_boundary(s, want, got, max_detections, score_threshold, score_atol) for s in leftovers
+        )
     return Agreement(paired, unpaired, unexplained, box_abs, box_rel, score_abs)
 
 
 def _at_boundary(
-    score: float, want: ImageDetections, got: ImageDetections, max_detections: int, threshold: float
+    score: float, want: ImageDetections, got: ImageDetections, max_detections: int, threshold: float, atol: float
 ) -> bool:
-    if abs(score - threshold) <= SCORE_ATOL:
+    if abs(score - threshold) <= atol:
         return True
     cutoffs = [float(d.scores.min()) for d in (want, got) if len(d.scores) >= max_detections]
-    return any(abs(score - cutoff) <= SCORE_ATOL for cutoff in cutoffs)
+    return any(abs(score - cutoff) <= atol for cutoff in cutoffs)
