@@ -38,6 +38,9 @@ CAPTIONS = 20
 V2_REQUESTS = 30
 #: Rows of the first v2 request: it keeps the slow model's one instance busy while the others queue.
 BLOCKER_ROWS = 32
+#: MatMuls per row of the slow model: seconds for the blocker on any CPU, so that the other 28 v2 requests,
+#: the 20 captions and their encoder passes all arrive before it finishes (600 raced on a fast CPU).
+SLOW_ITERATIONS = 3000
 
 
 def slow_down_decoder(path: Path) -> None:
@@ -56,7 +59,7 @@ def repository(tmp_path: Path) -> Path:
     repository = write_tiny_repository(tmp_path / "repository")
     slow_down_decoder(repository / "tiny_caption_decoder" / "1" / "model.onnx")
     batching = tensor_config(SLOW_WIDTH, BLOCKER_ROWS, "dynamic_batching { }\n")
-    write_model(repository, "slow", slow_graph(SLOW_WIDTH), batching)
+    write_model(repository, "slow", slow_graph(SLOW_WIDTH, SLOW_ITERATIONS), batching)
     return repository
 
 
