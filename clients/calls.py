@@ -126,12 +126,23 @@ def align(images: ImagesInput, sentences: Sequence[str], model: str = "", versio
 
 
 def explain(
-    images: ImagesInput, model: str = "", version: int = 0, layer: str | int = "", top_k: int = 0
+    images: ImagesInput,
+    model: str = "",
+    version: int = 0,
+    layer: str | int = "",
+    top_k: int = 0,
+    explained_class: str | int | None = None,
 ) -> Call[Answer[Explanation]]:
-    """layer: a name ("conv1") or 1-based index ("" = the last); top_k: channels per image (0 = the server's 9)."""
+    """layer: a name ("conv1") or 1-based index ("" = the last); top_k: channels per image (0 = the server's 9);
+    explained_class: a label (str) or class index (int) whose score the channels are ranked by their
+    contribution to; None: the strongest channels."""
     request = vision_pb2.ExplainRequest(
         model=_model_ref(model, version), images=to_proto_images(images), layer=str(layer), top_k=_count("top_k", top_k)
     )
+    if isinstance(explained_class, str):
+        request.class_label = explained_class
+    elif explained_class is not None:
+        request.class_index = _count("explained_class", explained_class)
     return Call("Explain", request, _answer(results.explanation))
 
 

@@ -2,7 +2,7 @@
 
     ninefold classify|detect|caption|warp IMAGE... [--model M] [--version V] [--server HOST:PORT] [--json]
     ninefold align IMAGE SENTENCE...
-    ninefold explain IMAGE... [--layer L] [--top-k K] --out DIR
+    ninefold explain IMAGE... [--layer L] [--top-k K] [--class LABEL | --class-index N] --out DIR
     ninefold generate [--count N] [--seed S] --out DIR
     ninefold models [--task TASK]
     ninefold export|serve|bench ...     (dispatched to export/, serving/, clients/bench/)
@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--layer", default="", help="layer name (conv1..) or 1-based index (default: the last)")
     explain.add_argument("--top-k", type=_non_negative_int, default=0, help="channels per image (0 = server's 9)")
     explain.add_argument("--out", type=Path, required=True, help="folder for the projection PNGs")
+    explained = explain.add_mutually_exclusive_group()
+    explained.add_argument(
+        "--class", dest="class_label", metavar="LABEL", help="rank channels by their contribution to this class's score"
+    )
+    explained.add_argument("--class-index", type=_non_negative_int, metavar="N", help="the same, by class index")
     generate = task(GENERATE, "draw images from the generator", _generate, [model])
     generate.add_argument("--count", type=_non_negative_int, default=4, help="images to draw (default: 4)")
     generate.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same images")
@@ -209,7 +214,15 @@ def _warp(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
 
 
 def _explain_image(client: VisionClient, image: str, args: argparse.Namespace) -> Output:
-    answer = client.explain(image, layer=args.layer, top_k=args.top_k, model=args.model, version=args.version)
+    explained = args.class_label if args.class_index is None else args.class_index
+    answer = client.explain(
+        image,
+        layer=args.layer,
+        top_k=args.top_k,
+        explained_class=explained,
+        model=args.model,
+        version=args.version,
+    )
     (result,) = answer.results
     paths = [
         str(_write(args.out / f"{Path(image).stem}_{result.layer}_channel{c.channel:03d}.png", c.png))

@@ -136,12 +136,14 @@ class VisionClient:
         *,
         layer: str | int = "",
         top_k: int = 0,
+        explained_class: str | int | None = None,
         model: str = "",
         version: int = 0,
         timeout: float | None = None,
     ) -> Answer[Explanation]:
-        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9)."""
-        return self.call(calls.explain(images, model, version, layer, top_k), timeout)
+        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9);
+        explained_class: a label or class index: rank the channels by their contribution to its score."""
+        return self.call(calls.explain(images, model, version, layer, top_k, explained_class), timeout)
 
     def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return self.call(calls.list_models(task), timeout)
@@ -283,12 +285,14 @@ class AsyncVisionClient:
         *,
         layer: str | int = "",
         top_k: int = 0,
+        explained_class: str | int | None = None,
         model: str = "",
         version: int = 0,
         timeout: float | None = None,
     ) -> Answer[Explanation]:
-        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9)."""
-        return await self.call(calls.explain(images, model, version, layer, top_k), timeout)
+        """layer: a name ("conv2") or 1-based index ("" = the last); top_k: channels per image (0 = 9);
+        explained_class: a label or class index: rank the channels by their contribution to its score."""
+        return await self.call(calls.explain(images, model, version, layer, top_k, explained_class), timeout)
 
     async def list_models(self, task: str = "", *, timeout: float | None = None) -> tuple[ModelInfo, ...]:
         return await self.call(calls.list_models(task), timeout)

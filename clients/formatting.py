@@ -5,7 +5,8 @@ classify `{"model", "predictions": [{"label", "score"}]}`, detect `{"model", "de
 [{"label", "score", "box": [x1, y1, x2, y2]}]}`, caption `{"model", "caption"}`,
 warp `{"model", "transform", "theta", "image_path"}`, generate `{"model", "image_paths"}`, align `{"model", "sentences":
 [{"sentence", "score", "words": [{"word", "region", "box"}], "ignored_words"}]}` (best first), explain
-`{"model", "layer", "channels": [{"channel", "activation", "receptive_field": [x1, y1, x2, y2], "image_path"}]}`.
+`{"model", "layer", "channels": [{"channel", "activation", "receptive_field": [x1, y1, x2, y2], "image_path"}]}`,
+with `--class`: also `"class": {"label", "index", "score"}` and each channel's `"contribution"`.
 `model` is the answering model's name; numbers are the float32 values the server sent,
 written with the fewest digits that read back as the same float32.
 """
@@ -104,24 +105,29 @@ def alignment(image: str, answer: Alignment) -> Output:
 def explanation(image: str, answer: Answer[Explanation], image_paths: Sequence[str]) -> Output:
     """image_paths: where each channel's projection PNG was written, in the answer's order."""
     (result,) = answer.results
+    explained = result.explained_class
     channels = [
         {
             "channel": c.channel,
             "activation": _float(c.activation),
+            **({} if explained is None else {"contribution": _float(c.contribution)}),
             "receptive_field": [_float(v) for v in c.receptive_field],
             "image_path": path,
         }
         for c, path in zip(result.channels, image_paths, strict=True)
     ]
     listed = "\n".join(
-        f"  channel {c.channel}: activation {c.activation:.3f}, receptive field "
-        f"[{', '.join(f'{v:g}' for v in c.receptive_field)}] -> {path}"
+        f"  channel {c.channel}: activation {c.activation:.3f}"
+        + ("" if explained is None else f", contribution {c.contribution:.3f}")
+        + f", receptive field [{', '.join(f'{v:g}' for v in c.receptive_field)}] -> {path}"
         for c, path in zip(result.channels, image_paths, strict=True)
     )
-    return Output(
-        json={"model": answer.model.name, "layer": result.layer, "channels": channels},
-        text=f"{image}: layer {result.layer}, {len(channels)} channels ({answer.model})\n{listed}",
-    )
+    heading = f"{image}: layer {result.layer}, {len(channels)} channels"
+    fields: dict[str, Any] = {"model": answer.model.name, "layer": result.layer, "channels": channels}
+    if explained is not None:
+        heading += f" for class {explained.label} (#{explained.index}, p={explained.score:.3f})"
+        fields["class"] = {"label": explained.label, "index": explained.index, "score": _float(explained.score)}
+    return Output(json=fields, text=f"{heading} ({answer.model})\n{listed}")
 
 
 def generated(answer: Answer[GeneratedImage], image_paths: Sequence[str]) -> Output:

@@ -170,13 +170,17 @@ class ChannelProjection:
     """The DeconvNet projection at the model's input size; grey = 0, scaled by its largest magnitude."""
     receptive_field: Box
     """The input pixels that activation sees, in the model's input pixels (clipped to the image)."""
+    contribution: float
+    """Class mode: the channel's contribution to the class's logit (activation x gradient, summed); else 0."""
 
 
 @dataclass(frozen=True)
 class Explanation:
     layer: str
     channels: tuple[ChannelProjection, ...]
-    """Strongest first; top-k of the request."""
+    """Strongest first (class mode: most contributing first); top-k of the request."""
+    explained_class: Prediction | None
+    """Class mode: the class explained, with its softmax probability on the image; None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -201,9 +205,11 @@ def model_id(ref: vision_pb2.ModelRef) -> ModelId:
 
 
 def classification(result: vision_pb2.Classification) -> Classification:
-    return Classification(
-        predictions=tuple(Prediction(label=p.label, index=p.index, score=p.score) for p in result.predictions)
-    )
+    return Classification(predictions=tuple(_prediction(p) for p in result.predictions))
+
+
+def _prediction(prediction: vision_pb2.Prediction) -> Prediction:
+    return Prediction(label=prediction.label, index=prediction.index, score=prediction.score)
 
 
 def detections(result: vision_pb2.Detections) -> Detections:
@@ -219,10 +225,15 @@ def explanation(result: vision_pb2.Explanation) -> Explanation:
         layer=result.layer,
         channels=tuple(
             ChannelProjection(
-                channel=c.channel, activation=c.activation, png=c.png, receptive_field=_box(c.receptive_field)
+                channel=c.channel,
+                activation=c.activation,
+                png=c.png,
+                receptive_field=_box(c.receptive_field),
+                contribution=c.contribution,
             )
             for c in result.channels
         ),
+        explained_class=_prediction(result.explained_class) if result.HasField("explained_class") else None,
     )
 
 

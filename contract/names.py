@@ -55,11 +55,16 @@ WORDS = "words"
 LAYER = "layer"
 """A DeconvNet's inputs beside IMAGES: the 1-based layer and the channel's rank (0 = strongest), INT64 [B, 1]."""
 RANK = "rank"
+CLASS = "class"
+"""A DeconvNet's class input, INT64 [B, 1]: rank the layer's channels by their contribution to this class's
+logit; -1 = by their peak activation. Graphs exported before the class mode lack it."""
 PROJECTION = "projection"
-"""A DeconvNet's outputs: the projection FP32 [B, 3, H, W], the channel, its activation and its map position."""
+"""A DeconvNet's outputs: the projection FP32 [B, 3, H, W], the channel, its activation and its map position,
+the channel's contribution to the class's logit (FP32 [B, 1], 0 by peak) and the classifier's LOGITS."""
 CHANNEL = "channel"
 ACTIVATION = "activation"
 POSITION = "position"
+CONTRIBUTION = "contribution"
 
 # config.pbtxt parameter keys (all string_value).
 TASK_PARAMETER = "task"

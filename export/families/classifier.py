@@ -201,7 +201,7 @@ def held_out_inputs(count: int, preprocessing: Preprocessing, seed: int) -> np.n
     return preprocess([scene.image for scene in scenes], preprocessing)[0]
 
 
-def _tolerance(config: ClassifierConfig) -> Tolerance:
+def logit_tolerance(config: ClassifierConfig) -> Tolerance:
     """Logit parity bound. A full network's logits sum over millions of float32 products, and ONNX Runtime
     and PyTorch order those sums differently: measured on livened random weights (logits up to ~25),
     ResNet-50 differs by 1.3e-3, GoogLeNet by 1.1e-4, so full configs allow 2e-3 + 1e-4 relative (about
@@ -233,8 +233,9 @@ class ClassifierFamily(Generic[C]):
     task: str = CLASSIFY
     weights_variant: Callable[[C, Mapping[str, torch.Tensor]], C] | None = None
     """Picks the variant a checkpoint holds (ResNet-18 vs -152, VGG-16 vs -19) from its keys; None: as is."""
-    extra_graphs: Callable[[nn.Module, C, int], Sequence[GraphSpec]] | None = None
-    """Further graphs over the same trained model (ZF Net's DeconvNet), exported after the classifier."""
+    extra_graphs: Callable[[nn.Module, C, int, Sequence[str]], Sequence[GraphSpec]] | None = None
+    """Further graphs over the same trained model (ZF Net's DeconvNet), exported after the classifier; they get
+    (model, config, seed, the class labels)."""
     weights_layout: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]] | None = None
     """Renames a checkpoint written in another layout into the family's own (ZF Net from a plain
     ``nn.Sequential``), before the variant is picked; None: loaded as is."""
@@ -326,13 +327,14 @@ class ClassifierFamily(Generic[C]):
         preprocessing = self.preprocessing(config)
         height, width = preprocessing.size
         random = torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(seed)).numpy()
-        extra = () if self.extra_graphs is None else tuple(self.extra_graphs(model, config, seed))
+        labels = self.labels(config)
+        extra = () if self.extra_graphs is None else tuple(self.extra_graphs(model, config, seed, labels))
         return (
             GraphSpec(
                 module=model.eval(),
                 inputs=(TensorSpec(IMAGES, (3, height, width)),),
                 outputs=(TensorSpec(LOGITS, (config.num_classes,), label_filename=LABELS_FILE),),
-                tolerances={LOGITS: _tolerance(config)},
+                tolerances={LOGITS: logit_tolerance(config)},
                 parity_cases=(
                     ParityCase("real", {IMAGES: held_out_inputs(8, preprocessing, seed)}),
                     ParityCase("random", {IMAGES: random}),
@@ -340,7 +342,7 @@ class ClassifierFamily(Generic[C]):
                 max_batch_size=config.max_batch_size,
                 task=self.task,
                 parameters={PREPROCESSING_PARAMETER: preprocessing.to_json()},
-                labels=self.labels(config),
+                labels=labels,
             ),
             *extra,
         )

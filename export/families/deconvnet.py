@@ -12,6 +12,13 @@ layer's strongest channel on that image) -> ``projection`` FP32 [B, 3, S, S] (th
 space), ``channel`` INT64 [B, 1], ``activation`` FP32 [B, 1] and ``position`` INT64 [B, 2] (y, x on the
 layer's map). One request's top-k channels are k rows of the same image, so they batch like any rows.
 
+Class mode (input ``class`` INT64 [B, 1], -1 = off): the channels rank instead by their contribution to
+that class's logit, the sum over the map of activation x gradient of the logit (export/families/
+class_gradient.py); the chosen channel is then projected as above. The gradient runs down the same path
+as the DeconvNet, with one difference at each ReLU: the gradient passes where the forward pass was
+positive, the DeconvNet rectifies what arrives. Outputs beside the four above: ``contribution`` FP32
+[B, 1] (0 in peak mode) and the classifier's ``logits`` (labels.txt names the classes).
+
 Unpooling adds the values of overlapping windows that chose the same switch (the transpose of max
 pooling, as its gradient does); where one window chose a position it is exactly MaxUnpool2d.
 """
@@ -29,14 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.explain_layers import LAYERS_PARAMETER, ExplainedLayer
+from contract.model_config import LABELS_FILE
 from contract.names import (
     ACTIVATION,
     CHANNEL,
+    CLASS,
+    CONTRIBUTION,
     DEFAULT_PARAMETER,
     EXPLAIN,
     IMAGES,
     INPUT_RANGES_PARAMETER,
     LAYER,
+    LOGITS,
     POSITION,
     PREPROCESSING_PARAMETER,
     PROJECTION,
@@ -51,7 +62,8 @@ from export.families.base import (
     pixel_range,
     square_preprocessing,
 )
-from export.families.classifier import ClassifierConfig, held_out_inputs
+from export.families.class_gradient import ClassHead, class_head
+from export.families.classifier import ClassifierConfig, held_out_inputs, logit_tolerance
 from protos.inference import model_config_pb2 as mc
 
 TASK = EXPLAIN
@@ -74,12 +86,14 @@ class Stage:
     pool: Pool | None = None
 
 
-def features_explain_graphs(model: nn.Module, config: ClassifierConfig, seed: int) -> tuple[GraphSpec, ...]:
+def features_explain_graphs(
+    model: nn.Module, config: ClassifierConfig, seed: int, labels: Sequence[str]
+) -> tuple[GraphSpec, ...]:
     """The explain graph of a classifier with torchvision's ``features`` layout (AlexNet, VGG)."""
     features = getattr(model, "features", None)
     if not isinstance(features, nn.Sequential):
         raise TypeError(f"{type(model).__name__} has no `features` Sequential to explain")
-    return (explain_graph(stages_from_features(features), config, seed),)
+    return (explain_graph(model, stages_from_features(features), config, seed, labels),)
 
 
 def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
@@ -151,18 +165,21 @@ def unpool(signal: torch.Tensor, switches: torch.Tensor, like: torch.Tensor) -> 
     return flat.scatter_add(2, switches.flatten(2), signal.flatten(2)).view_as(like)
 
 
-def strongest(top: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The map holding only the peak of the ``rank``-th strongest channel of ``top`` [B, C, H, W].
+def strongest(
+    top: torch.Tensor, rank: torch.Tensor, contributions: torch.Tensor, by_class: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The map holding only the peak of the ``rank``-th channel of ``top`` [B, C, H, W].
 
-    Channels rank by their peak, ties by index (a count of stronger channels rather than a sort,
-    so that ONNX Runtime and PyTorch break ties alike). Returns (map, channel [B, 1], activation
-    [B, 1], flat position [B, 1]).
+    Channels rank by their peak, or in the rows ``by_class`` [B, 1] by their ``contributions`` [B, C];
+    ties by index (a count of channels ranked higher rather than a sort, so that ONNX Runtime and
+    PyTorch break ties alike). Returns (map, channel [B, 1], activation [B, 1], flat position [B, 1]).
     """
     flat = top.flatten(2)
     peaks, positions = flat.max(2)
-    index = torch.arange(peaks.shape[1], device=top.device)
-    beats = (peaks.unsqueeze(1) > peaks.unsqueeze(2)) | (
-        (peaks.unsqueeze(1) == peaks.unsqueeze(2)) & (index.view(1, 1, -1) < index.view(1, -1, 1))
+    scores = torch.where(by_class, contributions, peaks)
+    index = torch.arange(scores.shape[1], device=top.device)
+    beats = (scores.unsqueeze(1) > scores.unsqueeze(2)) | (
+        (scores.unsqueeze(1) == scores.unsqueeze(2)) & (index.view(1, 1, -1) < index.view(1, -1, 1))
     )
     order = beats.sum(2)  # [B, C]: how many channels outrank each channel
     channel = (order == rank).float().argmax(1, keepdim=True)
@@ -174,11 +191,12 @@ def strongest(top: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, ...]
 
 
 class DeconvNet(nn.Module):
-    """The forward pass with switches of ``stages`` and the DeconvNet attached to it (module doc)."""
+    """The forward pass with switches of ``stages`` and ``head``, and the DeconvNet attached to it (module doc)."""
 
-    def __init__(self, stages: Sequence[Stage], image_size: int) -> None:
+    def __init__(self, stages: Sequence[Stage], head: ClassHead, image_size: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList(stage.conv for stage in stages)
+        self.head = head
         self.pools = tuple(stage.pool for stage in stages)
         self.geometries = tuple(_geometry(stage.conv) for stage in stages)
         self.output_paddings: list[int] = []  # per stage: what conv_transpose2d adds to land on the input's side
@@ -192,8 +210,8 @@ class DeconvNet(nn.Module):
             self.sides.append(side)
 
     def forward(
-        self, images: torch.Tensor, layer: torch.Tensor, rank: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, images: torch.Tensor, layer: torch.Tensor, rank: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         rectified, switches, tops = [], [], []
         x = images
         for conv, pool in zip(self.convs, self.pools, strict=True):
@@ -204,84 +222,114 @@ class DeconvNet(nn.Module):
                 x, chosen = F.max_pool2d(x, pool.kernel, pool.stride, pool.padding, return_indices=True)
             switches.append(chosen)
             tops.append(x)
+        logits, passed = self.head(tops[-1])
+        by_class = classes >= 0
+        gradient = self.head.gradient(passed, classes, tops[-1].shape)  # d logit[class] / d the layer's map
         signal = torch.zeros_like(tops[-1])
         channel = torch.zeros_like(layer)
         activation = torch.zeros_like(layer, dtype=images.dtype)
+        contribution = torch.zeros_like(activation)
         position = torch.zeros_like(layer).expand(-1, 2)
         for index in reversed(range(len(tops))):
             is_layer = layer == index + 1
-            kept, picked, value, flat = strongest(tops[index], rank)
+            contributions = (tops[index] * gradient).sum((2, 3))
+            kept, picked, value, flat = strongest(tops[index], rank, contributions, by_class)
             signal = signal + kept * is_layer.view(-1, 1, 1, 1).to(kept.dtype)
             channel = torch.where(is_layer, picked, channel)
             activation = torch.where(is_layer, value, activation)
+            contribution = torch.where(is_layer & by_class, contributions.gather(1, picked), contribution)
             side = self.sides[index]
             position = torch.where(is_layer, torch.cat([flat // side, flat % side], 1), position)
-            signal = self._down(index, signal, switches[index], rectified[index])
-        return signal, channel, activation, position
+            signal = self._down(index, signal, switches[index], rectified[index], rectify=True)
+            if index > 0:
+                gradient = self._down(index, gradient, switches[index], rectified[index], rectify=False)
+        return signal, channel, activation, position, contribution, logits
 
     def _down(
-        self, index: int, signal: torch.Tensor, switches: torch.Tensor | None, rectified: torch.Tensor
+        self, index: int, signal: torch.Tensor, switches: torch.Tensor | None, rectified: torch.Tensor, rectify: bool
     ) -> torch.Tensor:
-        """One layer backwards: unpool (if the layer pools), rectify, filter with the transposed weights."""
+        """One layer backwards: unpool (if the layer pools), then at the ReLU rectify the signal (the DeconvNet)
+        or pass it where the forward pass was positive (the gradient), then filter with the transposed weights."""
         if switches is not None:
             signal = unpool(signal, switches, rectified)
+        signal = F.relu(signal) if rectify else signal * (rectified > 0).to(signal.dtype)
         _, stride, padding = self.geometries[index]
         weight = cast(nn.Conv2d, self.convs[index]).weight
-        return F.conv_transpose2d(F.relu(signal), weight, None, stride, padding, self.output_paddings[index])
+        return F.conv_transpose2d(signal, weight, None, stride, padding, self.output_paddings[index])
 
 
-def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int, default: bool = False) -> GraphSpec:
-    """The ``<family>_<config>_explain`` graph over ``stages`` (the trained classifier's own modules);
-    ``default``: the explain task's default model (ZF Net's, the paper's network).
+def explain_graph(
+    model: nn.Module,
+    stages: Sequence[Stage],
+    config: ClassifierConfig,
+    seed: int,
+    labels: Sequence[str],
+    default: bool = False,
+) -> GraphSpec:
+    """The ``<family>_<config>_explain`` graph over ``stages`` and ``model``'s classifier head (the trained
+    classifier's own modules; ``labels`` its classes); ``default``: the explain task's default model (ZF Net's,
+    the paper's network).
 
-    Parity runs on held-out scenes, two rows per layer (ranks 0 and 1), and on random images with
-    layers and ranks spread out.
+    Parity runs on held-out scenes, two rows per layer (ranks 0 and 1) by peak and two by class, and on
+    random images with layers, ranks and classes spread out.
     """
     image_size, mean, std = config.image_size, config.mean, config.std
     preprocessing = square_preprocessing((image_size, image_size), mean, std)
     layers = explained_layers(stages, image_size)
+    network = DeconvNet(stages, class_head(model, layers[-1].side), image_size).eval()
+    check_logits(network, model, image_size)
+    classes = network.head.num_classes
     count = len(layers)
     rng = np.random.default_rng(seed)
     real_rows = np.repeat(held_out_inputs(count, preprocessing, seed), 2, axis=0)
     column = np.int64
 
-    def case(name: str, images: np.ndarray, layer: Sequence[int], rank: Sequence[int]) -> ParityCase:
+    def case(name: str, images: np.ndarray, layer: Sequence[int], rank: Sequence[int], by: Sequence[int]) -> ParityCase:
         return ParityCase(
             name,
             {
                 IMAGES: images,
                 LAYER: np.asarray(layer, column).reshape(-1, 1),
                 RANK: np.asarray(rank, column).reshape(-1, 1),
+                CLASS: np.asarray(by, column).reshape(-1, 1),
             },
         )
 
-    random_rows = len(layers) + 1
+    real_layers, real_ranks = [i // 2 + 1 for i in range(2 * count)], [i % 2 for i in range(2 * count)]
+    random_rows = 2 * count + 1
     return GraphSpec(
-        module=DeconvNet(stages, image_size).eval(),
+        module=network,
         inputs=(
             TensorSpec(IMAGES, (3, image_size, image_size)),
             TensorSpec(LAYER, (1,), mc.TYPE_INT64),
             TensorSpec(RANK, (1,), mc.TYPE_INT64),
+            TensorSpec(CLASS, (1,), mc.TYPE_INT64),
         ),
         outputs=(
             TensorSpec(PROJECTION, (3, image_size, image_size)),
             TensorSpec(CHANNEL, (1,), mc.TYPE_INT64),
             TensorSpec(ACTIVATION, (1,)),
             TensorSpec(POSITION, (2,), mc.TYPE_INT64),
+            TensorSpec(CONTRIBUTION, (1,)),
+            TensorSpec(LOGITS, (classes,), label_filename=LABELS_FILE),
         ),
         tolerances={
             PROJECTION: Tolerance(atol=1e-4, rtol=1e-3),
             CHANNEL: Tolerance.exact(),
             ACTIVATION: Tolerance(atol=1e-4, rtol=1e-5),
             POSITION: Tolerance.exact(),
+            CONTRIBUTION: Tolerance(atol=1e-4, rtol=1e-3),
+            LOGITS: logit_tolerance(config),
         },
         parity_cases=(
-            case("real", real_rows, [i // 2 + 1 for i in range(2 * count)], [i % 2 for i in range(2 * count)]),
+            case("real", real_rows, real_layers, real_ranks, [-1] * 2 * count),
+            case("real_by_class", real_rows, real_layers, real_ranks, [i % classes for i in range(2 * count)]),
             case(
                 "random",
                 rng.standard_normal((random_rows, 3, image_size, image_size), np.float32),
                 [i % count + 1 for i in range(random_rows)],
                 [i % 3 for i in range(random_rows)],
+                [i % (classes + 1) - 1 for i in range(random_rows)],  # -1 (by peak) and every class
             ),
         ),
         max_batch_size=config.max_batch_size,
@@ -290,8 +338,25 @@ def explain_graph(stages: Sequence[Stage], config: ClassifierConfig, seed: int, 
         parameters={
             PREPROCESSING_PARAMETER: preprocessing.to_json(),
             LAYERS_PARAMETER: json.dumps([asdict(layer) for layer in layers]),
-            # Any layer and rank is safe (no layer: a zero projection), so only images are bounded.
-            INPUT_RANGES_PARAMETER: input_ranges_parameter({IMAGES: pixel_range(mean, std)}),
+            # Any layer and rank is safe (no layer: a zero projection); images and classes are bounded.
+            INPUT_RANGES_PARAMETER: input_ranges_parameter({IMAGES: pixel_range(mean, std), CLASS: (-1, classes - 1)}),
             **({DEFAULT_PARAMETER: "true"} if default else {}),
         },
+        labels=tuple(labels),
     )
+
+
+def check_logits(network: DeconvNet, model: nn.Module, image_size: int) -> None:
+    """The explain graph's forward pass must give ``model``'s own logits, else the class mode would explain
+    another network (a head layout class_gradient.py does not describe): ValueError then."""
+    images = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    column = torch.full((2, 1), -1, dtype=torch.int64)
+    with torch.no_grad():
+        expected = model.eval()(images)
+        ours = network(images, column, column, column)[-1]
+    difference = float((ours - expected).abs().max())
+    if difference > 1e-4 * (1 + float(expected.abs().max())):
+        raise ValueError(
+            f"{type(model).__name__}'s logits are not its classifier over its last explained layer (max difference "
+            f"{difference:.3g}): Explain's class mode does not cover this network"
+        )

@@ -15,7 +15,7 @@ checkpoint's layers are read from it, so a narrower or wider ZF Net loads too.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -188,10 +188,12 @@ def deconvnet_stages(model: ZFNet) -> tuple[Stage, ...]:
     )
 
 
-def explain_graphs(model: nn.Module, config: ZFNetConfig, seed: int) -> tuple[GraphSpec, ...]:
+def explain_graphs(
+    model: nn.Module, config: ZFNetConfig, seed: int, labels: Sequence[str]
+) -> tuple[GraphSpec, ...]:
     if not isinstance(model, ZFNet):
         raise TypeError(f"zfnet explains a ZFNet, got {type(model).__name__}")
-    return (explain_graph(deconvnet_stages(model), config, seed, default=True),)
+    return (explain_graph(model, deconvnet_stages(model), config, seed, labels, default=True),)
 
 
 register_family(

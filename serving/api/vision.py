@@ -28,7 +28,7 @@ from serving.tasks.align import Aligner
 from serving.tasks.caption import Captioner, CaptionOptions
 from serving.tasks.classify import Classifier
 from serving.tasks.detect import DEFAULT_SCORE_THRESHOLD, DetectionOptions, Detector
-from serving.tasks.explain import Explainer
+from serving.tasks.explain import ClassChoice, Explainer
 from serving.tasks.factory import TaskFactory
 from serving.tasks.generate import Generator, latents_from_seed, latents_from_values
 from serving.tasks.warp import Warper
@@ -63,6 +63,12 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 def model_ref(model: ServedModel) -> pb.ModelRef:
     return pb.ModelRef(name=model.name, version=model.version)
+
+
+def explained_class(request: pb.ExplainRequest) -> ClassChoice | None:
+    """The request's class (its label or its index), or None: rank the channels by peak activation."""
+    which = request.WhichOneof("explained_class")
+    return None if which is None else getattr(request, which)
 
 
 class VisionServicer(vision_pb2_grpc.VisionServicer):
@@ -213,7 +219,7 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
         with model.request(deadline):
             explainer = self._task(model, EXPLAIN, Explainer)
             images = images_from_grpc(request.images, self._max_images)
-            results = await explainer.explain(images, request.layer, request.top_k, deadline)
+            results = await explainer.explain(images, request.layer, request.top_k, deadline, explained_class(request))
         return pb.ExplainResponse(
             model=model_ref(model),
             results=[
@@ -230,9 +236,17 @@ class VisionServicer(vision_pb2_grpc.VisionServicer):
                                 x2=c.receptive_field[2],
                                 y2=c.receptive_field[3],
                             ),
+                            contribution=c.contribution,
                         )
                         for c in result.channels
                     ],
+                    explained_class=None
+                    if result.explained_class is None
+                    else pb.Prediction(
+                        label=result.explained_class.label,
+                        index=result.explained_class.index,
+                        score=result.explained_class.score,
+                    ),
                 )
                 for result in results
             ],

@@ -1,10 +1,13 @@
-"""Explain: an image, a layer and k -> the DeconvNet projections of the layer's k strongest channels.
+"""Explain: an image, a layer and k (and optionally a class) -> the DeconvNet projections of the layer's
+k strongest channels, or of the k channels contributing most to the class's score.
 
 Model contract (docs/MODEL_REPOSITORY.md, export/families/deconvnet.py): `images` FP32 [B, 3, H, W],
-`layer` INT64 [B, 1] (1-based), `rank` INT64 [B, 1] (0 = strongest channel) -> `projection` FP32
-[B, 3, H, W], `channel` INT64 [B, 1], `activation` FP32 [B, 1], `position` INT64 [B, 2] (y, x on
-the layer's map). The parameter `explain_layers` lists the layers: name, channels, map side and
-receptive field (stride, offset, size).
+`layer` INT64 [B, 1] (1-based), `rank` INT64 [B, 1] (0 = strongest channel), `class` INT64 [B, 1]
+(-1 = rank by peak activation) -> `projection` FP32 [B, 3, H, W], `channel` INT64 [B, 1], `activation`
+FP32 [B, 1], `position` INT64 [B, 2] (y, x on the layer's map), `contribution` FP32 [B, 1] and `logits`
+FP32 [B, classes] (labels.txt). The parameter `explain_layers` lists the layers: name, channels, map
+side and receptive field (stride, offset, size). A graph exported before the class mode has neither
+`class` nor the last two outputs: it still serves the peak mode, and a class is refused naming that.
 
 A request's k channels are k rows of each image (ranks 0..k-1) in one submission, so they batch
 with other requests' rows; each row recomputes the image's forward pass, which is cheaper than a
@@ -19,9 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.explain_layers import LAYERS_PARAMETER, ExplainedLayer
+from contract.names import ACTIVATION, CHANNEL, CLASS, CONTRIBUTION, IMAGES, LAYER, LOGITS, POSITION, PROJECTION, RANK
+from contract.tensors import TensorSpec
 from serving.deferred import DeferredRows
-from serving.errors import InvalidArgument, ResourceExhausted, Unavailable
+from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from serving.images import ImageInput, ImageLimits, Preprocessing, encode_png, from_range
+from serving.tasks.classify import Prediction, label_of
 from serving.tasks.common import TensorModel, json_parameter, prepare_images
 from serving.tasks.offload import run_image_work
 
@@ -29,12 +35,20 @@ from serving.tasks.offload import run_image_work
 DEFAULT_TOP_K = 9
 #: Projections (images x channels) one request may ask for: each is a forward and a backward pass.
 MAX_PROJECTIONS = 256
+#: Labels an unknown-class error lists before "...".
+LISTED_LABELS = 12
+#: The `class` input's value for "rank by peak activation".
+BY_PEAK = -1
+
+ClassChoice = str | int
+"""A class to explain: its label (a line of labels.txt) or its 0-based index."""
 
 
 @dataclass(frozen=True)
 class ChannelProjection:
     channel: int
     activation: float
+    contribution: float  # class mode: the channel's activation x gradient of the class's logit, summed; else 0
     png: bytes  # the projection at the model's input size, grey = 0, scaled by its largest magnitude
     receptive_field: tuple[float, float, float, float]  # x1, y1, x2, y2 in the model's input pixels
 
@@ -42,7 +56,8 @@ class ChannelProjection:
 @dataclass(frozen=True)
 class Explanation:
     layer: str
-    channels: tuple[ChannelProjection, ...]  # strongest first
+    channels: tuple[ChannelProjection, ...]  # strongest (or most contributing) first
+    explained_class: Prediction | None  # class mode: the class and its softmax probability on the image
 
 
 def layers_from(parameters: Mapping[str, str], model: str) -> tuple[ExplainedLayer, ...]:
@@ -85,14 +100,34 @@ def repeat_rows(tensor: np.ndarray | DeferredRows, times: int) -> np.ndarray:
     return np.repeat(tensor, times, axis=0)
 
 
+def class_count(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> int:
+    """The classes a DeconvNet model can explain: its `logits` width; 0 when its graph has no `class` input
+    (exported before the class mode). Unavailable when it has the input but no `logits` to go with it."""
+    if CLASS not in {tensor.name for tensor in inputs}:
+        return 0
+    logits = [tensor for tensor in outputs if tensor.name == LOGITS]
+    if not logits or len(logits[0].shape) != 1 or logits[0].shape[0] < 1:
+        raise Unavailable(f"model {name} has a '{CLASS}' input but no '{LOGITS}' output [classes]; re-export it")
+    return logits[0].shape[0]
+
+
+def probability(logits: np.ndarray, index: int) -> float:
+    """Softmax probability of class `index` in one row of logits."""
+    exponentials = np.exp(logits - logits.max())
+    return float(exponentials[index] / exponentials.sum())
+
+
 @dataclass(frozen=True)
 class Explainer:
-    """A DeconvNet model with its preprocessing and layers."""
+    """A DeconvNet model with its preprocessing, layers and, for the class mode, its class count and labels."""
 
     model: TensorModel
     preprocessing: Preprocessing
     layers: tuple[ExplainedLayer, ...]
     limits: ImageLimits
+    name: str
+    classes: int = 0  # 0: the graph predates the class mode (no `class` input)
+    labels: tuple[str, ...] = ()
 
     def layer_index(self, layer: str) -> int:
         """0-based index of `layer` (a name, a 1-based number, or empty for the last); InvalidArgument else."""
@@ -119,41 +154,84 @@ class Explainer:
             )
         return count
 
+    def class_index(self, wanted: ClassChoice) -> int:
+        """The 0-based index of a class to explain; FailedPrecondition for a graph without the class mode,
+        InvalidArgument naming an unknown label or an index out of range."""
+        if self.classes == 0:
+            raise FailedPrecondition(
+                f"model {self.name} was exported before Explain's class mode (its graph has no '{CLASS}' input): "
+                "it explains the strongest channels only; re-export it to explain a class"
+            )
+        if isinstance(wanted, int):
+            if not 0 <= wanted < self.classes:
+                raise InvalidArgument(
+                    f"class index {wanted} is out of range: model {self.name} has {self.classes} classes (0 to "
+                    f"{self.classes - 1})"
+                )
+            return wanted
+        if wanted in self.labels:
+            return self.labels.index(wanted)
+        listed = ", ".join(self.labels[:LISTED_LABELS]) + (", ..." if len(self.labels) > LISTED_LABELS else "")
+        raise InvalidArgument(
+            f"class {wanted!r} is not a label of model {self.name}"
+            + (f"; its labels: {listed}" if self.labels else " (it has no labels.txt): give a class index")
+        )
+
     async def explain(
-        self, images: Sequence[ImageInput], layer: str, top_k: int, deadline: float | None
+        self,
+        images: Sequence[ImageInput],
+        layer: str,
+        top_k: int,
+        deadline: float | None,
+        explained: ClassChoice | None = None,
     ) -> list[Explanation]:
+        """`explained`: rank the channels by their contribution to that class's logit; None: by their peak."""
         index = self.layer_index(layer)
         chosen = self.layers[index]
         count = self.channel_count(chosen, top_k, len(images))
+        target = BY_PEAK if explained is None else self.class_index(explained)
         batch = await prepare_images(images, self.preprocessing, self.limits)
         rows = count * len(images)
-        outputs = await self.model.infer(
-            {
-                "images": repeat_rows(batch.tensor, count),
-                "layer": np.full((rows, 1), index + 1, dtype=np.int64),
-                "rank": np.tile(np.arange(count, dtype=np.int64), len(images)).reshape(rows, 1),
-            },
-            deadline,
-        )
-        projections = outputs["projection"]
+        inputs = {
+            IMAGES: repeat_rows(batch.tensor, count),
+            LAYER: np.full((rows, 1), index + 1, dtype=np.int64),
+            RANK: np.tile(np.arange(count, dtype=np.int64), len(images)).reshape(rows, 1),
+        }
+        if self.classes:
+            inputs[CLASS] = np.full((rows, 1), target, dtype=np.int64)
+        outputs = await self.model.infer(inputs, deadline)
+        projections = outputs[PROJECTION]
         height, width = self.preprocessing.size
         pngs = await run_image_work(lambda: projection_pngs(projections), height * width * rows)
+        contributions = outputs[CONTRIBUTION][:, 0].tolist() if self.classes else [0.0] * rows
         found = [
             ChannelProjection(
                 channel=channel,
                 activation=activation,
+                contribution=contribution,
                 png=png,
                 receptive_field=receptive_field(chosen, y, x, (height, width)),
             )
-            for channel, activation, png, (y, x) in zip(
-                outputs["channel"][:, 0].tolist(),
-                outputs["activation"][:, 0].tolist(),
+            for channel, activation, contribution, png, (y, x) in zip(
+                outputs[CHANNEL][:, 0].tolist(),
+                outputs[ACTIVATION][:, 0].tolist(),
+                contributions,
                 pngs,
-                outputs["position"].tolist(),
+                outputs[POSITION].tolist(),
                 strict=True,
             )
         ]
-        return [Explanation(chosen.name, tuple(found[i * count : (i + 1) * count])) for i in range(len(images))]
+        return [
+            Explanation(
+                chosen.name,
+                tuple(found[i * count : (i + 1) * count]),
+                None if explained is None else self._explained(target, outputs[LOGITS][i * count]),
+            )
+            for i in range(len(images))
+        ]
+
+    def _explained(self, index: int, logits: np.ndarray) -> Prediction:
+        return Prediction(label=label_of(self.labels, index), index=index, score=probability(logits, index))
 
 
 def receptive_field(

@@ -47,7 +47,7 @@ from serving.tasks.caption import Captioner
 from serving.tasks.classify import Classifier
 from serving.tasks.common import json_parameter, preprocessing_from
 from serving.tasks.detect import Detector
-from serving.tasks.explain import Explainer, layers_from
+from serving.tasks.explain import Explainer, class_count, layers_from
 from serving.tasks.generate import Generator
 from serving.tasks.warp import Warper
 
@@ -103,7 +103,15 @@ class TaskFactory:
             transform = parameters.get(TRANSFORM_PARAMETER, DEFAULT_TRANSFORM)
             return Warper(model, preprocessing_from(parameters, name), model.labels, self._limits, transform)
         if model.task == EXPLAIN:
-            return Explainer(model, preprocessing_from(parameters, name), layers_from(parameters, name), self._limits)
+            return Explainer(
+                model=model,
+                preprocessing=preprocessing_from(parameters, name),
+                layers=layers_from(parameters, name),
+                limits=self._limits,
+                name=name,
+                classes=class_count(name, model.inputs, model.outputs),
+                labels=model.labels,
+            )
         if model.task == GENERATE:
             return _generator(model)
         if model.task == CAPTION:

@@ -5,12 +5,16 @@ down (ReLU of what arrives) instead of gating it by where the forward pass was p
 backward is unpooling by the switches, and a convolution's backward is filtering with its transposed
 filters; so the gradient of the kept activation with respect to the image, through ReLUs of that
 one kind, is the paper's projection.
+
+The class mode's reference is plain autograd: the layers' outputs built with ordinary ReLUs, the
+classifier on the last, and each channel's sum of activation x gradient of the class's logit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,9 +34,12 @@ class DeconvReLU(torch.autograd.Function):
         return signal.clamp(min=0)
 
 
-def layer_tops(model: ZFNet, images: torch.Tensor) -> list[torch.Tensor]:
-    """The five layers' outputs (after their max-pool where they have one), built with DeconvReLU."""
-    relu = DeconvReLU.apply
+ReLU = Callable[[torch.Tensor], Any]
+
+
+def layer_tops(model: ZFNet, images: torch.Tensor, relu: ReLU = DeconvReLU.apply) -> list[torch.Tensor]:
+    """The five layers' outputs (after their max-pool where they have one), built with DeconvReLU (or
+    ``relu``)."""
     pool = [lambda x, p=p: p(x)[0] for p in model.pools]  # MaxPool2d(return_indices=True)
     first = pool[0](relu(model.conv1(images)))
     second = pool[1](relu(model.conv2(first)))
@@ -41,14 +48,14 @@ def layer_tops(model: ZFNet, images: torch.Tensor) -> list[torch.Tensor]:
     return [first, second, third, fourth, pool[2](relu(model.conv5(fourth)))]
 
 
-def features_tops(features: nn.Sequential, images: torch.Tensor) -> list[torch.Tensor]:
+def features_tops(features: nn.Sequential, images: torch.Tensor, relu: ReLU = DeconvReLU.apply) -> list[torch.Tensor]:
     """The same for a torchvision-style ``features`` (AlexNet, VGG): each convolution's rectified output,
     or the output of the max-pool right after it; batch norms run as they are (eval mode)."""
     tops: list[torch.Tensor] = []
     x = images
     for module in features:
         if isinstance(module, nn.ReLU):
-            x = DeconvReLU.apply(x)
+            x = relu(x)
             tops.append(x)
         else:
             x = module(x)
@@ -82,6 +89,19 @@ def project(tops: Tops, image: torch.Tensor, layer: int, rank: int) -> Projectio
     seed[0, channel, y, x_] = top[0, channel, y, x_].detach()
     (pixels,) = torch.autograd.grad(top, x, grad_outputs=seed)
     return Projection(channel, float(peaks[channel]), (y, x_), pixels[0])
+
+
+def class_contributions(
+    tops: Tops, head: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, target: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per layer, each channel's sum over its map of activation x d logit[target] / d activation, on one
+    (3, S, S) image, by autograd; and the logits. ``tops`` must use ordinary ReLUs (torch.relu)."""
+    outputs = tops(image.unsqueeze(0))
+    logits = head(outputs[-1])
+    gradients = torch.autograd.grad(logits[0, target], outputs)
+    return [(top * gradient)[0].sum((1, 2)).detach() for top, gradient in zip(outputs, gradients, strict=True)], (
+        logits[0].detach()
+    )
 
 
 def receptive_field(model: ZFNet, layer: int, y: int, x: int) -> tuple[int, int, int, int]:

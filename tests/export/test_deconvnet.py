@@ -1,6 +1,7 @@
 """ZF Net's DeconvNet (export/families/deconvnet.py) against an autograd reference, its receptive
-fields, its unpooling against MaxUnpool2d, and its ONNX graph. Random weights: the construction does
-not depend on training (the served, trained graph is checked in tests/serving/test_explain.py)."""
+fields, its unpooling against MaxUnpool2d, its class mode's contributions against autograd
+(export/families/class_gradient.py), and its ONNX graph. Random weights: the construction does not
+depend on training (the served, trained graph is checked in tests/serving/test_explain.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from export import onnx as onnx_export
 from export.families import alexnet, vgg
-from export.families.deconvnet import DeconvNet, explained_layers, features_explain_graphs, stages_from_features, unpool
+from export.families.class_gradient import average_pooling_matrix, class_head
+from export.families.deconvnet import (
+    DeconvNet,
+    Stage,
+    explained_layers,
+    features_explain_graphs,
+    stages_from_features,
+    unpool,
+)
 from export.families.zfnet import SMALL, ZFNet, deconvnet_stages, explain_graphs
 from export.train import set_threads
-from tests.export.deconvnet_reference import features_tops, layer_tops, project, receptive_field
+from tests.export.deconvnet_reference import class_contributions, features_tops, layer_tops, project, receptive_field
 
 SIDE = SMALL.image_size
+LABELS = tuple(f"class_{i}" for i in range(SMALL.num_classes))
+
+
+def deconvnet(model: nn.Module, stages: tuple[Stage, ...], side: int) -> DeconvNet:
+    return DeconvNet(stages, class_head(model, explained_layers(stages, side)[-1].side), side).eval()
+
+
+def column(rows: int, value: int) -> torch.Tensor:
+    return torch.full((rows, 1), value, dtype=torch.int64)
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +54,21 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
 
 
-def deconvnet_rows(model: ZFNet, images: torch.Tensor, layer: int, rank: int) -> tuple[torch.Tensor, ...]:
+def deconvnet_rows(
+    model: ZFNet, images: torch.Tensor, layer: int, rank: int, target: int = -1
+) -> tuple[torch.Tensor, ...]:
     rows = len(images)
     with torch.no_grad():
-        return DeconvNet(deconvnet_stages(model), SIDE)(
-            images, torch.full((rows, 1), layer, dtype=torch.int64), torch.full((rows, 1), rank, dtype=torch.int64)
+        return deconvnet(model, deconvnet_stages(model), SIDE)(
+            images, column(rows, layer), column(rows, rank), column(rows, target)
         )
 
 
 @pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
 def test_projection_equals_the_autograd_reference(model: ZFNet, images: torch.Tensor, layer: int) -> None:
     for rank in (0, 3):
-        projection, channel, activation, position = deconvnet_rows(model, images, layer, rank)
+        projection, channel, activation, position, contribution, _ = deconvnet_rows(model, images, layer, rank)
+        assert not contribution.any()  # by peak: no class, no contribution
         for row, image in enumerate(images):
             expected = project(functools.partial(layer_tops, model), image, layer, rank)
             assert int(channel[row]) == expected.channel and tuple(position[row].tolist()) == expected.position
@@ -60,7 +82,7 @@ def test_projection_equals_the_autograd_reference(model: ZFNet, images: torch.Te
 def test_projection_is_zero_outside_the_receptive_field(model: ZFNet, images: torch.Tensor, layer: int) -> None:
     """Layers 1 and 2 see 11 and 43 of 64 pixels; layers 3 to 5 see (nearly) the whole image."""
     for rank in range(3):
-        projection, _, _, position = deconvnet_rows(model, images, layer, rank)
+        projection, _, _, position, _, _ = deconvnet_rows(model, images, layer, rank)
         for row in range(len(images)):
             y1, y2, x1, x2 = receptive_field(model, layer, *position[row].tolist())
             inside = torch.zeros(SIDE, SIDE, dtype=torch.bool)
@@ -95,7 +117,7 @@ def test_unpooling_puts_values_exactly_at_the_switches() -> None:
 
 
 def test_exported_graph_matches_pytorch_and_batches(model: ZFNet, tmp_path: Path) -> None:
-    (graph,) = explain_graphs(model, SMALL, seed=0)
+    (graph,) = explain_graphs(model, SMALL, 0, LABELS)
     path = tmp_path / "model.onnx"
     onnx_export.export_graph(graph, path)
     session = onnx_export.open_session(path)
@@ -108,6 +130,7 @@ def test_exported_graph_matches_pytorch_and_batches(model: ZFNet, tmp_path: Path
     layers = json.loads(graph.parameters["explain_layers"])
     assert [layer["name"] for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert [layer["channels"] for layer in layers] == list(SMALL.conv_widths)
+    assert graph.labels == LABELS and {case.name for case in graph.parity_cases} >= {"real", "real_by_class"}
 
 
 @pytest.mark.parametrize(
@@ -127,19 +150,112 @@ def test_the_construction_applies_to_alexnet_and_vgg(builder, config, tmp_path: 
     stages = stages_from_features(model.features)
     side = config.image_size
     images = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(5))
-    network = DeconvNet(stages, side)
+    network = deconvnet(model, stages, side)
     for layer in range(1, len(stages) + 1):
         with torch.no_grad():
-            projection, channel, activation, _ = network(
-                images, torch.full((2, 1), layer, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64)
-            )
+            projection, channel, activation, *_ = network(images, column(2, layer), column(2, 0), column(2, -1))
         for row, image in enumerate(images):
             expected = project(functools.partial(features_tops, model.features), image, layer, 0)
             assert int(channel[row]) == expected.channel
             assert float(activation[row]) == pytest.approx(expected.activation, rel=1e-4)
             scale = float(expected.pixels.abs().max())
             assert torch.allclose(projection[row], expected.pixels, atol=1e-4 * scale, rtol=0)
-    (graph,) = features_explain_graphs(model, config, seed=0)
+    (graph,) = features_explain_graphs(model, config, 0, LABELS)
     onnx_export.export_graph(graph, tmp_path / "model.onnx")
     checks = onnx_export.graph_parity(graph, onnx_export.open_session(tmp_path / "model.onnx"))
     assert all(check.passed for check in checks), [c for c in checks if not c.passed]
+
+
+def zfnet_reference(model: ZFNet, image: torch.Tensor, target: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    return class_contributions(
+        functools.partial(layer_tops, model, relu=torch.relu),
+        lambda top: model.classifier(top.flatten(1)),
+        image,
+        target,
+    )
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
+def test_class_mode_ranks_channels_by_their_autograd_contribution(
+    model: ZFNet, images: torch.Tensor, layer: int
+) -> None:
+    """Gradient x activation per channel, against torch.autograd through ZF Net's own classifier; the chosen
+    channel is then projected exactly as the peak mode projects it."""
+    for target in (0, 7):
+        for rank in (0, 2):
+            projection, channel, activation, position, contribution, logits = deconvnet_rows(
+                model, images, layer, rank, target
+            )
+            for row, image in enumerate(images):
+                reference, reference_logits = zfnet_reference(model, image, target)
+                assert torch.allclose(logits[row], reference_logits, atol=1e-5)
+                assert torch.allclose(reference_logits, model(image[None])[0].detach(), atol=1e-5)  # the model's
+                scores = reference[layer - 1]
+                order = sorted(range(len(scores)), key=lambda c: (-float(scores[c]), c))
+                assert int(channel[row]) == order[rank]
+                assert float(contribution[row]) == pytest.approx(float(scores[order[rank]]), rel=1e-4, abs=1e-6)
+                # The same channel in peak mode (one image alone: another batch, float sums in another order).
+                with torch.no_grad():
+                    maxima = [float(p) for p in layer_tops(model, image[None])[layer - 1][0].flatten(1).amax(1)]
+                by_peak = sorted(range(len(maxima)), key=lambda c: (-maxima[c], c)).index(order[rank])
+                expected = deconvnet_rows(model, image[None], layer, by_peak)
+                assert int(expected[1]) == order[rank] and torch.equal(position[row], expected[3][0])
+                assert float(activation[row]) == pytest.approx(float(expected[2]), rel=1e-5)
+                scale = float(expected[0].abs().max())
+                assert torch.allclose(projection[row], expected[0][0], atol=1e-5 * scale, rtol=0)
+
+
+def test_two_classes_rank_the_channels_differently(model: ZFNet, images: torch.Tensor) -> None:
+    first = deconvnet_rows(model, images, 5, 0, 0)
+    second = deconvnet_rows(model, images, 5, 0, 1)
+    assert not torch.equal(first[1], second[1])  # another class, another most contributing channel
+
+
+@pytest.mark.parametrize("kind", ["alexnet_torchvision", "vgg_small"])
+def test_class_mode_covers_torchvision_heads(kind: str) -> None:
+    """torchvision's AlexNet layout at 64 x 64 (its adaptive pool spreads the 1 x 1 map to 6 x 6: the pooling's
+    transpose is not the identity) and the small VGG (batch norms folded into the convolutions)."""
+    set_threads()
+    torch.manual_seed(6)
+    if kind == "vgg_small":
+        model: nn.Module = vgg.SmallVGG(vgg.SMALL).eval()
+        side = vgg.SMALL.image_size
+    else:
+        model, side = torchvision.models.alexnet(num_classes=10).eval(), 64
+    features = model.features
+    stages = stages_from_features(features)
+    network = deconvnet(model, stages, side)
+    pool = getattr(model, "avgpool", nn.Identity())
+    image = torch.randn(3, side, side, generator=torch.Generator().manual_seed(7))
+    reference, logits = class_contributions(
+        functools.partial(features_tops, features, relu=torch.relu),
+        lambda top: model.classifier(torch.flatten(pool(top), 1)),
+        image,
+        3,
+    )
+    assert torch.allclose(logits, model(image[None])[0].detach(), atol=1e-5)
+    for layer in range(1, len(stages) + 1):
+        with torch.no_grad():
+            _, channel, _, _, contribution, ours = network(image[None], column(1, layer), column(1, 0), column(1, 3))
+        scores = reference[layer - 1]
+        assert int(channel) == int(scores.argmax()) and scores.max() > 0
+        assert float(contribution) == pytest.approx(float(scores.max()), rel=1e-4)
+        assert torch.allclose(ours[0], logits, atol=1e-5)
+
+
+@pytest.mark.parametrize(("side", "pooled"), [(1, 6), (13, 6), (5, 3), (7, 7)])
+def test_the_pooling_matrix_is_adaptive_average_pooling(side: int, pooled: int) -> None:
+    maps = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(8))
+    ours = (maps.flatten(2) @ average_pooling_matrix(side, pooled)).view(2, 4, pooled, pooled)
+    assert torch.allclose(ours, nn.AdaptiveAvgPool2d(pooled)(maps), atol=1e-6)
+
+
+def test_heads_the_class_mode_does_not_cover_are_refused(model: ZFNet) -> None:
+    other = ZFNet(SMALL).eval()
+    other.classifier[2] = nn.Tanh()
+    with pytest.raises(ValueError, match="does not cover Tanh"):
+        explain_graphs(other, SMALL, 0, LABELS)
+    other = ZFNet(SMALL).eval()
+    other.forward = lambda x: 2 * ZFNet.forward(other, x)  # type: ignore[method-assign]  # not its classifier
+    with pytest.raises(ValueError, match="not its classifier over its last explained layer"):
+        explain_graphs(other, SMALL, 0, LABELS)

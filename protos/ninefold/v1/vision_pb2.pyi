@@ -279,36 +279,44 @@ class AlignResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[ImageAlignment, _Mapping]]] = ..., sentences: _Optional[_Iterable[_Union[SentenceRanking, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "images", "layer", "top_k")
+    __slots__ = ("model", "images", "layer", "top_k", "class_label", "class_index")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CLASS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDEX_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     images: _containers.RepeatedCompositeFieldContainer[Image]
     layer: str
     top_k: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., layer: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    class_label: str
+    class_index: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., layer: _Optional[str] = ..., top_k: _Optional[int] = ..., class_label: _Optional[str] = ..., class_index: _Optional[int] = ...) -> None: ...
 
 class ChannelProjection(_message.Message):
-    __slots__ = ("channel", "activation", "png", "receptive_field")
+    __slots__ = ("channel", "activation", "png", "receptive_field", "contribution")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
     RECEPTIVE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     channel: int
     activation: float
     png: bytes
     receptive_field: Box
-    def __init__(self, channel: _Optional[int] = ..., activation: _Optional[float] = ..., png: _Optional[bytes] = ..., receptive_field: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+    contribution: float
+    def __init__(self, channel: _Optional[int] = ..., activation: _Optional[float] = ..., png: _Optional[bytes] = ..., receptive_field: _Optional[_Union[Box, _Mapping]] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("layer", "channels")
+    __slots__ = ("layer", "channels", "explained_class")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_CLASS_FIELD_NUMBER: _ClassVar[int]
     layer: str
     channels: _containers.RepeatedCompositeFieldContainer[ChannelProjection]
-    def __init__(self, layer: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelProjection, _Mapping]]] = ...) -> None: ...
+    explained_class: Prediction
+    def __init__(self, layer: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelProjection, _Mapping]]] = ..., explained_class: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("model", "results")
