@@ -12,6 +12,7 @@ classifier on the last, and each channel's sum of activation x gradient of the c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,16 @@ def class_contributions(
     gradients = torch.autograd.grad(logits[0, target], outputs)
     return [(top * gradient)[0].sum((1, 2)).detach() for top, gradient in zip(outputs, gradients, strict=True)], (
         logits[0].detach()
+    )
+
+
+def zfnet_contributions(model: ZFNet, image: torch.Tensor, target: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """class_contributions through ZF Net's own layers and classifier."""
+    return class_contributions(
+        functools.partial(layer_tops, model, relu=torch.relu),
+        lambda top: model.classifier(top.flatten(1)),
+        image,
+        target,
     )
 
 

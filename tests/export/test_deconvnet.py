@@ -28,7 +28,14 @@ from export.families.deconvnet import (
 )
 from export.families.zfnet import SMALL, ZFNet, deconvnet_stages, explain_graphs
 from export.train import set_threads
-from tests.export.deconvnet_reference import class_contributions, features_tops, layer_tops, project, receptive_field
+from tests.export.deconvnet_reference import (
+    class_contributions,
+    features_tops,
+    layer_tops,
+    project,
+    receptive_field,
+    zfnet_contributions,
+)
 
 SIDE = SMALL.image_size
 LABELS = tuple(f"class_{i}" for i in range(SMALL.num_classes))
@@ -166,15 +173,6 @@ def test_the_construction_applies_to_alexnet_and_vgg(builder, config, tmp_path: 
     assert all(check.passed for check in checks), [c for c in checks if not c.passed]
 
 
-def zfnet_reference(model: ZFNet, image: torch.Tensor, target: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    return class_contributions(
-        functools.partial(layer_tops, model, relu=torch.relu),
-        lambda top: model.classifier(top.flatten(1)),
-        image,
-        target,
-    )
-
-
 @pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
 def test_class_mode_ranks_channels_by_their_autograd_contribution(
     model: ZFNet, images: torch.Tensor, layer: int
@@ -187,7 +185,7 @@ def test_class_mode_ranks_channels_by_their_autograd_contribution(
                 model, images, layer, rank, target
             )
             for row, image in enumerate(images):
-                reference, reference_logits = zfnet_reference(model, image, target)
+                reference, reference_logits = zfnet_contributions(model, image, target)
                 assert torch.allclose(logits[row], reference_logits, atol=1e-5)
                 assert torch.allclose(reference_logits, model(image[None])[0].detach(), atol=1e-5)  # the model's
                 scores = reference[layer - 1]
