@@ -86,7 +86,27 @@ def test_explain_request_names_the_layer_and_its_answer_reads_back() -> None:
         ]
     )
     (result,) = call.parse(response).results
-    assert result == Explanation("conv2", (ChannelProjection(17, 2.5, b"p", (0.0, 4.0, 11.0, 15.0)),))
+    assert result == Explanation("conv2", (ChannelProjection(17, 2.5, b"p", (0.0, 4.0, 11.0, 15.0), 0.0),), None)
+    assert call.request.WhichOneof("explained_class") is None  # no class: the strongest channels
+
+
+def test_explain_by_class_sends_a_label_or_an_index_and_reads_the_class_back() -> None:
+    assert calls.explain(b"x", explained_class="star").request.class_label == "star"
+    by_index = calls.explain(b"x", explained_class=3).request
+    assert by_index.WhichOneof("explained_class") == "class_index" and by_index.class_index == 3
+    with pytest.raises(InputError, match="explained_class"):
+        calls.explain(b"x", explained_class=-1)
+    response = vision_pb2.ExplainResponse(
+        results=[
+            vision_pb2.Explanation(
+                layer="conv5",
+                channels=[vision_pb2.ChannelProjection(channel=4, activation=1.5, png=b"p", contribution=0.75)],
+                explained_class=vision_pb2.Prediction(label="star", index=3, score=0.5),
+            )
+        ]
+    )
+    (result,) = calls.explain(b"x", explained_class="star").parse(response).results
+    assert result.explained_class == Prediction("star", 3, 0.5) and result.channels[0].contribution == 0.75
 
 
 def test_projective_and_tps_thetas_come_back_as_rows() -> None:
