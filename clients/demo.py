@@ -226,6 +226,34 @@ def explain(client: VisionClient, out: Path, seed: int) -> None:
         _save(pictures.grid(tiles, 2 * EXPLAIN_CHANNELS, title), out / f"explain_{layer}.png")
 
 
+EXPLAINED_SCENES = 4
+EXPLAINED_CHANNELS = 3
+
+
+def explain_by_class(client: VisionClient, out: Path, seed: int) -> None:
+    """Explain by class: per scene (rows), the last layer's channels contributing most to the logit of the
+    scene's own class, then of the next class, as DeconvNet projections: another class, other channels.
+    Classes by index (the small models' labels are the scenes' shapes, in order)."""
+    (model,) = [info for info in client.list_models(EXPLAIN) if info.is_default]
+    classes = len(model.labels)
+    scenes = make_scenes(EXPLAINED_SCENES, SCENE_SIDE, seed + 1)
+    tiles = []
+    for scene in scenes:
+        tiles.append(pictures.with_caption(pictures.enlarge(scene.image), [f"scene: {SHAPES[scene.label]}"]))
+        for wanted in (scene.label % classes, (scene.label + 1) % classes):
+            result = client.explain(scene.image, explained_class=wanted).results[0]  # 9, or the layer's channels
+            shown = result.channels[:EXPLAINED_CHANNELS]
+            explained = result.explained_class
+            name = str(wanted) if explained is None else f"{explained.label} (p={explained.score:.2f})"
+            print(f"  {name}: channels {[c.channel for c in shown]}")
+            tiles += [
+                pictures.with_caption(pictures.enlarge(c.png), [f"{name}: ch {c.channel}", f"{c.contribution:+.2f}"])
+                for c in shown
+            ]
+    title = f"explain by class, last layer: its own class | another class ({len(shown)} channels each)"
+    _save(pictures.grid(tiles, 1 + 2 * len(shown), title), out / "explain_by_class.png")
+
+
 def _patch(image: Image.Image, box: tuple[int, int, int, int], caption: str) -> Image.Image:
     """The receptive field `box` (x1, y1, x2, y2) of a model-sized image, enlarged, with a caption."""
     return pictures.with_caption(pictures.enlarge(image.crop(box), pictures.TILE_SIDE // 2), [caption])
@@ -248,6 +276,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     (WARP, warp),
     (ALIGN, align),
     (EXPLAIN, explain),
+    (f"{EXPLAIN} by class", explain_by_class),
 )
 
 

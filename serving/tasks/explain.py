@@ -203,7 +203,7 @@ class Explainer:
         projections = outputs[PROJECTION]
         height, width = self.preprocessing.size
         pngs = await run_image_work(lambda: projection_pngs(projections), height * width * rows)
-        contributions = outputs[CONTRIBUTION][:, 0].tolist() if self.classes else [0.0] * rows
+        contributions = [0.0] * rows if explained is None else outputs[CONTRIBUTION][:, 0].tolist()
         found = [
             ChannelProjection(
                 channel=channel,

@@ -12,7 +12,15 @@ from clients import demo
 from clients.demo_repository import write_stamp
 from tests.serving.tiny_repository import write_tiny_aligner
 
-TASK_PICTURES = ("detect.png", "caption.png", "generate.png", "warp.png", "align.png", "explain_conv1.png")
+TASK_PICTURES = (
+    "detect.png",
+    "caption.png",
+    "generate.png",
+    "warp.png",
+    "align.png",
+    "explain_conv1.png",
+    "explain_by_class.png",
+)
 
 
 def stamped_copy(repository: Path, destination: Path, leave_out: tuple[str, ...] = ()) -> Path:

@@ -195,6 +195,13 @@ def test_explain_returns_ranked_channels_with_their_receptive_fields(vision: vis
             assert np.abs(decoded(channel.png).astype(int) - expected).max() <= 1
     default = vision.Explain(pb.ExplainRequest(images=[raw_image(picture)]), timeout=10).results[0]
     assert default.layer == "conv2" and len(default.channels) == 2  # the last layer; 9 capped at its 2 channels
+    assert not default.HasField("explained_class") and [c.contribution for c in default.channels] == [0.0, 0.0]
+    request = pb.ExplainRequest(images=[raw_image(picture)], top_k=2, class_label=CLASSIFIER_LABELS[2])
+    by_class = vision.Explain(request, timeout=10).results[0]
+    assert [c.contribution for c in by_class.channels] == [2.0, 2.0]  # the class the server sent, every row
+    explained = by_class.explained_class
+    assert (explained.label, explained.index) == (CLASSIFIER_LABELS[2], 2)
+    assert explained.score == pytest.approx(1 / len(CLASSIFIER_LABELS))
 
 
 def test_list_models(vision: vision_pb2_grpc.VisionStub) -> None:

@@ -11,7 +11,8 @@ families. Every graph computes something simple enough to check answers by hand:
 - tiny_generate: images = tanh(z @ weights), 3 x 4 x 4.
 - tiny_warp: warped = the input, theta = WARP_THETA, logits = mean colour @ weights.
 - tiny_explain: for rank r, channel = r, activation = 10 - r, position = (r, r), projection = the input
-  x activation, over the two layers of EXPLAIN_LAYERS.
+  x activation, over the two layers of EXPLAIN_LAYERS; contribution = the class input, logits = activation
+  for every one of CLASSIFIER_LABELS (so each class has probability 1 / 4).
 
 `write_tiny_aligner` (not in the default set, whose model list other tests pin) adds tiny_align /
 tiny_align_sentence: regions = mean colour @ weights, words = a table lookup per token.
@@ -316,19 +317,28 @@ def _write_explainer(repository: Path) -> None:
             helper.make_node("Concat", ["rank", "rank"], ["position"], axis=1),
             helper.make_node("Unsqueeze", ["activation", "image_axes"], ["scale"]),
             helper.make_node("Mul", ["images", "scale"], ["projection"]),
+            helper.make_node("Cast", ["class"], ["contribution"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["activation", "ones"], ["logits"]),
         ],
         "tiny_explain",
         [_value("images", TensorProto.FLOAT, ["B", 3, SIZE, SIZE]), _value("layer", TensorProto.INT64, ["B", 1]),
-         _value("rank", TensorProto.INT64, ["B", 1])],
+         _value("rank", TensorProto.INT64, ["B", 1]), _value("class", TensorProto.INT64, ["B", 1])],
         [_value("projection", TensorProto.FLOAT, ["B", 3, SIZE, SIZE]), _value("channel", TensorProto.INT64, ["B", 1]),
-         _value("activation", TensorProto.FLOAT, ["B", 1]), _value("position", TensorProto.INT64, ["B", 2])],
+         _value("activation", TensorProto.FLOAT, ["B", 1]), _value("position", TensorProto.INT64, ["B", 2]),
+         _value("contribution", TensorProto.FLOAT, ["B", 1]),
+         _value("logits", TensorProto.FLOAT, ["B", len(CLASSIFIER_LABELS)])],
         [numpy_helper.from_array(np.array(10.0, np.float32), "ten"),
-         numpy_helper.from_array(np.array([2, 3], np.int64), "image_axes")],
+         numpy_helper.from_array(np.array([2, 3], np.int64), "image_axes"),
+         numpy_helper.from_array(np.ones((1, len(CLASSIFIER_LABELS)), np.float32), "ones")],
     )
-    _save(repository, "tiny_explain", graph, _config(
+    folder = _save(repository, "tiny_explain", graph, _config(
         "tiny_explain", "explain",
-        [("images", "TYPE_FP32", (3, SIZE, SIZE)), ("layer", "TYPE_INT64", (1,)), ("rank", "TYPE_INT64", (1,))],
+        [("images", "TYPE_FP32", (3, SIZE, SIZE)), ("layer", "TYPE_INT64", (1,)), ("rank", "TYPE_INT64", (1,)),
+         ("class", "TYPE_INT64", (1,))],
         [("projection", "TYPE_FP32", (3, SIZE, SIZE)), ("channel", "TYPE_INT64", (1,)),
-         ("activation", "TYPE_FP32", (1,)), ("position", "TYPE_INT64", (2,))],
+         ("activation", "TYPE_FP32", (1,)), ("position", "TYPE_INT64", (2,)), ("contribution", "TYPE_FP32", (1,)),
+         ("logits", "TYPE_FP32", (len(CLASSIFIER_LABELS),))],
         {"preprocessing": _preprocessing(), "explain_layers": json.dumps(EXPLAIN_LAYERS)},
+        labelled="logits",
     ))
+    (folder / "labels.txt").write_text("\n".join(CLASSIFIER_LABELS) + "\n")
