@@ -127,7 +127,10 @@ class ClassifierConfig(FamilyConfig):
 
     num_classes: the head's classes (a loaded checkpoint's head decides). preprocess: ``--preprocess``
     overrides (contract.preprocessing field -> text) of the family's default preprocessing; labels_file:
-    ``--labels``, one class name a line.
+    ``--labels``, one class name a line. explain_by_class: the explain graph (AlexNet, ZF Net, VGG) carries
+    Explain's class mode, which puts a copy of the classifier head in it (the bulk of a full AlexNet's or VGG's
+    weights: 233 MB and ~0.5 GB more on disk and in the server); full configs leave it out unless
+    ``--set explain_by_class=true``.
     """
 
     image_size: int
@@ -137,6 +140,7 @@ class ClassifierConfig(FamilyConfig):
     recipe: ClassifierRecipe | None
     preprocess: tuple[tuple[str, str], ...] = field(default=(), kw_only=True)
     labels_file: str | None = field(default=None, kw_only=True)
+    explain_by_class: bool = field(default=True, kw_only=True)
 
 
 class ClassifierFields(TypedDict):
@@ -150,6 +154,7 @@ class ClassifierFields(TypedDict):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     recipe: ClassifierRecipe | None
+    explain_by_class: bool
 
 
 def small_config_fields(image_size: int, recipe: ClassifierRecipe) -> ClassifierFields:
@@ -163,6 +168,7 @@ def small_config_fields(image_size: int, recipe: ClassifierRecipe) -> Classifier
         "mean": DEFAULT_MEAN,
         "std": DEFAULT_STD,
         "recipe": recipe,
+        "explain_by_class": True,
     }
 
 
@@ -177,6 +183,7 @@ def full_config_fields() -> ClassifierFields:
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         "recipe": None,
+        "explain_by_class": False,
     }
 
 

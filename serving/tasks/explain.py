@@ -6,8 +6,9 @@ Model contract (docs/MODEL_REPOSITORY.md, export/families/deconvnet.py): `images
 (-1 = rank by peak activation) -> `projection` FP32 [B, 3, H, W], `channel` INT64 [B, 1], `activation`
 FP32 [B, 1], `position` INT64 [B, 2] (y, x on the layer's map), `contribution` FP32 [B, 1] and `logits`
 FP32 [B, classes] (labels.txt). The parameter `explain_layers` lists the layers: name, channels, map
-side and receptive field (stride, offset, size). A graph exported before the class mode has neither
-`class` nor the last two outputs: it still serves the peak mode, and a class is refused naming that.
+side and receptive field (stride, offset, size). A graph without the class mode (exported before it, or
+a full config without it) has neither `class` nor the last two outputs: it still serves the peak mode,
+and a class is refused naming that.
 
 A request's k channels are k rows of each image (ranks 0..k-1) in one submission, so they batch
 with other requests' rows; each row recomputes the image's forward pass, which is cheaper than a
@@ -159,8 +160,9 @@ class Explainer:
         InvalidArgument naming an unknown label or an index out of range."""
         if self.classes == 0:
             raise FailedPrecondition(
-                f"model {self.name} was exported before Explain's class mode (its graph has no '{CLASS}' input): "
-                "it explains the strongest channels only; re-export it to explain a class"
+                f"model {self.name} has no class mode (its graph has no '{CLASS}' input: exported before the class "
+                "mode, or a full config without --set explain_by_class=true): it explains the strongest channels "
+                "only; re-export it with the class mode to explain a class"
             )
         if isinstance(wanted, int):
             if not 0 <= wanted < self.classes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,31 @@ def test_exported_graph_matches_pytorch_and_batches(model: ZFNet, tmp_path: Path
     assert [layer["name"] for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert [layer["channels"] for layer in layers] == list(SMALL.conv_widths)
     assert graph.labels == LABELS and {case.name for case in graph.parity_cases} >= {"real", "real_by_class"}
+
+
+def test_without_the_class_mode_the_graph_is_the_peak_mode_alone(model: ZFNet, tmp_path: Path) -> None:
+    """explain_by_class off (full configs' default: the head is most of their weights): no `class` input,
+    no head in the graph, four outputs, and the same channels and projections as the class-mode graph's
+    peak mode."""
+    (with_class,) = explain_graphs(model, SMALL, 0, LABELS)
+    (peak,) = explain_graphs(model, replace(SMALL, explain_by_class=False), 0, LABELS)
+    assert [tensor.name for tensor in peak.inputs] == ["images", "layer", "rank"]
+    assert [tensor.name for tensor in peak.outputs] == ["projection", "channel", "activation", "position"]
+    assert peak.labels == () and "class" not in peak.parameters["input_ranges"]
+    path = tmp_path / "peak.onnx"
+    onnx_export.export_graph(peak, path)
+    session = onnx_export.open_session(path)
+    assert all(check.passed for check in onnx_export.graph_parity(peak, session))
+    onnx_export.export_graph(with_class, tmp_path / "with_class.onnx")
+    head_weights = sum(linear.weight.numel() for linear in model.classifier if isinstance(linear, nn.Linear))
+    assert (tmp_path / "with_class.onnx").stat().st_size - path.stat().st_size >= 4 * head_weights  # float32
+    case = peak.parity_cases[0].inputs
+    ours = onnx_export.run_session(session, case)
+    with torch.no_grad():
+        theirs = with_class.module(*(torch.from_numpy(case[name]) for name in ("images", "layer", "rank")),
+                                   column(len(case["images"]), -1))
+    assert np.array_equal(ours["channel"], theirs[1].numpy())
+    assert np.allclose(ours["projection"], theirs[0].numpy(), atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -303,7 +303,7 @@ def test_a_model_from_before_the_class_mode_serves_peaks_and_refuses_a_class(vis
     with pytest.raises(grpc.RpcError) as raised:
         vision.Explain(pb.ExplainRequest(model=old, images=[image], class_index=0), timeout=30)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "before Explain's class mode" in raised.value.details() and "re-export" in raised.value.details()
+    assert "has no class mode" in raised.value.details() and "re-export" in raised.value.details()
 
 
 def test_cli_explains_a_class(server: ServerProcess, labels: list[str], tmp_path: Path, capsys) -> None:
