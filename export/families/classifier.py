@@ -21,6 +21,7 @@ from contract.names import CLASSIFY, IMAGES, LOGITS, PREPROCESSING_PARAMETER
 from contract.preprocessing import Preprocessing, PreprocessingError, preprocess
 from contract.scenes import SHAPES, make_scenes
 from contract.tensors import TensorSpec
+from export import onnx as onnx_export
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split
 from export.families.base import (
     ExportError,
@@ -35,6 +36,7 @@ from export.families.base import (
     read_labels,
     square_preprocessing,
 )
+from export.families.multicrop import multicrop_gate
 from export.families.reference import classifier_agreement, imagenet_preprocessing
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
@@ -306,6 +308,8 @@ class ClassifierFamily(Generic[C]):
         return load_state_dict_strict(self.builder(config), state_dict, f"{self.name} ({config.name})")
 
     def evaluate(self, model: nn.Module, config: C, seed: int) -> Quality | None:
+        """Held-out top-1 (PyTorch) and, gated beside it, the multi-crop figures of the exported graph
+        (export.families.multicrop)."""
         if config.num_classes != len(SHAPES):
             return None  # user weights for other classes (ImageNet): the synthetic shapes say nothing
         split = evaluation_split()
@@ -314,35 +318,46 @@ class ClassifierFamily(Generic[C]):
         per_class = {
             shape: round(float(correct[data.labels == index].float().mean()), 4) for index, shape in enumerate(SHAPES)
         }
+        graph = self.classifier_graph(model, config, seed)
+        served = Preprocessing.from_json(graph.parameters[PREPROCESSING_PARAMETER])
+        with onnx_export.exported_runner([graph]) as run:
+            multicrop, crops_bar = multicrop_gate(run, served, seed, split, TOP1_THRESHOLD)
         return Quality(
             metric="top1",
             value=float(correct.float().mean()),
             threshold=TOP1_THRESHOLD,
-            details={"held_out_scenes": HELD_OUT_SCENES, "split": split, "per_class_top1": per_class},
+            details={
+                "held_out_scenes": HELD_OUT_SCENES,
+                "split": split,
+                "per_class_top1": per_class,
+                "multicrop": multicrop,
+            },
+            gates=(crops_bar,),
         )
 
     def graphs(self, model: nn.Module, config: C, seed: int) -> Sequence[GraphSpec]:
+        extra = () if self.extra_graphs is None else tuple(self.extra_graphs(model, self.resolved(model, config), seed))
+        return (self.classifier_graph(model, config, seed), *extra)
+
+    def classifier_graph(self, model: nn.Module, config: C, seed: int) -> GraphSpec:
+        """The main graph, ``images -> logits`` (task classify)."""
         config = self.resolved(model, config)
         preprocessing = self.preprocessing(config)
         height, width = preprocessing.size
         random = torch.randn(3, 3, height, width, generator=torch.Generator().manual_seed(seed)).numpy()
-        extra = () if self.extra_graphs is None else tuple(self.extra_graphs(model, config, seed))
-        return (
-            GraphSpec(
-                module=model.eval(),
-                inputs=(TensorSpec(IMAGES, (3, height, width)),),
-                outputs=(TensorSpec(LOGITS, (config.num_classes,), label_filename=LABELS_FILE),),
-                tolerances={LOGITS: _tolerance(config)},
-                parity_cases=(
-                    ParityCase("real", {IMAGES: held_out_inputs(8, preprocessing, seed)}),
-                    ParityCase("random", {IMAGES: random}),
-                ),
-                max_batch_size=config.max_batch_size,
-                task=self.task,
-                parameters={PREPROCESSING_PARAMETER: preprocessing.to_json()},
-                labels=self.labels(config),
+        return GraphSpec(
+            module=model.eval(),
+            inputs=(TensorSpec(IMAGES, (3, height, width)),),
+            outputs=(TensorSpec(LOGITS, (config.num_classes,), label_filename=LABELS_FILE),),
+            tolerances={LOGITS: _tolerance(config)},
+            parity_cases=(
+                ParityCase("real", {IMAGES: held_out_inputs(8, preprocessing, seed)}),
+                ParityCase("random", {IMAGES: random}),
             ),
-            *extra,
+            max_batch_size=config.max_batch_size,
+            task=self.task,
+            parameters={PREPROCESSING_PARAMETER: preprocessing.to_json()},
+            labels=self.labels(config),
         )
 
     def system_parity(
