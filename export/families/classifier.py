@@ -1,8 +1,8 @@
 """What the five image classifiers share: config, training recipe, augmentations, quality, export graph.
 
 Each classifier family module (alexnet, zfnet, vgg, googlenet, resnet) supplies its networks and configs
-and registers a ``ClassifierFamily``; the training loop, the held-out top-1 and the exported
-``images -> logits`` graph are the same for all five.
+and registers a ``ClassifierFamily``; the training loop, the held-out top-1, the multi-crop gate
+(export.families.multicrop) and the exported ``images -> logits`` graph are the same for all five.
 """
 
 from __future__ import annotations
