@@ -4,7 +4,7 @@ contract.preprocessing's resize) over the exported graph in ONNX Runtime.
 
 The scenes are drawn SCENE_SCALE larger than the model's input, as a photo is larger than a model's input,
 so that a crop cuts a part of the scene rather than of a resized-up copy. The bar: 10 crops must clear the
-family's own top-1 bar (measured 0.992-1.000 for the five small classifiers, docs/history/2026-11-27-multicrop.md),
+family's own top-1 bar (measured 0.988-1.000 for the five small classifiers, docs/history/2026-11-27-multicrop.md),
 so that a model, a crop geometry or an averaging that goes wrong stops the export.
 """
 
