@@ -3,10 +3,12 @@
     python -m benchmarks.multicrop --model-repository model_repository --scenes 400
 
 One server (clients.server_process, loopback) on the repository; every ready classifier classifies the same
-held-out scenes (the generator's test split of --seed, drawn at 1.25x the scene size the models were trained
-on, as a photo is larger than a model's input; --distort: rotated, scaled and shifted as the warp task's)
+held-out scenes (the generator's test split of --seed, drawn at SCENE_SIDE, larger than any small model's
+input, as a photo is larger than a model's input; --distort: rotated, scaled and shifted as the warp task's)
 with crops=1, 5 and 10. Per model and crop count: top-1 accuracy, its change against 1 crop, and the
-agreement of the top-1 label with 1 crop's. Prints a Markdown table; --out FILE also writes the figures as JSON.
+agreement of the top-1 label with 1 crop's: contract.multicrop's figures, which each small classifier's
+export report also gives (there on scenes drawn at SCENE_SCALE times that model's own input size). Prints a
+Markdown table; --out FILE also writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -22,20 +24,17 @@ import numpy as np
 
 from clients.client import VisionClient
 from clients.server_process import ServerProcess
+from contract.multicrop import CROP_COUNTS, SCENE_SCALE, CropFigures, crop_figures
 from contract.scenes import SHAPES, make_scenes
 
-CROP_COUNTS = (1, 5, 10)
-SCENE_SIDE = 80  # the small classifiers' 64-pixel scenes, drawn 1.25x larger
+SCENE_SIDE = round(64 * SCENE_SCALE)  # the input of the small AlexNet and ZF Net (the others take 32), drawn larger
 BATCH = 20  # images per request
 
 
 @dataclass(frozen=True)
 class Row:
     model: str
-    crops: int
-    accuracy: float
-    accuracy_change: float
-    agreement_with_one_crop: float
+    figures: CropFigures
 
 
 def top_labels(client: VisionClient, model: str, images: np.ndarray, crops: int) -> list[str]:
@@ -52,11 +51,7 @@ def measure(client: VisionClient, images: np.ndarray, truth: Sequence[str]) -> l
         if not info.ready:
             continue
         answers = {crops: top_labels(client, info.name, images, crops) for crops in CROP_COUNTS}
-        single = np.mean([a == t for a, t in zip(answers[1], truth, strict=True)])
-        for crops, labels in answers.items():
-            accuracy = float(np.mean([a == t for a, t in zip(labels, truth, strict=True)]))
-            agreement = float(np.mean([a == b for a, b in zip(labels, answers[1], strict=True)]))
-            rows.append(Row(info.name, crops, accuracy, accuracy - float(single), agreement))
+        rows += [Row(info.name, figures) for figures in crop_figures(truth, answers)]
     return rows
 
 
@@ -64,8 +59,8 @@ def table(rows: Sequence[Row]) -> str:
     header = "| model | crops | top-1 accuracy | change vs 1 crop | top-1 agreement with 1 crop |"
     lines = [header, "|---|---|---|---|---|"]
     lines += [
-        f"| {r.model} | {r.crops} | {r.accuracy:.3f} | {r.accuracy_change:+.3f} | {r.agreement_with_one_crop:.3f} |"
-        for r in rows
+        f"| {r.model} | {f.crops} | {f.accuracy:.3f} | {f.accuracy_change:+.3f} | {f.agreement_with_one_crop:.3f} |"
+        for r, f in ((row, row.figures) for row in rows)
     ]
     return "\n".join(lines)
 
@@ -88,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.scenes} held-out {kind}scenes ({SCENE_SIDE} px, test split of seed {args.seed})")
     print(table(rows))
     if args.out:
-        args.out.write_text(json.dumps([asdict(row) for row in rows], indent=2))
+        args.out.write_text(json.dumps([{"model": row.model, **asdict(row.figures)} for row in rows], indent=2))
     return 0 if status == 0 and rows else 1
 
 

@@ -11,6 +11,7 @@ serving or clients), so that every stage can import it without pulling in anothe
     sources.py       the digest of the sources an exported repository depends on
     caption_decoding.py  the one beam search (the server's), also measuring the export report's captions
     ranking.py       top-k columns of a score matrix, ties broken alike everywhere
+    multicrop.py     Classify's test-time crops and their averaging (the server's, and the export's gate)
     tensorrt_runner.py   the one TensorRT engine runner (tensorrt imported lazily), export check and backend
     alignment_scores.py  the aligner's image-sentence scores and recall (Align and its export gate)
     explain_layers.py    the DeconvNet's `explain_layers` parameter

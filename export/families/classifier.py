@@ -1,8 +1,8 @@
 """What the five image classifiers share: config, training recipe, augmentations, quality, export graph.
 
 Each classifier family module (alexnet, zfnet, vgg, googlenet, resnet) supplies its networks and configs
-and registers a ``ClassifierFamily``; the training loop, the held-out top-1 and the exported
-``images -> logits`` graph are the same for all five.
+and registers a ``ClassifierFamily``; the training loop, the held-out top-1, the multi-crop gate
+(export.families.multicrop) and the exported ``images -> logits`` graph are the same for all five.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from contract.names import CLASSIFY, IMAGES, LOGITS, PREPROCESSING_PARAMETER
 from contract.preprocessing import Preprocessing, PreprocessingError, preprocess
 from contract.scenes import SHAPES, make_scenes
 from contract.tensors import TensorSpec
+from export import onnx as onnx_export
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split
 from export.families.base import (
     ExportError,
@@ -35,6 +36,7 @@ from export.families.base import (
     read_labels,
     square_preprocessing,
 )
+from export.families.multicrop import multicrop_gate
 from export.families.reference import classifier_agreement, imagenet_preprocessing
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
@@ -314,6 +316,8 @@ class ClassifierFamily(Generic[C]):
         return load_state_dict_strict(self.builder(config), state_dict, f"{self.name} ({config.name})")
 
     def evaluate(self, model: nn.Module, config: C, seed: int) -> Quality | None:
+        """Held-out top-1 (PyTorch) and, gated beside it, the multi-crop figures of the exported graph
+        (export.families.multicrop)."""
         if config.num_classes != len(SHAPES):
             return None  # user weights for other classes (ImageNet): the synthetic shapes say nothing
         split = evaluation_split()
@@ -322,11 +326,21 @@ class ClassifierFamily(Generic[C]):
         per_class = {
             shape: round(float(correct[data.labels == index].float().mean()), 4) for index, shape in enumerate(SHAPES)
         }
+        graph = self.graphs(model, config, seed)[0]  # the classifier as exported (its extra graphs cost ~0.02 s)
+        served = Preprocessing.from_json(graph.parameters[PREPROCESSING_PARAMETER])
+        with onnx_export.exported_runner([graph]) as run:
+            multicrop, crops_bar = multicrop_gate(run, served, seed, split, TOP1_THRESHOLD)
         return Quality(
             metric="top1",
             value=float(correct.float().mean()),
             threshold=TOP1_THRESHOLD,
-            details={"held_out_scenes": HELD_OUT_SCENES, "split": split, "per_class_top1": per_class},
+            details={
+                "held_out_scenes": HELD_OUT_SCENES,
+                "split": split,
+                "per_class_top1": per_class,
+                "multicrop": multicrop,
+            },
+            gates=(crops_bar,),
         )
 
     def graphs(self, model: nn.Module, config: C, seed: int) -> Sequence[GraphSpec]:

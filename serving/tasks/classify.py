@@ -2,20 +2,27 @@
 
 Model contract (docs/MODEL_REPOSITORY.md): `images` FP32 [B, 3, H, W] -> `logits` FP32 [B, C].
 
-Multi-crop (AlexNet's and GoogLeNet's test-time augmentation): the image is resized to the model's size
-divided by CROP_FRACTION (AlexNet: 256 for 224 crops), the crops of the model's size are cut at the four
-corners and the centre (and flipped horizontally for 10), and the softmax of their logits is averaged. All
-crops of a request go to the model as one request, so they share a batch.
+Multi-crop (AlexNet's and GoogLeNet's test-time augmentation): the crops and their averaging are
+contract.multicrop's, the definition the export's multi-crop gate measures. Here the crops are cut from the
+request's deferred rows, and all crops of a request go to the model as one request, so they share a batch.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from contract.multicrop import (
+    CropCountError,
+    CropView,
+    averaged_log_probabilities,
+    crop_source_size,
+    crop_views,
+    stacked_crops,
+)
 from contract.names import IMAGES, LOGITS
 from contract.ranking import top_columns
 from serving.deferred import DeferredRows, RowWriter
@@ -25,10 +32,6 @@ from serving.tasks.common import TensorModel, prepare_images
 from serving.tasks.offload import run_image_work
 
 DEFAULT_TOP_K = 5
-#: Crops per image a request may ask for (0 means 1): the whole image, 4 corners + centre, and those flipped.
-CROP_COUNTS = (1, 5, 10)
-#: A crop's side as a fraction of the resized image's (AlexNet's 224 of 256).
-CROP_FRACTION = 7 / 8
 
 
 @dataclass(frozen=True)
@@ -79,40 +82,19 @@ def classifications(logits: np.ndarray, labels: Sequence[str], k: int) -> list[C
     ]
 
 
-CropView = Callable[[np.ndarray], np.ndarray]
-
-
-def crop_views(crops: int, size: tuple[int, int]) -> tuple[CropView, ...]:
-    """The `crops` views (1, 5 or 10) of a (3, H', W') enlarged image that give (3, *size) crops: corners
-    top-left, top-right, bottom-left, bottom-right, the centre, then the same five flipped left to right.
-    InvalidArgument naming `crops` for any other count."""
-    if crops not in CROP_COUNTS:
-        raise InvalidArgument(f"crops {crops} is not one of 1, 5 or 10 (0 means 1)")
-    height, width = size
-    full_height, full_width = crop_source_size(crops, size)
-    corners = [(0, 0), (0, full_width - width), (full_height - height, 0), (full_height - height, full_width - width)]
-    origins = [*corners, ((full_height - height) // 2, (full_width - width) // 2)][:crops]
-
-    def view(top: int, left: int, flip: bool) -> CropView:
-        step = -1 if flip else 1
-        return lambda image: image[:, top : top + height, left : left + width][:, :, ::step]
-
-    return tuple(view(top, left, flip) for flip in (False, True)[: 1 + (crops == 10)] for top, left in origins)
-
-
-def crop_source_size(crops: int, size: tuple[int, int]) -> tuple[int, int]:
-    """The size images are resized to before cropping: the model's size itself for 1 crop, else divided by
-    CROP_FRACTION."""
-    if crops == 1:
-        return size
-    return round(size[0] / CROP_FRACTION), round(size[1] / CROP_FRACTION)
+def checked_crop_views(crops: int, size: tuple[int, int]) -> tuple[CropView, ...]:
+    """contract.multicrop.crop_views; InvalidArgument naming `crops` when it is not 1, 5 or 10."""
+    try:
+        return crop_views(crops, size)
+    except CropCountError as error:
+        raise InvalidArgument(f"{error} (0 means 1)") from None
 
 
 def cropped(batch: np.ndarray | DeferredRows, views: Sequence[CropView]) -> np.ndarray | DeferredRows:
     """Every image's crops, image by image: (N * len(views), 3, h, w) rows. Deferred rows stay deferred:
     each image is decoded once, when its first crop is written, and its crops are cut from that."""
     if isinstance(batch, np.ndarray):
-        return np.ascontiguousarray(np.stack([view(image) for image in batch for view in views]))
+        return stacked_crops(batch, views)
     item_shape = views[0](np.empty(batch.item_shape, batch.dtype)).shape
 
     def crops_of(writer: RowWriter) -> list[RowWriter]:
@@ -130,16 +112,6 @@ def cropped(batch: np.ndarray | DeferredRows, views: Sequence[CropView]) -> np.n
     return DeferredRows(item_shape, batch.dtype, tuple(w for writer in batch.writers for w in crops_of(writer)))
 
 
-def averaged_log_probabilities(logits: np.ndarray, crops: int) -> np.ndarray:
-    """float (N * crops, C) logits -> (N, C) log of each image's softmax averaged over its crops: logits whose
-    softmax is that average, so the single-crop postprocessing applies unchanged."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    averaged = probabilities.reshape(-1, crops, logits.shape[1]).mean(axis=1)
-    with np.errstate(divide="ignore"):  # a class no crop gives any probability: -inf, softmax 0
-        return np.log(averaged)
-
-
 @dataclass(frozen=True)
 class Classifier:
     """A classify model with its preprocessing and labels."""
@@ -155,7 +127,7 @@ class Classifier:
         """`top_k` 0 means DEFAULT_TOP_K; `crops` 0 means 1 (else 5 or 10, see the module docstring);
         results in the order of `images`."""
         crops = crops or 1
-        views = crop_views(crops, self.preprocessing.size)
+        views = checked_crop_views(crops, self.preprocessing.size)
         source = replace(self.preprocessing, size=crop_source_size(crops, self.preprocessing.size))
         batch = await prepare_images(images, source, self.limits)
         tensor = batch.tensor

@@ -74,6 +74,19 @@ def test_config_matches_the_onnx_graph(small_repository: Path, family: str) -> N
 
 
 @pytest.mark.parametrize("family", CLASSIFIERS)
+def test_classifier_reports_its_multi_crop_figures_and_clears_their_bar(small_repository: Path, family: str) -> None:
+    quality = _report(small_repository / f"{family}_small")["quality"]
+    multicrop = quality["details"]["multicrop"]
+    figures = {row["crops"]: row for row in multicrop["by_crops"]}
+    assert sorted(figures) == [1, 5, 10] and figures[1]["agreement_with_one_crop"] == 1.0
+    for row in figures.values():
+        assert row["accuracy_change"] == pytest.approx(row["accuracy"] - figures[1]["accuracy"], abs=1e-3)
+    (gate,) = [bar for bar in quality["gates"] if bar["metric"] == "top1_10_crops"]
+    assert gate["value"] == pytest.approx(figures[10]["accuracy"], abs=1e-4)
+    assert gate["threshold"] == quality["threshold"] and gate["value"] >= gate["threshold"], gate
+
+
+@pytest.mark.parametrize("family", CLASSIFIERS)
 def test_exported_classifier_classifies_fresh_scenes_in_any_batch_size(small_repository: Path, family: str) -> None:
     folder = small_repository / f"{family}_small"
     config = model_config.read(folder)

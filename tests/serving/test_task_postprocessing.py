@@ -14,18 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from contract.caption_decoding import DecoderState, DecoderStep, SearchSettings, beam_search, decoder_step
+from contract.multicrop import crop_views
 from contract.preprocessing import Placement, placement
 from serving.deferred import DeferredRows
 from serving.errors import InvalidArgument
 from serving.images import Preprocessing, normalise
-from serving.tasks.classify import (
-    averaged_log_probabilities,
-    classifications,
-    crop_source_size,
-    crop_views,
-    cropped,
-    softmax_top_k,
-)
+from serving.tasks.classify import checked_crop_views, classifications, cropped, softmax_top_k
 from serving.tasks.common import ImageSize
 from serving.tasks.detect import DetectionOptions, image_sizes, select_detections, to_original_pixels
 from serving.tasks.generate import latents_from_seed, latents_from_values, png_images
@@ -50,20 +44,6 @@ def test_top_k_is_capped_at_the_class_count_and_survives_large_logits() -> None:
     assert np.isfinite(best.probabilities).all() and best.probabilities.sum() == pytest.approx(1.0)
 
 
-def test_crops_are_the_corners_the_centre_and_their_mirror_images() -> None:
-    size = (4, 6)
-    height, width = crop_source_size(10, size)
-    assert (height, width) == (5, 7)  # 4 / (7/8) = 4.57 and 6 / (7/8) = 6.86, rounded
-    image = np.arange(3 * height * width, dtype=np.float32).reshape(3, height, width)
-    crops = [view(image) for view in crop_views(10, size)]
-    origins = [(0, 0), (0, 1), (1, 0), (1, 1), (0, 0)]  # centre: (5 - 4) // 2, (7 - 6) // 2
-    assert [crop.shape for crop in crops] == [(3, *size)] * 10
-    for index, (top, left) in enumerate(origins):
-        np.testing.assert_array_equal(crops[index], image[:, top : top + 4, left : left + 6])
-        np.testing.assert_array_equal(crops[5 + index], crops[index][:, :, ::-1])
-    assert len(crop_views(5, size)) == 5 and crop_source_size(1, size) == size
-
-
 def test_crops_of_deferred_rows_decode_each_image_once() -> None:
     decoded = []
 
@@ -86,17 +66,8 @@ def test_crops_of_deferred_rows_decode_each_image_once() -> None:
 
 @pytest.mark.parametrize("crops", [0, 2, 3, 4, 11])
 def test_other_crop_counts_are_invalid_arguments_naming_them(crops: int) -> None:
-    with pytest.raises(InvalidArgument, match=f"crops {crops} is not one of 1, 5 or 10"):
-        crop_views(crops, (4, 4))
-
-
-def test_averaged_log_probabilities_are_logits_of_the_mean_softmax() -> None:
-    logits = np.random.default_rng(2).normal(size=(2 * 5, 4)).astype(np.float32)
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    mean = probabilities.reshape(2, 5, 4).mean(axis=1)
-    best = softmax_top_k(averaged_log_probabilities(logits, 5), 4)
-    np.testing.assert_allclose(best.probabilities, np.take_along_axis(mean, best.indices, axis=1), rtol=1e-5)
-    np.testing.assert_array_equal(best.indices, np.argsort(-mean, axis=1))
+    with pytest.raises(InvalidArgument, match=rf"crops {crops} is not one of 1, 5 or 10 \(0 means 1\)"):
+        checked_crop_views(crops, (4, 4))
 
 
 def test_classifications_carry_labels_and_fall_back_to_the_index() -> None:
