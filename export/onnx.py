@@ -123,15 +123,22 @@ def run_torch(graph: GraphSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, n
 
 
 def compare(name: str, expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> ParityCheck:
-    """Element-wise ``|actual - expected| <= atol + rtol * |expected|``; shapes and dtypes must match."""
-    bound = f"atol={tolerance.atol:g} rtol={tolerance.rtol:g}"
+    """Element-wise ``|actual - expected| <= atol + rtol * |expected| + row_rtol * max|expected row|``; shapes and
+    dtypes must match."""
+    bound = f"atol={tolerance.atol:g} rtol={tolerance.rtol:g}" + (
+        f" row_rtol={tolerance.row_rtol:g}" if tolerance.row_rtol else ""
+    )
     if expected.shape != actual.shape or expected.dtype != actual.dtype:
         detail = f"shape/dtype {actual.shape} {actual.dtype} != torch {expected.shape} {expected.dtype}"
         return ParityCheck(name=name, max_abs_diff=float("inf"), passed=False, detail=detail)
     if expected.size == 0:
         return ParityCheck(name=name, max_abs_diff=0.0, passed=True, detail=bound)
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    allowed = tolerance.atol + tolerance.rtol * np.abs(expected.astype(np.float64))
+    magnitude = np.abs(expected.astype(np.float64))
+    allowed = tolerance.atol + tolerance.rtol * magnitude
+    if tolerance.row_rtol and magnitude.ndim > 0:
+        row_max = np.nan_to_num(magnitude.reshape(len(magnitude), -1), posinf=0.0).max(axis=1)
+        allowed = allowed + tolerance.row_rtol * row_max.reshape((-1,) + (1,) * (magnitude.ndim - 1))
     passed = bool(np.all(difference <= allowed)) and bool(np.all(np.isfinite(actual) == np.isfinite(expected)))
     return ParityCheck(name=name, max_abs_diff=float(np.nanmax(difference)), passed=passed, detail=bound)
 

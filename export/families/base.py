@@ -55,13 +55,17 @@ class FamilyConfig:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Parity bound for one output: pass when ``|onnx - torch| <= atol + rtol * |torch|`` element-wise.
+    """Parity bound for one output: pass when ``|onnx - torch| <= atol + rtol * |torch| + row_rtol * max|torch row|``
+    element-wise, the last term over the element's row (its batch item).
 
-    ``Tolerance.exact()`` (atol = rtol = 0) for integer outputs such as labels and counts.
+    ``Tolerance.exact()`` (atol = rtol = 0) for integer outputs such as labels and counts. row_rtol is for
+    outputs served scaled to their row's maximum (Explain's projections become 8-bit pictures), where an error
+    far below the row's largest value cannot show.
     """
 
     atol: float
     rtol: float = 0.0
+    row_rtol: float = 0.0
 
     @staticmethod
     def exact() -> Tolerance:

@@ -325,7 +325,9 @@ def explain_graph(
         ),
         outputs=peak_outputs + class_outputs if by_class else peak_outputs,
         tolerances={
-            PROJECTION: Tolerance(atol=1e-4, rtol=1e-3),
+            # Served as an 8-bit picture scaled to the row's largest value: 1e-3 of it is a quarter of a grey level.
+            # A full AlexNet's random rows differ by 0.013 where the element-wise bound alone allows 1e-4.
+            PROJECTION: Tolerance(atol=1e-4, rtol=1e-3, row_rtol=1e-3),
             CHANNEL: Tolerance.exact(),
             ACTIVATION: Tolerance(atol=1e-4, rtol=1e-5),
             POSITION: Tolerance.exact(),
