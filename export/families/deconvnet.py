@@ -325,9 +325,11 @@ def explain_graph(
         ),
         outputs=peak_outputs + class_outputs if by_class else peak_outputs,
         tolerances={
-            # Served as an 8-bit picture scaled to the row's largest value: 1e-3 of it is a quarter of a grey level.
-            # A full AlexNet's random rows differ by 0.013 where the element-wise bound alone allows 1e-4.
-            PROJECTION: Tolerance(atol=1e-4, rtol=1e-3, row_rtol=1e-3),
+            # Served as an 8-bit picture scaled to the row's largest value. Rounding can flip a ReLU near 0 or the
+            # switch of an all-zero pooling window (the runtimes break such ties differently), and the projection
+            # then differs locally: on a livened full AlexNet's noise images by 0.85% of the row's largest value
+            # (0.013 of 1.54, 239 pixels). 1e-2 of it is 2.5 grey levels of the picture.
+            PROJECTION: Tolerance(atol=1e-4, rtol=1e-3, row_rtol=1e-2),
             CHANNEL: Tolerance.exact(),
             ACTIVATION: Tolerance(atol=1e-4, rtol=1e-5),
             POSITION: Tolerance.exact(),
