@@ -368,9 +368,9 @@ def variant_loss(model: SpatialTransformerNet, batch: DistortedSet, config: StnC
     inverse's, plus photometric_weight x photometric_error.
 
     On the grid rather than on theta: a homography's entries differ in scale by orders of magnitude, the
-    pixels they move do not. With the grid term alone the thin-plate-spline net learnt half of each
-    displacement (regression slope 0.5, -31% pixel error of the inverse's -64%); the grid term keeps the
-    warp on the known inverse where pixels do not say.
+    pixels they move do not. The photometric term because with the grid term alone the thin-plate-spline
+    net learnt half of each displacement (regression slope 0.5: -31% pixel error, the known inverse -64%);
+    the grid term keeps the warp on the known inverse where the pixels do not tell.
     """
     warped, theta, logits = model(batch.images)
     grid = model.sampler.grid
@@ -537,9 +537,9 @@ class StnFamily:
                 },
                 "held_out_scenes": EVAL_SCENES,
                 "split": split,
-                "loss": "cross-entropy + theta_weight x MSE(theta, known inverse distortion); variants: "
-                "cross-entropy through a fine-tuned copy of the affine net's head + grid_weight x MSE(grid, known "
-                "inverse's)",
+                "loss": "cross-entropy + theta_weight x MSE(theta, known inverse distortion) + photometric_weight x "
+                "mean |warped - canonical|; variants: cross-entropy through a fine-tuned copy of the affine net's "
+                "head + grid_weight x MSE(grid, known inverse's) + the same photometric term",
             },
         )
 
