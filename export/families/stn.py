@@ -8,7 +8,7 @@ an n x n control-point grid). The served graph returns the warped image, theta a
 
 The small config trains all three: the affine net on affine distortions of the scenes, then a projective
 and a thin-plate-spline net, each on distortions of its own kind, starting from the affine net's
-localisation features and reading the affine net's (frozen) classifier head. The full config loads one
+localisation features and a copy of its classifier head, fine-tuned with them. The full config loads one
 `SpatialTransformerNet` state_dict; its transform, input size, widths and class count (or no head at all)
 are read from the checkpoint's shapes (docs/EXPORT_FAMILIES.md lists the layout).
 """
@@ -60,8 +60,10 @@ class StnConfig(FamilyConfig):
     n x n control points.
     train_steps / batch_size / train_scenes / lr / theta_weight: Adam steps of the main (affine) net on
     distorted scenes; the loss is cross-entropy plus theta_weight x MSE(theta, inverse of the scene's known
-    distortion). variant_steps / variant_lr / grid_weight: each further variant's steps, the loss then being
-    cross-entropy through the frozen head plus grid_weight x MSE(its sampling grid, the known inverse's).
+    distortion) plus photometric_weight x mean |warped - canonical| (normalised pixels). variant_steps /
+    variant_scenes / variant_lr / grid_weight: each further variant's steps and training scenes, the loss
+    then being cross-entropy through its copy of the head plus grid_weight x MSE(its sampling grid, the known
+    inverse's) plus the same photometric term.
     """
 
     image_size: int = 128
@@ -78,8 +80,10 @@ class StnConfig(FamilyConfig):
     lr: float = 3e-3
     theta_weight: float = 20.0
     variant_steps: int = 0
+    variant_scenes: int = 2000
     variant_lr: float = 2e-3
     grid_weight: float = 200.0
+    photometric_weight: float = 10.0
 
 
 FULL = StnConfig(name="full", trainable=False, max_batch_size=32)
@@ -91,9 +95,9 @@ SMALL = StnConfig(
     loc_widths=(8, 16, 32),
     loc_hidden=64,
     head_widths=(24, 48, 64),
-    train_steps=1200,
+    train_steps=1500,
     variants=("projective", "tps"),
-    variant_steps=400,
+    variant_steps=300,
 )
 
 
@@ -282,15 +286,9 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], base: StnConf
     )
 
 
+#: Every net's bars (the affine one and each variant, on held-out scenes of its own distortions).
 ACCURACY_THRESHOLD = 0.95
 ERROR_REDUCTION_THRESHOLD = 0.30
-#: The projective and thin-plate-spline variants' accuracy bar: their distortions lose more of the scene
-#: at the borders than the affine ones, and they read the affine net's head without retraining it.
-VARIANT_ACCURACY_THRESHOLD = 0.90
-#: Pixel error reduction bars per variant. The thin-plate-spline net reaches about half of what its known
-#: inverse reaches (-31% of -65%, docs/EXPORT_FAMILIES.md) in its 60 CPU-second budget; its bar keeps a
-#: margin below that and still refuses a net that does not warp (0) or warps the wrong way (< 0).
-VARIANT_REDUCTION_THRESHOLDS: Mapping[str, float] = {"projective": ERROR_REDUCTION_THRESHOLD, "tps": 0.25}
 EVAL_SCENES = 500
 
 
@@ -304,6 +302,12 @@ class DistortedSet:
     canonical: np.ndarray
     labels: torch.Tensor
     inverse_theta: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> DistortedSet:
+        """The scenes at `index` (INT64 [n]): one training batch."""
+        return DistortedSet(
+            self.images[index], self.canonical[index.numpy()], self.labels[index], self.inverse_theta[index]
+        )
 
 
 def distorted_set(count: int, size: int, seed: int, split: str | None = None) -> DistortedSet:
@@ -338,79 +342,86 @@ def variant_set(transform: str, count: int, size: int, seed: int, split: str, gr
     )
 
 
-def stn_loss(
-    model: SpatialTransformerNet, images: torch.Tensor, labels: torch.Tensor, inverse_theta: torch.Tensor, weight: float
-) -> torch.Tensor:
-    """Cross-entropy on the warped image's logits plus `weight` x MSE(theta, the known inverse distortion).
+def photometric_error(warped: torch.Tensor, batch: DistortedSet) -> torch.Tensor:
+    """Mean |warped - canonical| in normalised pixels: what the pixel error gate measures, as a loss term."""
+    return F.l1_loss(warped, normalise(batch.canonical, DEFAULT_MEAN, DEFAULT_STD))
 
-    The auxiliary term is the documented departure from the paper's classification-only loss: with a
-    budget of a few hundred steps it is what makes the warp undo the distortion, not merely help the
+
+def stn_loss(model: SpatialTransformerNet, batch: DistortedSet, config: StnConfig) -> torch.Tensor:
+    """Cross-entropy on the warped image's logits plus theta_weight x MSE(theta, the known inverse distortion)
+    plus photometric_weight x photometric_error.
+
+    The auxiliary terms are the documented departure from the paper's classification-only loss: with a
+    budget of a few hundred steps they are what makes the warp undo the distortion, not merely help the
     classifier.
     """
-    _, theta, logits = model(images)
-    return F.cross_entropy(logits, labels) + weight * F.mse_loss(theta, inverse_theta)
+    warped, theta, logits = model(batch.images)
+    return (
+        F.cross_entropy(logits, batch.labels)
+        + config.theta_weight * F.mse_loss(theta, batch.inverse_theta)
+        + config.photometric_weight * photometric_error(warped, batch)
+    )
 
 
-def variant_loss(
-    model: SpatialTransformerNet, images: torch.Tensor, labels: torch.Tensor, inverse_theta: torch.Tensor, weight: float
-) -> torch.Tensor:
-    """Cross-entropy through the head plus `weight` x MSE between the sampling grid and the known inverse's.
+def variant_loss(model: SpatialTransformerNet, batch: DistortedSet, config: StnConfig) -> torch.Tensor:
+    """Cross-entropy through the head, plus grid_weight x MSE between the sampling grid and the known
+    inverse's, plus photometric_weight x photometric_error.
 
     On the grid rather than on theta: a homography's entries differ in scale by orders of magnitude, the
-    pixels they move do not.
+    pixels they move do not. The photometric term because with the grid term alone the thin-plate-spline
+    net learnt half of each displacement (regression slope 0.5: -31% pixel error, the known inverse -64%);
+    the grid term keeps the warp on the known inverse where the pixels do not tell.
     """
-    _, theta, logits = model(images)
-    sampler = model.sampler
-    return F.cross_entropy(logits, labels) + weight * F.mse_loss(sampler.grid(theta), sampler.grid(inverse_theta))
+    warped, theta, logits = model(batch.images)
+    grid = model.sampler.grid
+    return (
+        F.cross_entropy(logits, batch.labels)
+        + config.grid_weight * F.mse_loss(grid(theta), grid(batch.inverse_theta))
+        + config.photometric_weight * photometric_error(warped, batch)
+    )
 
 
-LossFunction = Callable[[SpatialTransformerNet, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+LossFunction = Callable[[SpatialTransformerNet, DistortedSet, StnConfig], torch.Tensor]
 
 
 def _fit(
     model: SpatialTransformerNet,
-    trainable: nn.Module,
     data: DistortedSet,
     loss: LossFunction,
-    weight: float,
     steps: int,
     lr: float,
     config: StnConfig,
     seed: int,
 ) -> SpatialTransformerNet:
-    """Adam one-cycle on random batches of `data`, updating `trainable` (all of `model` or a part of it)."""
+    """Adam one-cycle on random batches of `data`, updating all of `model`."""
     rng = torch.Generator().manual_seed(seed)
 
     def step_loss() -> torch.Tensor:
-        index = torch.randint(0, len(data.labels), (config.batch_size,), generator=rng)
-        return loss(model, data.images[index], data.labels[index], data.inverse_theta[index], weight)
+        return loss(model, data.rows(torch.randint(0, len(data.labels), (config.batch_size,), generator=rng)), config)
 
-    fit_adam_one_cycle(trainable, step_loss, steps, lr, f"stn_{config.name} {model.config.transform}")
-    return model.eval()
+    return fit_adam_one_cycle(model, step_loss, steps, lr, f"stn_{config.name} {model.config.transform}")
 
 
 def train_stn(model: SpatialTransformerNet, config: StnConfig, seed: int) -> SpatialTransformerNet:
     set_threads()
     torch.manual_seed(seed)
     data = distorted_set(config.train_scenes, config.image_size, seed, "train")
-    return _fit(model, model, data, stn_loss, config.theta_weight, config.train_steps, config.lr, config, seed)
+    return _fit(model, data, stn_loss, config.train_steps, config.lr, config, seed)
 
 
 def train_variant(main: SpatialTransformerNet, config: StnConfig, transform: str, seed: int) -> SpatialTransformerNet:
-    """A `transform` net that starts from `main`'s localisation features, reads `main`'s classifier head
-    (copied, frozen, in eval mode) and trains only its localisation net and a fresh identity-initialised
-    parameter layer, on `transform` distortions of the training scenes."""
+    """A `transform` net that starts from copies of `main`'s localisation features and classifier head and a
+    fresh identity-initialised parameter layer, and trains all of them on `transform` distortions of the
+    training scenes (`main` itself is left as it is). The head is fine-tuned, not frozen: the variants'
+    distortions lose more of the frame than the affine ones, and the affine head read them at 0.95-0.96."""
     set_threads()
     torch.manual_seed(seed)
     model = SpatialTransformerNet(replace(config, transform=transform))
     model.localisation.load_state_dict(main.localisation.state_dict())
     if model.classifier is not None and main.classifier is not None:
         model.classifier.load_state_dict(main.classifier.state_dict())
-        model.classifier.requires_grad_(False).eval()
-    data = variant_set(transform, config.train_scenes, config.image_size, seed, "train", config.control_grid)
-    trainable = nn.ModuleList([model.localisation, model.to_theta])
-    steps, lr = config.variant_steps, config.variant_lr
-    return _fit(model, trainable, data, variant_loss, config.grid_weight, steps, lr, config, seed)
+    data = variant_set(transform, config.variant_scenes, config.image_size, seed, "train", config.control_grid)
+    return _fit(model, data, variant_loss, config.variant_steps, config.variant_lr, config, seed)
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
@@ -451,8 +462,8 @@ def measure_warp(net: SpatialTransformerNet, data: DistortedSet) -> WarpQuality:
 def variant_bars(transform: str, quality: WarpQuality) -> tuple[Bar, Bar]:
     """A variant's two gates: accuracy on its distortions, and the pixel error its warp removes."""
     return (
-        Bar(f"{transform}_distorted_accuracy", quality.accuracy, VARIANT_ACCURACY_THRESHOLD),
-        Bar(f"{transform}_pixel_error_reduction", quality.reduction, VARIANT_REDUCTION_THRESHOLDS[transform]),
+        Bar(f"{transform}_distorted_accuracy", quality.accuracy, ACCURACY_THRESHOLD),
+        Bar(f"{transform}_pixel_error_reduction", quality.reduction, ERROR_REDUCTION_THRESHOLD),
     )
 
 
@@ -526,8 +537,9 @@ class StnFamily:
                 },
                 "held_out_scenes": EVAL_SCENES,
                 "split": split,
-                "loss": "cross-entropy + theta_weight x MSE(theta, known inverse distortion); variants: "
-                "cross-entropy through the affine net's frozen head + grid_weight x MSE(grid, known inverse's)",
+                "loss": "cross-entropy + theta_weight x MSE(theta, known inverse distortion) + photometric_weight x "
+                "mean |warped - canonical|; variants: cross-entropy through a fine-tuned copy of the affine net's "
+                "head + grid_weight x MSE(grid, known inverse's) + the same photometric term",
             },
         )
 
