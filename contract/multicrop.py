@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from contract.ranking import softmax
+
 #: Crops per image a request may ask for: the whole image, 4 corners + centre, and those flipped.
 CROP_COUNTS = (1, 5, 10)
 #: A crop's side as a fraction of the resized image's (AlexNet's 224 of 256).
@@ -66,9 +68,7 @@ def stacked_crops(images: np.ndarray, views: Sequence[CropView]) -> np.ndarray:
 def averaged_log_probabilities(logits: np.ndarray, crops: int) -> np.ndarray:
     """float (N * crops, C) logits -> (N, C) log of each image's softmax averaged over its crops: logits whose
     softmax is that average, so the single-crop postprocessing applies unchanged."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    averaged = probabilities.reshape(-1, crops, logits.shape[1]).mean(axis=1)
+    averaged = softmax(logits).reshape(-1, crops, logits.shape[1]).mean(axis=1)
     with np.errstate(divide="ignore"):  # a class no crop gives any probability: -inf, softmax 0
         return np.log(averaged)
 

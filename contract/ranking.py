@@ -1,4 +1,4 @@
-"""Top-k column selection, shared by classification's top-k and caption beam search."""
+"""Top-k column selection, shared by classification's top-k and caption beam search, and the row-wise softmax."""
 
 from __future__ import annotations
 
@@ -21,3 +21,9 @@ def top_columns(scores: np.ndarray, count: int) -> np.ndarray:
     rows = np.arange(len(scores))[:, None]
     order = np.argsort(-scores[rows, candidates], axis=1, kind="stable")
     return candidates[rows, order]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of float (N, C) logits (shifted by each row's maximum, so large logits do not overflow)."""
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)

@@ -168,17 +168,18 @@ def unpool(signal: torch.Tensor, switches: torch.Tensor, like: torch.Tensor) -> 
 
 
 def strongest(
-    top: torch.Tensor, rank: torch.Tensor, contributions: torch.Tensor, by_class: torch.Tensor
+    top: torch.Tensor, rank: torch.Tensor, contributions: torch.Tensor | None, by_class: torch.Tensor | None
 ) -> tuple[torch.Tensor, ...]:
     """The map holding only the peak of the ``rank``-th channel of ``top`` [B, C, H, W].
 
-    Channels rank by their peak, or in the rows ``by_class`` [B, 1] by their ``contributions`` [B, C];
+    Channels rank by their peak, or in the rows ``by_class`` [B, 1] by their ``contributions`` [B, C] (None in
+    a graph without the class mode);
     ties by index (a count of channels ranked higher rather than a sort, so that ONNX Runtime and
     PyTorch break ties alike). Returns (map, channel [B, 1], activation [B, 1], flat position [B, 1]).
     """
     flat = top.flatten(2)
     peaks, positions = flat.max(2)
-    scores = torch.where(by_class, contributions, peaks)
+    scores = peaks if contributions is None or by_class is None else torch.where(by_class, contributions, peaks)
     index = torch.arange(scores.shape[1], device=top.device)
     beats = (scores.unsqueeze(1) > scores.unsqueeze(2)) | (
         (scores.unsqueeze(1) == scores.unsqueeze(2)) & (index.view(1, 1, -1) < index.view(1, -1, 1))
@@ -225,13 +226,11 @@ class DeconvNet(nn.Module):
                 x, chosen = F.max_pool2d(x, pool.kernel, pool.stride, pool.padding, return_indices=True)
             switches.append(chosen)
             tops.append(x)
-        gradient: torch.Tensor | None = None
-        if self.head is None or classes is None:
-            logits, classes = None, torch.full_like(layer, -1)
-        else:
+        gradient = logits = by_class = None
+        if self.head is not None and classes is not None:
             logits, passed = self.head(tops[-1])
             gradient = self.head.gradient(passed, classes, tops[-1].shape)  # d logit[class] / d the layer's map
-        by_class = classes >= 0
+            by_class = classes >= 0
         signal = torch.zeros_like(tops[-1])
         channel = torch.zeros_like(layer)
         activation = torch.zeros_like(layer, dtype=images.dtype)
@@ -240,12 +239,13 @@ class DeconvNet(nn.Module):
         for index in reversed(range(len(tops))):
             is_layer = layer == index + 1
             top = tops[index]
-            contributions = torch.zeros_like(top[:, :, 0, 0]) if gradient is None else (top * gradient).sum((2, 3))
+            contributions = None if gradient is None else (top * gradient).sum((2, 3))
             kept, picked, value, flat = strongest(top, rank, contributions, by_class)
             signal = signal + kept * is_layer.view(-1, 1, 1, 1).to(kept.dtype)
             channel = torch.where(is_layer, picked, channel)
             activation = torch.where(is_layer, value, activation)
-            contribution = torch.where(is_layer & by_class, contributions.gather(1, picked), contribution)
+            if contributions is not None and by_class is not None:
+                contribution = torch.where(is_layer & by_class, contributions.gather(1, picked), contribution)
             side = self.sides[index]
             position = torch.where(is_layer, torch.cat([flat // side, flat % side], 1), position)
             signal = self._down(index, signal, switches[index], rectified[index], rectify=True)

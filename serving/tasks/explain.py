@@ -24,6 +24,7 @@ import numpy as np
 
 from contract.explain_layers import LAYERS_PARAMETER, ExplainedLayer
 from contract.names import ACTIVATION, CHANNEL, CLASS, CONTRIBUTION, IMAGES, LAYER, LOGITS, POSITION, PROJECTION, RANK
+from contract.ranking import softmax
 from contract.tensors import TensorSpec
 from serving.deferred import DeferredRows
 from serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
@@ -110,12 +111,6 @@ def class_count(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[Tenso
     if not logits or len(logits[0].shape) != 1 or logits[0].shape[0] < 1:
         raise Unavailable(f"model {name} has a '{CLASS}' input but no '{LOGITS}' output [classes]; re-export it")
     return logits[0].shape[0]
-
-
-def probability(logits: np.ndarray, index: int) -> float:
-    """Softmax probability of class `index` in one row of logits."""
-    exponentials = np.exp(logits - logits.max())
-    return float(exponentials[index] / exponentials.sum())
 
 
 @dataclass(frozen=True)
@@ -233,7 +228,7 @@ class Explainer:
         ]
 
     def _explained(self, index: int, logits: np.ndarray) -> Prediction:
-        return Prediction(label=label_of(self.labels, index), index=index, score=probability(logits, index))
+        return Prediction(label=label_of(self.labels, index), index=index, score=float(softmax(logits[None])[0, index]))
 
 
 def receptive_field(
