@@ -50,6 +50,7 @@ _PICKLED_CLASS = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 #: ... or, for bytes that are no pickle of tensors, what its unpickler tripped on (after pages of advice).
 _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
+
 @dataclass(frozen=True)
 class ModelResult:
     """One written model folder: its name, the family's quality, its parity checks and timings (seconds)."""

@@ -220,7 +220,7 @@ class Family(Protocol[ConfigT]):
 
     @property
     def configs(self) -> Mapping[str, ConfigT]:
-        """"small" and "full" configurations, frozen dataclasses derived from FamilyConfig."""
+        """The "small" and "full" configurations: frozen dataclasses derived from FamilyConfig."""
         ...
 
     # Optional: ``variants`` (Mapping[str, ConfigT]), the configs ``--variant NAME`` picks.

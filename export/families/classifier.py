@@ -40,7 +40,8 @@ from export.families.multicrop import multicrop_gate
 from export.families.reference import classifier_agreement, imagenet_preprocessing
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
-TOP1_THRESHOLD = 0.95
+# Issue 10's bar: the worst of seeds 0-4 under AVX512 and ATen's default kernels is 0.988+ (EXPORT_FAMILIES.md).
+TOP1_THRESHOLD = 0.97
 HELD_OUT_SCENES = 1000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

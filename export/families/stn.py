@@ -286,7 +286,9 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], base: StnConf
     )
 
 
-#: Every net's bars (the affine one and each variant, on held-out scenes of its own distortions).
+#: The served (affine) net's accuracy bar; each further variant's, on held-out scenes of its own distortions
+#: (the thin-plate spline's worst seed scores 0.962, so the variants keep 0.95).
+MAIN_ACCURACY_THRESHOLD = 0.97
 ACCURACY_THRESHOLD = 0.95
 ERROR_REDUCTION_THRESHOLD = 0.30
 EVAL_SCENES = 500
@@ -516,7 +518,7 @@ class StnFamily:
         return Quality(
             metric="distorted_accuracy_with_warp_gain",
             value=main.accuracy if main.reduction >= ERROR_REDUCTION_THRESHOLD else 0.0,
-            threshold=ACCURACY_THRESHOLD,
+            threshold=MAIN_ACCURACY_THRESHOLD,
             gates=tuple(bar for kind in stn_config.variants for bar in variant_bars(kind, measured[kind])),
             details={
                 "accuracy_distorted": main.accuracy,

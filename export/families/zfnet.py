@@ -176,6 +176,7 @@ SMALL = ZFNetConfig(
 )
 FULL = ZFNetConfig(**full_config_fields())
 
+
 def deconvnet_stages(model: ZFNet) -> tuple[Stage, ...]:
     """The five layers the paper visualises (figure 2), each with the max-pool that follows it, if any."""
     first, second, last = (Pool(*pool) for pool in _POOLS)
@@ -188,9 +189,7 @@ def deconvnet_stages(model: ZFNet) -> tuple[Stage, ...]:
     )
 
 
-def explain_graphs(
-    model: nn.Module, config: ZFNetConfig, seed: int, labels: Sequence[str]
-) -> tuple[GraphSpec, ...]:
+def explain_graphs(model: nn.Module, config: ZFNetConfig, seed: int, labels: Sequence[str]) -> tuple[GraphSpec, ...]:
     if not isinstance(model, ZFNet):
         raise TypeError(f"zfnet explains a ZFNet, got {type(model).__name__}")
     return (explain_graph(model, deconvnet_stages(model), config, seed, labels, default=True),)

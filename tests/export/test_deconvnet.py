@@ -160,8 +160,9 @@ def test_without_the_class_mode_the_graph_is_the_peak_mode_alone(model: ZFNet, t
     case = peak.parity_cases[0].inputs
     ours = onnx_export.run_session(session, case)
     with torch.no_grad():
-        theirs = with_class.module(*(torch.from_numpy(case[name]) for name in ("images", "layer", "rank")),
-                                   column(len(case["images"]), -1))
+        theirs = with_class.module(
+            *(torch.from_numpy(case[name]) for name in ("images", "layer", "rank")), column(len(case["images"]), -1)
+        )
     assert np.array_equal(ours["channel"], theirs[1].numpy())
     assert np.allclose(ours["projection"], theirs[0].numpy(), atol=1e-4, rtol=1e-3)
 

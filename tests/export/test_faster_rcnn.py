@@ -27,6 +27,7 @@ from export.families.detection.batched import BatchedFasterRCNN
 from export.families.detection.nms import grouped_nms
 from export.families.faster_rcnn import (
     FULL_VARIANTS,
+    MAP_THRESHOLD,
     SMALL,
     architecture_of,
     input_size,
@@ -220,7 +221,7 @@ def test_smoke_training_updates_weights_and_returns_eval_mode() -> None:
 def test_trained_small_detector_reaches_map_threshold(small_repository: Path) -> None:
     report = json.loads((small_repository / "faster_rcnn_small" / "1" / "export_report.json").read_text())
     assert report["quality"]["metric"] == "mAP@0.5"
-    assert report["quality"]["value"] >= 0.80, report["quality"]
+    assert report["quality"]["value"] >= MAP_THRESHOLD, report["quality"]
     assert report["parity"]["passed"]
     names = {check["name"] for check in report["parity"]["checks"]}
     assert {"real/detections", "random/detections"} <= names

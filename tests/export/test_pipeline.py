@@ -18,6 +18,7 @@ from export import tensorrt
 from export.__main__ import EXIT_FAILED, main
 from export.families import get_family
 from export.families.base import ParityCheck, ParityError, QualityError
+from export.families.classifier import TOP1_THRESHOLD
 from export.pipeline import build_repository
 
 
@@ -91,7 +92,7 @@ def test_a_model_below_its_quality_bar_is_not_written_and_the_cli_exits_1(
     assert code == EXIT_FAILED
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.startswith("ninefold export: resnet (resnet_small) is below its quality bar: top1 0.")
-    assert "< 0.95" in message and "--allow-below-threshold" in message
+    assert f"< {TOP1_THRESHOLD}" in message and "--allow-below-threshold" in message
     assert not out.exists()  # nothing written: the --out folder it made is gone
 
 
