@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.backends import FIXED_SHAPES_MODES, BackendSettings
+from serving.backends import FIXED_SHAPES_MODES, IO_BINDING_MODES, BackendSettings
 from serving.images import ImageLimits
 from serving.model_control import MODES, ModelControl
 
@@ -106,6 +106,10 @@ class ServerConfig:
     fixed_shapes: str = field(default="gpu", metadata=option(
         BACKEND, "which ONNX Runtime instances run only fixed batch sizes (1, 2, 4, ... max_batch_size, one "
         "warmed session each; batches padded up): gpu, all (CPU too) or off", choices=FIXED_SHAPES_MODES))
+    io_binding: str = field(default="gpu", metadata=option(
+        BACKEND, "which fixed-shape instances run each batch size through an ONNX Runtime IOBinding of "
+        "buffers allocated once (inputs copied to the device before the run, outputs fetched once): "
+        "gpu, all (CPU too, with --fixed-shapes all) or off", choices=IO_BINDING_MODES))
     log_level: str = field(default="INFO", metadata=option(
         LOGGING, "log verbosity", choices=("DEBUG", "INFO", "WARNING", "ERROR"), parse=str.upper))
     event_loop: str = field(default="uvloop", metadata=option(
@@ -131,6 +135,7 @@ class ServerConfig:
             tensorrt_cache_dir=self.tensorrt_cache_dir,
             tensorrt_fp16=self.tensorrt_fp16,
             fixed_shapes=self.fixed_shapes,
+            io_binding=self.io_binding,
         )
 
     def image_limits(self) -> ImageLimits:

@@ -47,6 +47,8 @@ class BackendSettings:
     tensorrt_fp16: allow fp16 kernels in TensorRT (EP and nothing else; .plan engines are fixed).
     fixed_shapes: which ONNX Runtime instances run only the batch ladder's sizes (serving.ladder):
       "gpu" (GPU instances), "all" (CPU ones too) or "off".
+    io_binding: which fixed-shape instances run each rung through an IOBinding of pre-allocated
+      buffers (serving.backends.io_binding): "gpu", "all" or "off", as fixed_shapes.
     """
 
     intra_op_threads: int = 0
@@ -54,9 +56,11 @@ class BackendSettings:
     tensorrt_cache_dir: Path | None = None
     tensorrt_fp16: bool = True
     fixed_shapes: str = "gpu"
+    io_binding: str = "gpu"
 
 
 FIXED_SHAPES_MODES = ("gpu", "all", "off")
+IO_BINDING_MODES = FIXED_SHAPES_MODES
 
 
 @dataclass(frozen=True)
@@ -159,15 +163,22 @@ def open_backend(
     runtime lazily.
 
     With a `ladder` (and serving.backends.fixed_shapes.runs_fixed_shapes saying so) the instance is one
-    session per batch size of the ladder.
+    session per batch size of the ladder, each bound to pre-allocated buffers where
+    serving.backends.io_binding.runs_io_binding says so.
     """
     if choice.runtime == "tensorrt":
         from serving.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(path, device, content)
     from serving.backends.fixed_shapes import open_fixed_shapes, runs_fixed_shapes
+    from serving.backends.io_binding import bound_rung, runs_io_binding
     from serving.backends.onnxruntime import OnnxRuntimeBackend
 
+    def open_one() -> OnnxRuntimeBackend:
+        return OnnxRuntimeBackend(path, device, settings, threads, content)
+
     if ladder and runs_fixed_shapes(settings, device, choice.runtime):
-        return open_fixed_shapes(ladder, lambda: OnnxRuntimeBackend(path, device, settings, threads, content))
-    return OnnxRuntimeBackend(path, device, settings, threads, content)
+        if runs_io_binding(settings, device):
+            return open_fixed_shapes(ladder, lambda rows: bound_rung(open_one(), rows, device))
+        return open_fixed_shapes(ladder, lambda rows: open_one())
+    return open_one()

@@ -2,7 +2,8 @@
 ever runs fixed batch shapes (why: serving.ladder).
 
 A batch of `n` rows runs on the session of the smallest rung >= n, padded with zero rows; the
-padding rows are dropped from every output, so callers see exactly the rows they sent.
+padding rows are dropped from every output, so callers see exactly the rows they sent. A rung bound
+to pre-allocated buffers (serving.backends.io_binding.BoundRung) pads into its own buffers instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from serving.backends import Backend, BackendSettings
+from serving.backends.io_binding import BoundRung
 from serving.ladder import pad_rows, rung_for
 from serving.placement import Device
 
@@ -32,9 +34,10 @@ class FixedShapeBackend:
         """Run on the rung that holds the batch; outputs keep only the batch's own rows."""
         items = next(iter(inputs.values())).shape[0]
         rung = rung_for(items, self.ladder)
-        if rung == items:
-            return self._rungs[rung].infer(inputs)
-        outputs = self._rungs[rung].infer(pad_rows(inputs, rung))
+        backend = self._rungs[rung]
+        if rung == items or isinstance(backend, BoundRung):
+            return backend.infer(inputs)
+        outputs = backend.infer(pad_rows(inputs, rung))
         # An output without the batch axis is left whole: the batcher names that model error.
         return {
             name: array[:items] if array.ndim and array.shape[0] == rung else array
@@ -55,12 +58,13 @@ def runs_fixed_shapes(settings: BackendSettings, device: Device, runtime: str) -
     return settings.fixed_shapes == "all" or device.is_gpu
 
 
-def open_fixed_shapes(ladder: Sequence[int], open_one: Callable[[], Backend]) -> FixedShapeBackend:
-    """A FixedShapeBackend of one fresh backend per rung; closes what it opened when one fails."""
+def open_fixed_shapes(ladder: Sequence[int], open_one: Callable[[int], Backend]) -> FixedShapeBackend:
+    """A FixedShapeBackend of one fresh backend per rung (`open_one(rows)`); closes what it opened when
+    one fails."""
     opened: dict[int, Backend] = {}
     try:
         for rung in ladder:
-            opened[rung] = open_one()
+            opened[rung] = open_one(rung)
     except BaseException:
         for backend in opened.values():
             backend.close()

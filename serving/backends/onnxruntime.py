@@ -165,23 +165,23 @@ class OnnxRuntimeBackend:
             preload_cuda_libraries()
         available = ort.get_available_providers()
         providers = providers_for(device, available, settings, path, device.gpu is not None and tensorrt_loadable())
-        self._session = ort.InferenceSession(
+        self.session = ort.InferenceSession(
             str(path) if content is None else content,
             sess_options=options,
             providers=[name for name, _ in providers],
             provider_options=[opts for _, opts in providers],
         )
-        self.providers = tuple(self._session.get_providers())
+        self.providers = tuple(self.session.get_providers())
         check_providers(device, self.providers, path)
-        self.inputs = tuple(_spec(arg) for arg in self._session.get_inputs())
-        self.outputs = tuple(_spec(arg) for arg in self._session.get_outputs())
+        self.inputs = tuple(_spec(arg) for arg in self.session.get_inputs())
+        self.outputs = tuple(_spec(arg) for arg in self.session.get_outputs())
         self._output_names = [spec.name for spec in self.outputs]
         self.threads = options.intra_op_num_threads
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session; ONNX Runtime releases the GIL while it computes."""
-        values = self._session.run(self._output_names, inputs)  # type: ignore[arg-type]
+        values = self.session.run(self._output_names, inputs)  # type: ignore[arg-type]
         return dict(zip(self._output_names, values, strict=True))
 
     def close(self) -> None:
-        del self._session
+        del self.session

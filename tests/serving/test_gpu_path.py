@@ -10,12 +10,14 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from serving.backends import Backend, BackendSettings, tensorrt_loadable
 from serving.backends.fixed_shapes import FixedShapeBackend, open_fixed_shapes
+from serving.backends.io_binding import BoundRung, bound_rung
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.ladder import batch_ladder, rung_for
 from serving.models import ModelManager
@@ -109,7 +111,7 @@ def test_a_mixed_size_stream_costs_no_more_than_its_rungs(gpu: Device, small_rep
     """
     path = small_repository / "resnet_small" / "1" / "model.onnx"
     ladder = batch_ladder(16)
-    backend = open_fixed_shapes(ladder, lambda: OnnxRuntimeBackend(path, gpu, BackendSettings(), 1))
+    backend = open_fixed_shapes(ladder, lambda rows: OnnxRuntimeBackend(path, gpu, BackendSettings(), 1))
     rung_s = {rung: _median_run_s(backend, feeds_for(backend, rung)) for rung in ladder}  # also warms each rung
     stream = [feeds_for(backend, items) for items in MIXED_STREAM]
     started = time.perf_counter()
@@ -118,6 +120,35 @@ def test_a_mixed_size_stream_costs_no_more_than_its_rungs(gpu: Device, small_rep
     mixed_s = time.perf_counter() - started
     budget_s = 2 * sum(rung_s[rung_for(items, ladder)] for items in MIXED_STREAM) + 1e-3 * len(MIXED_STREAM)
     assert mixed_s <= budget_s, f"mixed stream {mixed_s * 1e3:.1f} ms > {budget_s * 1e3:.1f} ms (rungs {rung_s})"
+    backend.close()
+
+
+def test_bound_rungs_keep_their_inputs_and_outputs_in_cuda_memory_and_answer_right(
+    gpu: Device, tiny_models: Path
+) -> None:
+    """IOBinding on the CUDA EP: the buffers live on the device, stay put from batch to batch, and a
+    mixed stream (padded rungs included) answers as the graph computes."""
+    path = tiny_models / "tiny_classify" / "1" / "model.onnx"
+    ladder = batch_ladder(16)
+    backend = open_fixed_shapes(
+        ladder, lambda rows: bound_rung(OnnxRuntimeBackend(path, gpu, BackendSettings(), 1), rows, gpu)
+    )
+    rungs = [backend._rungs[rows] for rows in ladder]
+    assert all(isinstance(rung, BoundRung) for rung in rungs)
+    rng = np.random.default_rng(0)
+
+    def buffers() -> list[Any]:
+        return [v for rung in rungs for v in (*rung._device_inputs.values(), *rung.bound_outputs.values())]  # type: ignore[attr-defined]
+
+    addresses: list[int] = []
+    for index, items in enumerate((*ladder, *MIXED_STREAM)):
+        images = rng.random((items, 3, tiny.SIZE, tiny.SIZE), dtype=np.float32)
+        logits = backend.infer({"images": images})["logits"]
+        np.testing.assert_allclose(logits, tiny_classifier_logits(images), rtol=1e-3, atol=1e-4)
+        if index == len(ladder) - 1:  # every rung has run: its inputs are bound
+            assert buffers() and {value.device_name().lower() for value in buffers()} == {"cuda"}
+            addresses = [value.data_ptr() for value in buffers()]
+    assert [value.data_ptr() for value in buffers()] == addresses
     backend.close()
 
 
@@ -137,6 +168,7 @@ def test_two_instances_share_one_gpu_and_both_answer(gpu: Device, tiny_models: P
         model = manager.get("tiny_classify")
         assert [p.device.label for p in model.placements] == [gpu.label, gpu.label]
         assert all(isinstance(b, FixedShapeBackend) for b in model._backends)
+        assert all(isinstance(rung, BoundRung) for b in model._backends for rung in b._rungs.values())  # type: ignore[attr-defined]
         rng = np.random.default_rng(0)
         batches = [rng.random((items, 3, tiny.SIZE, tiny.SIZE), dtype=np.float32) for items in (1, 5, 16, 3) * 8]
         answers = await asyncio.gather(*(model.infer({"images": images}) for images in batches))
