@@ -37,7 +37,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +68,12 @@ class Runner(Protocol):
     """What an instance executes: a backend session pinned to one device."""
 
     def infer(self, inputs: Arrays) -> dict[str, np.ndarray]: ...
+
+
+#: A runner's own memory for `rows` rows of one input (name, rows, item shape, dtype), or None: where
+#: deferred rows are written so that they need no copy before the run
+#: (serving.backends.fixed_shapes.FixedShapeBackend.batch_buffer). Optional on a runner.
+BatchBuffer = Callable[[str, int, tuple[int, ...], np.dtype], np.ndarray | None]
 
 
 class BatchObserver(Protocol):
@@ -350,7 +356,7 @@ class DynamicBatcher:
         """Gather the batch's inputs (writing deferred rows), run it, split the outputs per request."""
         started = time.perf_counter_ns()
         try:
-            inputs, failures = _gather(batch, total)
+            inputs, failures = _gather(batch, total, getattr(instance.runner, "batch_buffer", None))
             running = [request for request in batch if request not in failures] if failures else batch
             items = sum(request.items for request in running)
             if not running:
@@ -473,8 +479,11 @@ class _Outcome:
     timings_ns: tuple[int, int, int] = (0, 0, 0)
 
 
-def _gather(batch: list[_Request], total: int) -> tuple[dict[str, np.ndarray], dict[_Request, ServingError]]:
-    """The batch's input arrays, deferred rows written in place; requests whose rows failed are left out.
+def _gather(
+    batch: list[_Request], total: int, batch_buffer: BatchBuffer | None = None
+) -> tuple[dict[str, np.ndarray], dict[_Request, ServingError]]:
+    """The batch's input arrays, deferred rows written in place (into the runner's `batch_buffer` when it
+    has one); requests whose rows failed are left out.
 
     A lone array request passes through untouched; arrays of several requests are concatenated.
     """
@@ -486,7 +495,10 @@ def _gather(batch: list[_Request], total: int) -> tuple[dict[str, np.ndarray], d
         if len(arrays) == len(parts):
             inputs[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
             continue
-        out = np.empty((total, *parts[0].shape[1:]), dtype=parts[0].dtype)
+        item_shape, dtype = tuple(parts[0].shape[1:]), parts[0].dtype
+        out = batch_buffer(name, total, item_shape, dtype) if batch_buffer is not None else None
+        if out is None:
+            out = np.empty((total, *item_shape), dtype=dtype)
         start = 0
         for request, part in zip(batch, parts, strict=True):
             rows = out[start : start + request.items]

@@ -44,6 +44,14 @@ class FixedShapeBackend:
             for name, array in outputs.items()
         }
 
+    def batch_buffer(self, name: str, rows: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """Where the batcher writes `rows` deferred rows of input `name` (decoded images): the bound rung's
+        own input buffer, so the batch needs no copy before its run; None for an unbound rung."""
+        if rows > self.ladder[-1]:
+            return None
+        backend = self._rungs[rung_for(rows, self.ladder)]
+        return backend.batch_rows(name, rows, item_shape, dtype) if isinstance(backend, BoundRung) else None
+
     def close(self) -> None:
         for backend in self._rungs.values():
             backend.close()

@@ -72,13 +72,13 @@ class BoundRung:
             self._binding.bind_ortvalue_output(spec.name, value)
             self.bound_outputs[spec.name] = value
 
-    def _buffer(self, name: str, array: np.ndarray) -> np.ndarray:
-        """The staging buffer of input `name` for rows like `array`'s; (re)allocated and bound when its
-        item shape or dtype is new."""
+    def _buffer(self, name: str, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The staging buffer of input `name` for rows of `item_shape` and `dtype`; (re)allocated and
+        bound when they are new."""
         buffer = self.staging.get(name)
-        if buffer is not None and buffer.shape[1:] == array.shape[1:] and buffer.dtype == array.dtype:
+        if buffer is not None and buffer.shape[1:] == item_shape and buffer.dtype == dtype:
             return buffer
-        buffer = np.zeros((self.rows, *array.shape[1:]), dtype=array.dtype)
+        buffer = np.zeros((self.rows, *item_shape), dtype=dtype)
         kind, index = self._location
         if kind == "cpu":  # the OrtValue is a view of the buffer: writing the buffer writes the input
             value = ort.OrtValue.ortvalue_from_numpy(buffer)
@@ -88,6 +88,14 @@ class BoundRung:
         self._binding.bind_ortvalue_input(name, value)
         self.staging[name] = buffer
         return buffer
+
+    def batch_rows(self, name: str, rows: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The first `rows` rows of input `name`'s staging buffer, for the batcher to write a batch into
+        (decoded images) so that `infer` needs no copy. Only for the thread that calls `infer` next:
+        the rows are written outside the lock."""
+        with self._lock:
+            self._dirty_rows = max(self._dirty_rows, rows)  # whatever `infer` gets, these rows are not zero
+            return self._buffer(name, tuple(item_shape), np.dtype(dtype))[:rows]
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Write the batch into the buffers (padding rows zero), run, copy the outputs out once and
@@ -99,8 +107,9 @@ class BoundRung:
             stale = self._dirty_rows
             self._dirty_rows = max(stale, items)  # still true if a write below fails
             for name, array in inputs.items():
-                buffer = self._buffer(name, array)
-                buffer[:items] = array
+                buffer = self._buffer(name, array.shape[1:], array.dtype)
+                if not _is_start_of(array, buffer):  # else the batcher wrote the rows in place
+                    buffer[:items] = array
                 buffer[items:stale] = 0
                 device_value = self._device_inputs.get(name)
                 if device_value is not None:
@@ -118,6 +127,15 @@ class BoundRung:
         self._binding.clear_binding_inputs()
         self._binding.clear_binding_outputs()
         self._backend.close()
+
+
+def _is_start_of(array: np.ndarray, buffer: np.ndarray) -> bool:
+    """Whether `array` is exactly the first rows of `buffer` (the rows `BoundRung.batch_rows` handed out)."""
+    return (
+        array.__array_interface__["data"][0] == buffer.__array_interface__["data"][0]
+        and array.strides == buffer.strides
+        and array.dtype == buffer.dtype
+    )
 
 
 def bound_rung(backend: OnnxRuntimeBackend, rows: int, device: Device) -> BoundRung:

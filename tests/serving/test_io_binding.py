@@ -9,6 +9,7 @@ callers kept apart, and a real server answering with it on. The CUDA buffers: te
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -20,18 +21,26 @@ import pytest
 from clients.server_process import ServerProcess
 from protos.inference import grpc_service_pb2 as v2
 from protos.inference import grpc_service_pb2_grpc as v2_grpc
+from protos.ninefold.v1 import vision_pb2 as pb
+from protos.ninefold.v1 import vision_pb2_grpc
 from serving.backends import BackendSettings
 from serving.backends.fixed_shapes import FixedShapeBackend, open_fixed_shapes
 from serving.backends.io_binding import BoundRung, runs_io_binding
 from serving.backends.onnxruntime import OnnxRuntimeBackend
+from serving.batching import BatchPolicy, DynamicBatcher
 from serving.config import load_config
+from serving.deferred import DeferredRows, RowWriter
+from serving.errors import InvalidArgument
 from serving.ladder import batch_ladder
 from serving.models import ModelManager
 from serving.placement import CPU
+from serving.stats import ModelStatistics
 from tests.protocols.repositories import tiny_classifier_logits
 from tests.serving import tiny_repository as tiny
 from tests.serving.conftest import start_server
 from tests.serving.test_fixed_shapes import H100, MIXED_STREAM, random_feeds
+from tests.serving.test_vision_tiny import normalised, uniform
+from tests.serving.vision_helpers import raw_image
 
 LADDER = batch_ladder(16)
 
@@ -166,6 +175,54 @@ def test_two_instances_each_bind_their_own_buffers_and_a_concurrent_stream_answe
     asyncio.run(scenario())
 
 
+def test_the_batcher_decodes_deferred_rows_straight_into_the_rung_buffer(tiny_models: Path) -> None:
+    """Deferred rows (decoded images) are written into the bound rung's input buffer, so the run needs no
+    copy; a writer that fails leaves its request out and the others still answer right."""
+    backend = ladder_of(tiny_models / "tiny_classify" / "1" / "model.onnx", bound=True)
+    images = np.random.default_rng(5).random((4, 3, tiny.SIZE, tiny.SIZE), dtype=np.float32)
+    written: list[np.ndarray] = []
+    release = threading.Event()
+
+    def writer(image: np.ndarray, block: bool = False) -> RowWriter:
+        def write(row: np.ndarray) -> None:
+            if block:
+                release.wait(30)
+            row[...] = image
+            written.append(row)
+
+        return write
+
+    def corrupt(row: np.ndarray) -> None:
+        raise InvalidArgument("image 0 is not a JPEG")
+
+    def deferred(*writers: RowWriter) -> dict[str, np.ndarray | DeferredRows]:
+        return {"images": DeferredRows((3, tiny.SIZE, tiny.SIZE), np.dtype(np.float32), writers)}
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher("tiny_classify", BatchPolicy(max_batch_size=16), [backend],
+                                 ModelStatistics("tiny_classify", 1, ""), ladder=LADDER)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(deferred(writer(images[0], block=True)), 1))
+        await asyncio.sleep(0.05)  # the instance picked it up and waits in its writer
+        # a corrupt request then three good ones: one batch of 4 rows, run as the last 3
+        failing = asyncio.ensure_future(batcher.submit(deferred(corrupt), 1))
+        batched = [asyncio.ensure_future(batcher.submit(deferred(writer(image)), 1)) for image in images[1:]]
+        await asyncio.sleep(0)
+        release.set()
+        answers = await asyncio.gather(first, *batched)
+        with pytest.raises(InvalidArgument, match="not a JPEG"):
+            await failing
+        for image, answer in zip(images, answers, strict=True):
+            np.testing.assert_allclose(answer["logits"], tiny_classifier_logits(image[None]), rtol=1e-5, atol=1e-6)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    rung1, rung4 = backend._rungs[1], backend._rungs[4]
+    assert len(written) == 4 and np.shares_memory(written[0], rung1.staging["images"])  # type: ignore[attr-defined]
+    assert all(np.shares_memory(row, rung4.staging["images"]) for row in written[1:])  # type: ignore[attr-defined]
+    backend.close()
+
+
 def test_the_flag_chooses_the_instances_like_fixed_shapes_and_refuses_other_values(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -186,8 +243,14 @@ def tiny_classify_request(images: np.ndarray) -> v2.ModelInferRequest:
     return v2.ModelInferRequest(model_name="tiny_classify", inputs=[tensor], raw_input_contents=[images.tobytes()])
 
 
+def random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    red, green, blue = (int(v) for v in rng.integers(0, 256, 3))
+    return red, green, blue
+
+
 def test_a_server_with_io_binding_everywhere_answers_a_concurrent_mixed_stream(tiny_models: Path) -> None:
-    """Every tiny model loads bound (warm-up runs every rung) and v2 answers equal the graph's arithmetic."""
+    """Every tiny model loads bound (warm-up runs every rung); v2 tensors (copied into the rung buffer) and
+    Classify images (decoded straight into it) answer as the graph computes."""
     server: ServerProcess = start_server(tiny_models, "--fixed-shapes", "all", "--io-binding", "all")
     try:
         rng = np.random.default_rng(4)
@@ -200,5 +263,12 @@ def test_a_server_with_io_binding_everywhere_answers_a_concurrent_mixed_stream(t
                 response = call.result()
                 logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(response.outputs[0].shape)
                 np.testing.assert_allclose(logits, tiny_classifier_logits(images), rtol=1e-5, atol=1e-6)
+            vision = vision_pb2_grpc.VisionStub(channel)
+            groups = [[random_colour(rng) for _ in range(n)] for n in (1, 3, 2, 3, 1, 3, 2)]
+            calls = [vision.Classify.future(pb.ClassifyRequest(images=[raw_image(uniform(c)) for c in group], top_k=1),
+                                            timeout=30) for group in groups]
+            results = [result for call in calls for result in call.result().results]
+            expected = [int(np.argmax(tiny_classifier_logits(normalised(c)))) for group in groups for c in group]
+            assert [result.predictions[0].index for result in results] == expected
     finally:
         assert server.stop() == 0
