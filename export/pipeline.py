@@ -52,6 +52,7 @@ _PICKLED_CLASS = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 #: ... or, for bytes that are no pickle of tensors, what its unpickler tripped on (after pages of advice).
 _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
 
+
 @dataclass(frozen=True)
 class ModelResult:
     """One written model folder: its name, the family's quality, its parity checks and timings (seconds)."""
@@ -306,12 +307,11 @@ def export_family(
 ) -> tuple[ModelResult, ...]:
     """Train or load one family and write its model folder(s); nothing is written unless all succeed.
 
-    precisions: FP32 writes the family's graphs; FP16 its main graph at half precision beside them
-    (export.precision: ``<model>_fp16``, gated by its answer agreement with the fp32 model like a quality bar).
-
     settings: config fields to set (FamilyConfig.SETTINGS); they take precedence over those the checkpoint stores.
     A model that misses a quality bar raises QualityError (nothing written) unless allow_below_threshold,
     which writes it with the misses in its report and a ``below_threshold`` config.pbtxt parameter.
+    precisions: FP32 writes the family's graphs; FP16 its main graph at half precision beside them
+    (export.precision: ``<model>_fp16``, its answer agreement with the fp32 model gated like a quality bar).
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     loaded = read_checkpoint(weights, family.name) if weights is not None else None
