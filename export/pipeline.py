@@ -341,19 +341,26 @@ def export_family(
             engine_checks = _tensorrt_checks(graph, folder, session) if build_tensorrt else ()
             staged.append((graph, name, folder, session, parity, engine_checks, time.perf_counter() - graph_started))
 
-        system: dict[str, tuple[ParityCheck, ...]] = {}
-        agreement: dict[str, tuple[Bar, ...]] = {}
-        for precision in precisions:
-            mine = [(g, session) for g, _, _, session, *_ in staged if precision_export.precision_of(g) == precision]
-            run = onnx_export.runner({graph.suffix: session for graph, session in mine})
-            system[precision] = tuple(family.system_parity(model, config, [graph for graph, _ in mine], run))
-            if precision == FP16:
-                agreement[precision] = getattr(family, precision_export.AGREEMENT)(model, config, seed, run)
+        sessions: dict[str, dict[str, Any]] = {precision: {} for precision in precisions}  # suffix -> session
+        for graph, _, _, session, *_ in staged:
+            sessions[precision_export.precision_of(graph)][graph.suffix] = session
+        # Checks across graphs (the reference agreement on photos, the captioner's captions) judge the checkpoint
+        # and the preprocessing, not the arithmetic: on the fp32 graphs, exported for them alone when not written.
+        with contextlib.ExitStack() as fp32_graphs:
+            if FP32 in precisions:
+                run = onnx_export.runner(sessions[FP32])
+            else:
+                run = fp32_graphs.enter_context(onnx_export.exported_runner(graphs))
+            system = tuple(family.system_parity(model, config, graphs, run))
+        agreement: tuple[Bar, ...] = ()
+        if FP16 in precisions:
+            run = onnx_export.runner(sessions[FP16])
+            agreement = getattr(family, precision_export.AGREEMENT)(model, config, seed, run)
         results: list[ModelResult] = []
         for graph, name, folder, _, parity, engine_checks, export_seconds in staged:
             precision = precision_export.precision_of(graph)
             main = graph.suffix == graphs[0].suffix
-            checks = parity + (system[precision] if main else ())
+            checks = parity + (system if main else ())
             reference = tuple(c for c in checks if c.name.startswith(REFERENCE_PREFIX))
             _require_passed(name, "ONNX output differs from PyTorch", tuple(c for c in checks if c not in reference))
             _require_passed(
@@ -363,7 +370,7 @@ def export_family(
                 reference,
             )
             _require_passed(name, "the TensorRT engine's output differs from ONNX Runtime", engine_checks)
-            bars = agreement.get(precision, ())
+            bars = agreement if precision == FP16 else ()
             misses = (() if quality is None else quality.misses()) + tuple(b.describe() for b in bars if not b.passed)
             if misses and not allow_below_threshold:
                 raise QualityError(f"{family.name} ({name}) is below its quality bar: {'; '.join(misses)}")
