@@ -75,6 +75,8 @@ INPUT_RANGES_PARAMETER = "input_ranges"
 OUTPUT_RANGE_PARAMETER = "output_range"
 BELOW_THRESHOLD_PARAMETER = "below_threshold"
 """The bars a model exported with --allow-below-threshold missed; the server warns when it loads it."""
+PRECISION_PARAMETER = "precision"
+"""The arithmetic inside the graph: `fp16` (FP32 inputs and outputs, cast inside); fp32 where absent."""
 DECODER_MODEL_PARAMETER = "decoder_model"
 VOCABULARY_PARAMETER = "vocabulary"
 START_TOKEN_PARAMETER = "start_token"
@@ -88,3 +90,14 @@ SENTENCE_MODEL_PARAMETER = "sentence_model"
 PAD_TOKEN_PARAMETER = "pad_token"
 MAX_WORDS_PARAMETER = "max_words"
 REGIONS_PARAMETER = "regions"
+
+# Values of the `precision` parameter (ninefold export --precision).
+FP32 = "fp32"
+FP16 = "fp16"
+PRECISIONS: tuple[str, ...] = (FP32, FP16)
+
+
+def precision_model_name(name: str, precision: str) -> str:
+    """The model `name` exported at `precision`: `name` itself in fp32 (the default), else `<name>_<precision>`
+    (resnet_full_fp16), a model of its own beside the fp32 one."""
+    return name if precision == FP32 else f"{name}_{precision}"

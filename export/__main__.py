@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from contract.names import FP32
 from export.families.base import ExportError, ParityError, QualityError
 
 if TYPE_CHECKING:
@@ -65,6 +66,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
     parser.add_argument("--tensorrt", action="store_true", help="also build fp16 TensorRT engines (GPU only)")
+    parser.add_argument(
+        "--precision",
+        default=FP32,
+        metavar="fp32|fp16|fp32,fp16",
+        help="the precision(s) of the written graphs (default: %(default)s); fp16 (classifiers only) writes "
+        "<model>_fp16 beside the fp32 model, gated by its answer agreement with fp32 (docs/EXPORT.md)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
     parser.add_argument(
         "--allow-below-threshold",
@@ -216,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seeds is not None:
             return measure(families, args.seeds, args.config)
         from export.pipeline import ExportOptions, build_repository, parse_pairs, parse_weights
+        from export.precision import parse_precisions
 
         options = ExportOptions(
             preprocess=parse_pairs(args.preprocess, "--preprocess"),
@@ -236,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_below_threshold=args.allow_below_threshold,
             settings=captioner_settings(args),
             options=options,
+            precisions=parse_precisions(args.precision),
         )
     except (ParityError, QualityError) as error:
         print(f"ninefold export: {error}", file=sys.stderr)

@@ -116,9 +116,9 @@ def exported_runner(graphs: Sequence[GraphSpec]) -> Iterator[OnnxRunner]:
 
 @torch.no_grad()
 def run_torch(graph: GraphSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The PyTorch module on the same named inputs -> named numpy outputs."""
-    graph.module.eval()
-    outputs = _as_tuple(graph.module(*(torch.from_numpy(inputs[spec.name]) for spec in graph.inputs)))
+    """The PyTorch module (``graph.reference`` where it has one) on the same named inputs -> named numpy outputs."""
+    module = (graph.module if graph.reference is None else graph.reference).eval()
+    outputs = _as_tuple(module(*(torch.from_numpy(inputs[spec.name]) for spec in graph.inputs)))
     return {spec.name: out.numpy() for spec, out in zip(graph.outputs, outputs, strict=True)}
 
 

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from contract.names import BELOW_THRESHOLD_PARAMETER
+from contract.names import BELOW_THRESHOLD_PARAMETER, FP16, FP32, precision_model_name
 from export import onnx as onnx_export
+from export import precision as precision_export
 from export import repository, tensorrt
 from export.families import family_names, get_family
 from export.families.base import (
     CONFIG_KEY,
+    Bar,
     ExportError,
     Family,
     FamilyConfig,
@@ -233,6 +235,7 @@ def _report(
     seed: int,
     weights: Path | None,
     below_threshold: Sequence[str],
+    agreement: Sequence[Bar] = (),
 ) -> dict[str, object]:
     return {
         "model": name,
@@ -245,6 +248,8 @@ def _report(
         "exporter": onnx_export.EXPORTER,
         "torch": torch.__version__,
         "max_batch_size": graph.max_batch_size,
+        "precision": precision_export.precision_of(graph),
+        **({"agreement": [{**asdict(bar), "passed": bar.passed} for bar in agreement]} if agreement else {}),
         "inputs": repository.signature(graph.inputs),
         "outputs": repository.signature(graph.outputs),
         "parity": {"passed": all(c.passed for c in parity), "checks": [asdict(c) for c in parity]},
@@ -298,12 +303,15 @@ def export_family(
     build_tensorrt: bool,
     allow_below_threshold: bool = False,
     settings: Mapping[str, object] | None = None,
+    precisions: Sequence[str] = (FP32,),
 ) -> tuple[ModelResult, ...]:
     """Train or load one family and write its model folder(s); nothing is written unless all succeed.
 
     settings: config fields to set (FamilyConfig.SETTINGS); they take precedence over those the checkpoint stores.
     A model that misses a quality bar raises QualityError (nothing written) unless allow_below_threshold,
     which writes it with the misses in its report and a ``below_threshold`` config.pbtxt parameter.
+    precisions: FP32 writes the family's graphs; FP16 its main graph at half precision beside them
+    (export.precision: ``<model>_fp16``, its answer agreement with the fp32 model gated like a quality bar).
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     loaded = read_checkpoint(weights, family.name) if weights is not None else None
@@ -312,15 +320,19 @@ def export_family(
     config = configured(config, settings or {}, f"{family.name} settings")
     model, quality = trained_model(family, config, seed, loaded.state_dict if loaded is not None else None)
     graphs = family.graphs(model, config, seed)
+    exported = list(graphs) if FP32 in precisions else []
+    if FP16 in precisions:
+        exported.append(precision_export.half_graph(graphs[0]))
     train_seconds = time.perf_counter() - started
     # CPU seconds as well as wall seconds: on a shared machine the wall clock measures the neighbours.
     train_cpu_seconds = time.process_time() - cpu_started
 
     with contextlib.ExitStack() as stack:
         staged = []
-        for graph in graphs:
+        for graph in exported:
             graph_started = time.perf_counter()
-            name = repository.model_name(family.name, config.name, graph.suffix)
+            precision = precision_export.precision_of(graph)
+            name = precision_model_name(repository.model_name(family.name, config.name, graph.suffix), precision)
             folder = stack.enter_context(repository.staged_model(out, name))
             onnx_path = folder / repository.VERSION / repository.MODEL_FILE
             onnx_export.export_graph(graph, onnx_path)
@@ -329,12 +341,26 @@ def export_family(
             engine_checks = _tensorrt_checks(graph, folder, session) if build_tensorrt else ()
             staged.append((graph, name, folder, session, parity, engine_checks, time.perf_counter() - graph_started))
 
-        sessions = {graph.suffix: session for graph, _, _, session, *_ in staged}
-        system = tuple(family.system_parity(model, config, graphs, onnx_export.runner(sessions)))
-        misses = () if quality is None else quality.misses()
-        results = []
-        for index, (graph, name, folder, _, parity, engine_checks, export_seconds) in enumerate(staged):
-            checks = parity + (system if index == 0 else ())
+        sessions: dict[str, dict[str, Any]] = {precision: {} for precision in precisions}  # suffix -> session
+        for graph, _, _, session, *_ in staged:
+            sessions[precision_export.precision_of(graph)][graph.suffix] = session
+        # Checks across graphs (the reference agreement on photos, the captioner's captions) judge the checkpoint
+        # and the preprocessing, not the arithmetic: on the fp32 graphs, exported for them alone when not written.
+        with contextlib.ExitStack() as fp32_graphs:
+            if FP32 in precisions:
+                run = onnx_export.runner(sessions[FP32])
+            else:
+                run = fp32_graphs.enter_context(onnx_export.exported_runner(graphs))
+            system = tuple(family.system_parity(model, config, graphs, run))
+        agreement: tuple[Bar, ...] = ()
+        if FP16 in precisions:
+            run = onnx_export.runner(sessions[FP16])
+            agreement = getattr(family, precision_export.AGREEMENT)(model, config, seed, run)
+        results: list[ModelResult] = []
+        for graph, name, folder, _, parity, engine_checks, export_seconds in staged:
+            precision = precision_export.precision_of(graph)
+            main = graph.suffix == graphs[0].suffix
+            checks = parity + (system if main else ())
             reference = tuple(c for c in checks if c.name.startswith(REFERENCE_PREFIX))
             _require_passed(name, "ONNX output differs from PyTorch", tuple(c for c in checks if c not in reference))
             _require_passed(
@@ -344,6 +370,8 @@ def export_family(
                 reference,
             )
             _require_passed(name, "the TensorRT engine's output differs from ONNX Runtime", engine_checks)
+            bars = agreement if precision == FP16 else ()
+            misses = (() if quality is None else quality.misses()) + tuple(b.describe() for b in bars if not b.passed)
             if misses and not allow_below_threshold:
                 raise QualityError(f"{family.name} ({name}) is below its quality bar: {'; '.join(misses)}")
             if misses:
@@ -356,7 +384,7 @@ def export_family(
                 "export": round(export_seconds, 3),
             }
             report = _report(
-                name, family, config, graph, quality, checks, engine_checks, timings, seed, weights, misses
+                name, family, config, graph, quality, checks, engine_checks, timings, seed, weights, misses, bars
             )
             repository.write_metadata(folder, name, family.name, graph, report)
             results.append(
@@ -365,10 +393,10 @@ def export_family(
                     family=family.name,
                     config=config.name,
                     task=graph.task,
-                    quality=quality if index == 0 else None,
+                    quality=quality if main else None,
                     parity=checks,
                     tensorrt=engine_checks,
-                    train_seconds=train_seconds if index == 0 else 0.0,
+                    train_seconds=train_seconds if not results else 0.0,
                     export_seconds=export_seconds,
                     path=out / name,
                 )
@@ -432,6 +460,7 @@ def _export_named(
     build_tensorrt: bool,
     allow_below_threshold: bool,
     settings: Mapping[str, object],
+    precisions: Sequence[str],
 ) -> tuple[ModelResult, ...]:
     """Export one family given by name (a worker process looks the family up in its own registry)."""
     return export_family(
@@ -443,6 +472,7 @@ def _export_named(
         build_tensorrt=build_tensorrt,
         allow_below_threshold=allow_below_threshold,
         settings=settings,
+        precisions=precisions,
     )
 
 
@@ -459,6 +489,7 @@ def build_repository(
     allow_below_threshold: bool = False,
     settings: Mapping[str, Mapping[str, object]] | None = None,
     options: ExportOptions = ExportOptions(),
+    precisions: Sequence[str] = (FP32,),
 ) -> tuple[ModelResult, ...]:
     """Export ``families`` (None = all registered) in ``config`` into the repository at ``out``.
 
@@ -471,6 +502,7 @@ def build_repository(
     Input is checked before any work; each family's folders appear atomically when it is done.
     Returns the written models in family order. A family below its quality bar is not written (unless
     allow_below_threshold, see export_family); the others are, then QualityError names every miss.
+    precisions: FP32 and/or FP16 (export_family); FP16 of a family that has no fp16 export raises ExportError.
     """
     out = Path(out)
     chosen = resolve_families(families)
@@ -488,6 +520,8 @@ def build_repository(
     configs = {family.name: _config_of(family, config, family.name in weight_paths, options) for family in chosen}
     for name, values in family_settings.items():
         configured(configs[name], values, f"{name} settings")  # refused now, before any training
+    if FP16 in precisions and (reason := precision_export.refusal(chosen)) is not None:
+        raise ExportError(reason)
     if build_tensorrt and (reason := tensorrt.unavailable_reason()) is not None:
         raise ExportError(f"cannot build TensorRT engines: {reason}")
     repository.check_writable(out)
@@ -503,6 +537,7 @@ def build_repository(
             build_tensorrt,
             allow_below_threshold,
             family_settings.get(name, {}),
+            tuple(precisions),
         )
         for name in names
     }

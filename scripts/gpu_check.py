@@ -1,7 +1,7 @@
 """The GPU check behind scripts/gpu_check.sh: GPU tests, ResNet-50 export, server + `ninefold bench`, one summary.
 
 On a GPU host: runs `pytest -m gpu` (tests/serving/test_gpu_path.py), exports ResNet-50 (full config, random
-init) in fp32 (fp16 where `ninefold export --precision` exists), serves the small families + ResNet-50 on the
+init) in fp32 and fp16 (`resnet_full` and `resnet_full_fp16` beside it), serves the small families + both on the
 GPU, benches them over the task API at each concurrency while sampling GPU utilisation with NVML, benches
 resnet_small on the same machine's CPU (CUDA_VISIBLE_DEVICES=""), and writes OUTDIR/gpu_check.json + .md.
 On a CPU-only machine every GPU part is reported "skipped" and the rest still runs (so the script is checked
@@ -34,11 +34,13 @@ from clients.bench import LoadPlan, measure_system, synthetic_jpeg  # noqa: E402
 from clients.bench.report import Point  # noqa: E402
 from clients.bench.targets import classify_target  # noqa: E402
 from clients.server_process import ServerProcess  # noqa: E402
+from contract.names import FP16, precision_model_name  # noqa: E402
 from serving.backends import tensorrt_loadable  # noqa: E402
 from serving.placement import Gpu, discover_gpus  # noqa: E402
 
 SMALL_MODEL = "resnet_small"
 FULL_MODEL = "resnet_full"
+FULL_MODEL_FP16 = precision_model_name(FULL_MODEL, FP16)
 SKIPPED = "skipped"
 
 
@@ -109,8 +111,8 @@ def export_small(out: Path, repository: Path) -> str:
     return "ok" if status == 0 else f"failed (exit {status}, see export_small.log)"
 
 
-def export_resnet50(out: Path, repository: Path, fp16_repository: Path) -> dict[str, str]:
-    """ResNet-50 (torchvision, random init: the speed does not depend on the weights) fp32, fp16 where supported."""
+def export_resnet50(out: Path, repository: Path) -> dict[str, str]:
+    """ResNet-50 (torchvision, random init: the speed does not depend on the weights) in fp32 and in fp16."""
     checkpoint = repository.parent / "resnet50_random.pt"
     written = run_logged([sys.executable, "-c",
                           "import sys, torch, torchvision; torch.manual_seed(0); "
@@ -119,17 +121,12 @@ def export_resnet50(out: Path, repository: Path, fp16_repository: Path) -> dict[
     if written != 0:
         return {"resnet50 fp32": "failed (checkpoint, see resnet50_checkpoint.log)", "resnet50 fp16": SKIPPED}
     results = {}
-    command = [sys.executable, "-m", "export", "--families", "resnet", "--config", "full",
-               "--weights", f"resnet={checkpoint}", "--out", str(repository)]
-    status = run_logged(command, out / "export_resnet50_fp32.log")
-    results["resnet50 fp32"] = "ok" if status == 0 else f"failed (exit {status}, see export_resnet50_fp32.log)"
-    precision = run_logged([sys.executable, "-m", "export", "--help"], out / "export_help.log")
-    if precision == 0 and "--precision" in (out / "export_help.log").read_text():
-        status = run_logged([*command[:-1], str(fp16_repository), "--precision", "fp16"],
-                            out / "export_resnet50_fp16.log")
-        results["resnet50 fp16"] = "ok" if status == 0 else f"failed (exit {status}, see export_resnet50_fp16.log)"
-    else:
-        results["resnet50 fp16"] = f"{SKIPPED} (this export has no --precision fp16)"
+    for precision in ("fp32", FP16):  # one export each, into the same repository: fp16 lands beside fp32
+        log = f"export_resnet50_{precision}.log"
+        status = run_logged([sys.executable, "-m", "export", "--families", "resnet", "--config", "full",
+                             "--weights", f"resnet={checkpoint}", "--precision", precision, "--out", str(repository)],
+                            out / log)
+        results[f"resnet50 {precision}"] = "ok" if status == 0 else f"failed (exit {status}, see {log})"
     return results
 
 
@@ -242,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary.steps["gpu tests (pytest -m gpu)"] = gpu_tests(out) if gpus else no_gpu
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:  # repositories stay out of OUT
-        repository, fp16_repository = Path(scratch) / "repository", Path(scratch) / "repository_fp16"
+        repository = Path(scratch) / "repository"
         if args.repository:
             shutil.copytree(args.repository, repository)
             summary.steps["small families"] = f"ok (copied from {args.repository})"
@@ -250,18 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary.steps["small families"] = export_small(out, repository)
         repository.mkdir(parents=True, exist_ok=True)
         if gpus and not args.quick:
-            summary.steps.update(export_resnet50(out, repository, fp16_repository))
+            summary.steps.update(export_resnet50(out, repository))
         else:
             why = no_gpu if not gpus else f"{SKIPPED} (--quick)"
             summary.steps.update({"resnet50 fp32": why, "resnet50 fp16": why})
-        served = [m for m in (SMALL_MODEL, FULL_MODEL) if (repository / m).is_dir()]
+        served = [m for m in (SMALL_MODEL, FULL_MODEL, FULL_MODEL_FP16) if (repository / m).is_dir()]
         sampler = GpuSampler(gpus[0].index) if gpus else None
         system = f"ninefold gpu{gpus[0].index}" if gpus else "ninefold cpu"
         runs: list[tuple[str, Path, list[str], GpuSampler | None, dict[str, str] | None]] = [
             (system, repository, served, sampler, None)
         ]
-        if (fp16_repository / FULL_MODEL).is_dir():
-            runs.append((f"{system} fp16", fp16_repository, [FULL_MODEL], sampler, None))
         if gpus:  # the same machine's CPU, the figure resnet_small on the GPU must beat
             runs.append(("ninefold cpu", repository, [SMALL_MODEL], None, {"CUDA_VISIBLE_DEVICES": ""}))
         else:

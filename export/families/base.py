@@ -99,6 +99,8 @@ class GraphSpec:
     inputs, outputs: the graph's tensors (contract.tensors.TensorSpec: shapes without the batch axis, which is
         dynamic in every exported graph; -1 marks a further dynamic axis).
     tolerances: output name -> its parity bound; outputs not named get DEFAULT_TOLERANCE.
+    reference: the module parity compares the graph with when it is not ``module`` itself (an fp16 graph,
+        export.precision: the fp32 model it approximates); None: ``module``.
     task: the config.pbtxt ``task`` parameter (one of contract.names.MODEL_TASKS), or None for a plain
         tensor model.
     parameters: further config.pbtxt parameters (string values; see docs/MODEL_REPOSITORY.md), e.g.
@@ -120,6 +122,7 @@ class GraphSpec:
     labels: tuple[str, ...] | None = None
     extra_files: Mapping[str, str] = field(default_factory=dict)
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    reference: nn.Module | None = None
 
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in MODEL_TASKS:

@@ -24,6 +24,7 @@ from contract.tensors import TensorSpec
 from export import onnx as onnx_export
 from export.data.tensors import DEFAULT_MEAN, DEFAULT_STD, classification_set, evaluation_split
 from export.families.base import (
+    Bar,
     ExportError,
     FamilyConfig,
     GraphSpec,
@@ -38,11 +39,14 @@ from export.families.base import (
 )
 from export.families.multicrop import multicrop_gate
 from export.families.reference import classifier_agreement, imagenet_preprocessing
+from export.precision import agreement_bars
 from export.train import SGDRecipe, fit, set_threads, shuffled_batches
 
 # Issue 10's bar: the worst of seeds 0-4 under AVX512 and ATen's default kernels is 0.988+ (EXPORT_FAMILIES.md).
 TOP1_THRESHOLD = 0.97
 HELD_OUT_SCENES = 1000
+FULL_AGREEMENT_SCENES = 100
+"""Held-out scenes a full classifier's fp16 answers are compared on (a full network costs ~100x a small one)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -368,6 +372,19 @@ class ClassifierFamily(Generic[C]):
             ),
             *extra,
         )
+
+    @torch.no_grad()
+    def half_precision_agreement(self, model: nn.Module, config: C, seed: int, run: OnnxRunner) -> tuple[Bar, ...]:
+        """The fp16 graph's answers against the fp32 PyTorch model's on the held-out scenes (the report's
+        HELD_OUT_SCENES; FULL_AGREEMENT_SCENES of them for a full network), through the served preprocessing:
+        export.precision.agreement_bars."""
+        config = self.resolved(model, config)
+        count = HELD_OUT_SCENES if config.name == "small" else FULL_AGREEMENT_SCENES
+        inputs = held_out_inputs(count, self.preprocessing(config), seed)
+        batches = [inputs[i : i + config.max_batch_size] for i in range(0, count, config.max_batch_size)]
+        expected = np.concatenate([model.eval()(torch.from_numpy(batch)).numpy() for batch in batches])
+        served = np.concatenate([run("", {IMAGES: batch})[LOGITS] for batch in batches])
+        return agreement_bars(expected, served)
 
     def system_parity(
         self, model: nn.Module, config: C, graphs: Sequence[GraphSpec], run: OnnxRunner
