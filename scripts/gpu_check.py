@@ -259,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if gpus:  # the same machine's CPU, the figure resnet_small on the GPU must beat
             runs.append(("ninefold cpu", repository, [SMALL_MODEL], None, {"CUDA_VISIBLE_DEVICES": ""}))
+            # IOBinding's effect on the GPU: the same models served with unbound rungs
+            runs.append((f"{system} io-binding off", repository, served, sampler, {"NINEFOLD_IO_BINDING": "off"}))
         else:
             summary.steps["GPU utilisation (NVML)"] = no_gpu
         for name, folder, models, watcher, env in runs:
