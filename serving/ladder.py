@@ -55,6 +55,12 @@ def requests_to_take(sizes: Sequence[int], ladder: Sequence[int]) -> int:
     return take
 
 
+def drop_padding(outputs: Mapping[str, np.ndarray], items: int, rung: int) -> dict[str, np.ndarray]:
+    """The first `items` rows of every output of a batch padded to `rung` rows. An output without the batch
+    axis is left whole: the batcher names that model error."""
+    return {name: array[:items] if array.ndim and array.shape[0] == rung else array for name, array in outputs.items()}
+
+
 def pad_rows(inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
     """Every array grown to `rows` rows on axis 0 with zero rows (the inputs warm-up runs on)."""
     padded = {}

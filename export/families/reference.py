@@ -22,6 +22,7 @@ from torchvision.transforms._presets import ImageClassification
 
 from contract.names import IMAGES, LOGITS
 from contract.preprocessing import Preprocessing, preprocess
+from contract.ranking import top_columns
 from export.data.photos import photos
 from export.families.base import OnnxRunner, ParityCheck
 
@@ -101,4 +102,5 @@ def classifier_agreement(
 
 
 def _top5(logits: np.ndarray) -> Sequence[int]:
-    return [int(index) for index in np.argsort(-logits, kind="stable")[:5]]
+    """The five largest logits' classes of one row, best first (ties: lower index first)."""
+    return [int(index) for index in top_columns(logits[None], min(5, len(logits)))[0]]

@@ -14,7 +14,7 @@ import numpy as np
 
 from serving.backends import Backend, BackendSettings
 from serving.backends.io_binding import BoundRung
-from serving.ladder import pad_rows, rung_for
+from serving.ladder import drop_padding, pad_rows, rung_for
 from serving.placement import Device
 
 
@@ -37,12 +37,7 @@ class FixedShapeBackend:
         backend = self._rungs[rung]
         if rung == items or isinstance(backend, BoundRung):
             return backend.infer(inputs)
-        outputs = backend.infer(pad_rows(inputs, rung))
-        # An output without the batch axis is left whole: the batcher names that model error.
-        return {
-            name: array[:items] if array.ndim and array.shape[0] == rung else array
-            for name, array in outputs.items()
-        }
+        return drop_padding(backend.infer(pad_rows(inputs, rung)), items, rung)
 
     def batch_buffer(self, name: str, rows: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """Where the batcher writes `rows` deferred rows of input `name` (decoded images): the bound rung's

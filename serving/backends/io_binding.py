@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from serving.backends import BackendSettings
 from serving.backends.onnxruntime import OnnxRuntimeBackend
+from serving.ladder import drop_padding
 from serving.placement import Device
 
 
@@ -117,11 +118,8 @@ class BoundRung:
             self._dirty_rows = items
             self._backend.session.run_with_iobinding(self._binding)
             values = self._binding.copy_outputs_to_cpu()
-        # An output without the batch axis is left whole: the batcher names that model error.
-        return {
-            spec.name: array[:items] if array.ndim and array.shape[0] == self.rows else array
-            for spec, array in zip(self.outputs, values, strict=True)
-        }
+        named = {spec.name: array for spec, array in zip(self.outputs, values, strict=True)}
+        return drop_padding(named, items, self.rows)
 
     def close(self) -> None:
         self._binding.clear_binding_inputs()
