@@ -25,11 +25,11 @@ demo: install
 
 ## The whole test suite, as CI runs it.
 test: install install-tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 ## Everything but the tests marked slow.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 ## Export the small families into $(REPO) and stamp it, so that `make demo` reuses it.
 export: install
