@@ -5,7 +5,8 @@ and tanh at the end, so images come out in [-1, 1]. Discriminator: the mirror im
 convolutions with BatchNorm + LeakyReLU(0.2), one logit per image. Training alternates one
 discriminator step and one generator step with Adam(beta1 0.5) and N(0, 0.02) weights, as the DCGAN
 paper does. The discriminator never leaves export; it is used in training and its mean score on
-generated samples is recorded as a quality figure beside the judge classifier's.
+generated samples is recorded as a quality figure beside the judge classifier's. The small config serves
+the moving average of the generator's weights, not its last step's (export.averaging).
 
 The small config reads a class code off the latent (`classes` > 0): the shape class of G(z) is the
 argmax of z's first `classes` entries (uniform when z ~ N(0, I)), fed to the generator as a one-hot
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from contract.names import GENERATE, IMAGES, LATENT, OUTPUT_RANGE_PARAMETER
 from contract.scenes import SHAPES, TEXTURES, Scene, make_scenes, stack_images, stack_labels
 from contract.tensors import TensorSpec
+from export.averaging import WeightAverage, reestimate_batch_norm
 from export.data.tensors import TRAIN_SEED_OFFSET
 from export.families import register_family
 from export.families.base import (
@@ -60,6 +62,8 @@ class DcganConfig(FamilyConfig):
         into shapes rather than into textures.
     classes: shape classes read off z as argmax(z[:, :classes]) (0 = unconditional, as in the paper);
         at most z_dim.
+    average_decay: the trained generator is the exponential moving average of its weights with this decay
+        per step, its BatchNorm statistics measured afresh (0 = the last step's weights, as in the paper).
     """
 
     image_size: int = 64
@@ -71,10 +75,13 @@ class DcganConfig(FamilyConfig):
     plain_backgrounds: bool = True
     lr: float = 2e-4
     classes: int = 0
+    average_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size < 8 or self.image_size & (self.image_size - 1):
             raise ValueError(f"DCGAN image_size must be a power of two >= 8, got {self.image_size}")
+        if not 0.0 <= self.average_decay < 1.0:
+            raise ValueError(f"DCGAN average_decay must be in [0, 1), got {self.average_decay}")
         if not 0 <= self.classes <= self.z_dim:
             raise ValueError(f"DCGAN classes must be between 0 and z_dim ({self.z_dim}), got {self.classes}")
 
@@ -96,7 +103,12 @@ SMALL = DcganConfig(
     train_scenes=20000,  # 2000 let D memorise its data: 0.36 confident after 3000 steps against 0.48 with 20000
     lr=8e-4,  # 4x the paper's: the unconditional pair reached 17% confident samples at 2000 steps, 3.5% at 2e-4
     classes=len(SHAPES),
+    # Seeds 0 and 5 at 10000 steps: 0.826 and 0.826 confident with the average, 0.771 and 0.752 without.
+    average_decay=0.999,
 )
+# BatchNorm statistics of the averaged generator: measured on this many batches of z ~ N(0, I).
+AVERAGE_STATISTICS_BATCHES = 20
+AVERAGE_STATISTICS_BATCH_SIZE = 256
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -220,7 +232,8 @@ def train_gan(
     D maximises log D(x) + log(1 - D(G(z))); G maximises log D(G(z)) (the non-saturating loss of
     Goodfellow et al.). Adam(config.lr, beta1 0.5) for both and batches of real images only or fake
     images only through D, as DCGAN. A class-conditional D sees real images with `real_classes`
-    (int64 [N]) and fakes with the class their z encodes.
+    (int64 [N]) and fakes with the class their z encodes. With config.average_decay the generator returned
+    holds the moving average of its weights (export.averaging); the discriminator keeps its last step's.
     """
     set_threads()
     rng = torch.Generator().manual_seed(seed)
@@ -228,6 +241,7 @@ def train_gan(
     g_opt = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.999))
     ones, zeros = torch.ones(config.batch_size), torch.zeros(config.batch_size)
+    average = WeightAverage(generator, config.average_decay) if config.average_decay else None
     description = f"dcgan_{config.name} train"
     with tqdm(total=config.train_steps, desc=description, unit="step", leave=False, disable=None) as bar:
         for _ in range(config.train_steps):
@@ -243,8 +257,17 @@ def train_gan(
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
+            if average is not None:
+                average.update(generator)
             bar.update(1)
             bar.set_postfix(d_loss=f"{d_loss.item():.3f}", g_loss=f"{g_loss.item():.3f}")
+    if average is not None:
+        average.copy_to(generator)
+        latents = (
+            torch.randn(AVERAGE_STATISTICS_BATCH_SIZE, config.z_dim, generator=rng)
+            for _ in range(AVERAGE_STATISTICS_BATCHES)
+        )
+        reestimate_batch_norm(generator, latents)
     return model.eval()
 
 

@@ -134,6 +134,26 @@ def test_smoke_training_updates_both_nets_and_returns_eval_mode() -> None:
     assert all(changed)
 
 
+def test_averaged_generator_carries_batch_norm_statistics_of_its_own_activations() -> None:
+    """The last step's running statistics belong to other weights; the served ones must be re-measured."""
+    config = replace(TINY, train_steps=20, average_decay=0.9)
+    torch.manual_seed(0)
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    generator = train_gan(Dcgan(config), config, real, torch.arange(8) % config.classes, seed=0).generator
+    first_norm = generator.main[1]
+    latent = torch.randn(4096, config.z_dim, generator=torch.Generator().manual_seed(1))
+    conditioned = torch.cat([latent, class_one_hot(latent, config.classes)], dim=1)
+    with torch.no_grad():
+        activations = generator.main[0](conditioned[:, :, None, None])
+    measured_var = activations.transpose(0, 1).flatten(1).var(dim=1)
+    torch.testing.assert_close(first_norm.running_var, measured_var, rtol=0.1, atol=0.0)
+
+
+def test_average_decay_must_lie_in_zero_one() -> None:
+    with pytest.raises(ValueError, match="average_decay"):
+        replace(SMALL, average_decay=1.0)
+
+
 def test_judge_counts_confident_samples_per_class() -> None:
     torch.manual_seed(0)
     judge = Judge(8).eval()
