@@ -20,6 +20,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from export import onnx as onnx_export
+from export.averaging import reestimate_batch_norm
 from export.families import get_family
 from export.families.base import WeightsError
 from export.families.detection.agreement import compare_detections, unpad
@@ -48,12 +49,7 @@ def liven(detector: FasterRCNN, seed: int = 0) -> FasterRCNN:
     torch.manual_seed(seed)
     side = input_size(detector)
     pixels = torch.from_numpy(scene_pixels(4, side, seed)).permute(0, 3, 1, 2).float().div(255)
-    batch_norms = [m for m in detector.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in batch_norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration pass
-    detector.backbone.train()
-    detector.backbone(detector.transform(list(pixels))[0].tensors)
+    reestimate_batch_norm(detector.backbone, [detector.transform(list(pixels))[0].tensors])
     detector.eval()
     predictor = detector.roi_heads.box_predictor
     predictor.cls_score.weight.normal_(0, 0.3)

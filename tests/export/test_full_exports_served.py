@@ -73,8 +73,8 @@ def scene_pixels(side: int, objects: int = 1) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def calibrate_at(side: int) -> Callable[[nn.Module], object]:
-    return lambda model: model(torch.randn(2, 3, side, side))
+def calibrate_at(side: int) -> Callable[[], torch.Tensor]:
+    return lambda: torch.randn(2, 3, side, side)
 
 
 def livened_stn() -> nn.Module:
@@ -90,7 +90,7 @@ def livened_stn() -> nn.Module:
 
 def livened_generator() -> nn.Module:
     dcgan = narrow(get_family("dcgan").build(get_family("dcgan").configs["full"]), Dcgan, "dcgan")
-    return liven(dcgan.generator, lambda module: module(torch.randn(16, module_z_dim())))
+    return liven(dcgan.generator, lambda: torch.randn(16, module_z_dim()))
 
 
 def module_z_dim() -> int:

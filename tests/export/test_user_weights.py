@@ -49,7 +49,7 @@ def test_a_sequential_zfnet_of_the_papers_sizes_is_renamed_into_the_layout() -> 
 def test_a_narrower_sequential_zfnet_loads_with_its_widths_and_answers_as_itself() -> None:
     family = get_family("zfnet")
     config = family.configs["full"]
-    user = liven(sequential_zfnet((8, 12, 16, 16, 12), 32, config.num_classes), lambda _: None)
+    user = liven(sequential_zfnet((8, 12, 16, 16, 12), 32, config.num_classes), calibration=None)
     with torch.device("meta"):
         placeholder = family.build(config)  # load rebuilds it with the checkpoint's widths
     loaded = family.load(placeholder, config, user.state_dict())
