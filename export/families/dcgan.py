@@ -45,7 +45,7 @@ from export.families.base import (
     load_state_dict_strict,
 )
 from export.families.narrow import narrow
-from export.train import SGDRecipe, fit, set_threads, shuffled_batches
+from export.train import SGDRecipe, channels_last, fit, set_threads, shuffled_batches
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,8 @@ def train_gan(
     ones, zeros = torch.ones(config.batch_size), torch.zeros(config.batch_size)
     average = WeightAverage(generator, config.average_decay) if config.average_decay else None
     description = f"dcgan_{config.name} train"
-    with tqdm(total=config.train_steps, desc=description, unit="step", leave=False, disable=None) as bar:
+    bar = tqdm(total=config.train_steps, desc=description, unit="step", leave=False, disable=None)
+    with bar, channels_last(generator, discriminator):
         for _ in range(config.train_steps):
             index = torch.randint(0, real_images.shape[0], (config.batch_size,), generator=rng)
             z = torch.randn(config.batch_size, config.z_dim, generator=rng)
@@ -253,10 +254,13 @@ def train_gan(
             d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             d_opt.step()
+            # G's step needs gradients through D, not D's own: its weight gradients would only be discarded.
+            discriminator.requires_grad_(False)
             g_loss = F.binary_cross_entropy_with_logits(discriminator(fake, fake_classes), ones)
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
+            discriminator.requires_grad_(True)
             if average is not None:
                 average.update(generator)
             bar.update(1)
