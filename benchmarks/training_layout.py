@@ -1,4 +1,4 @@
-"""Training steps of the small families in the standard (NCHW) and the channels-last (NHWC) weight layout.
+"""Training steps of the small classifiers in the standard (NCHW) and the channels-last (NHWC) weight layout.
 
     python -m benchmarks.training_layout --rounds 6 --steps 25
 
@@ -17,63 +17,42 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from export.families.dcgan import SMALL as DCGAN_SMALL
-from export.families.dcgan import Dcgan, Judge, class_code
-from export.train import channels_last
+from export.families import get_family
+from export.families.classifier import classification_loss
+from export.train import channels_last, make_optimizer
 
-BATCH = 64
 Step = Callable[[], None]
 Workload = tuple[Step, tuple[nn.Module, ...]]  # one training step, and the networks it trains
 
 
-def dcgan_step() -> Workload:
-    """One alternating D/G step of the small DCGAN pair, as export.families.dcgan.train_gan takes it."""
-    torch.manual_seed(0)
-    pair = Dcgan(DCGAN_SMALL).train()
-    generator, discriminator = pair.generator, pair.discriminator
-    g_opt = torch.optim.Adam(generator.parameters(), lr=DCGAN_SMALL.lr, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=DCGAN_SMALL.lr, betas=(0.5, 0.999))
-    real = torch.rand(BATCH, 3, DCGAN_SMALL.image_size, DCGAN_SMALL.image_size) * 2 - 1
-    real_classes = torch.randint(0, DCGAN_SMALL.classes, (BATCH,))
-    ones, zeros = torch.ones(BATCH), torch.zeros(BATCH)
+def classifier_step(family: str) -> Callable[[], Workload]:
+    """One SGD step of a small classifier family on a batch of its own size, as ClassifierFamily.train takes it."""
 
-    def step() -> None:
-        z = torch.randn(BATCH, DCGAN_SMALL.z_dim)
-        fake, fake_classes = generator(z), class_code(z, DCGAN_SMALL.classes)
-        d_loss = F.binary_cross_entropy_with_logits(discriminator(real, real_classes), ones)
-        d_loss = d_loss + F.binary_cross_entropy_with_logits(discriminator(fake.detach(), fake_classes), zeros)
-        d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_opt.step()
-        discriminator.requires_grad_(False)
-        g_loss = F.binary_cross_entropy_with_logits(discriminator(fake, fake_classes), ones)
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        g_opt.step()
-        discriminator.requires_grad_(True)
+    def build() -> Workload:
+        torch.manual_seed(0)
+        entry = get_family(family)
+        config = entry.configs["small"]
+        network = entry.build(config).train()
+        recipe = config.recipe
+        optimizer = make_optimizer(network, recipe.sgd)
+        images = torch.randn(recipe.sgd.batch_size, 3, config.image_size, config.image_size)
+        labels = torch.randint(0, config.num_classes, (recipe.sgd.batch_size,))
 
-    return step, (generator, discriminator)
+        def step() -> None:
+            loss = classification_loss(network(images), labels, recipe.aux_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step, (network,)
+
+    return build
 
 
-def judge_step() -> Workload:
-    """One SGD step of the DCGAN family's judge (a 3-layer shape classifier on 32 px scenes)."""
-    torch.manual_seed(0)
-    judge = Judge(DCGAN_SMALL.classes).train()
-    optimizer = torch.optim.SGD(judge.parameters(), lr=0.05, momentum=0.9)
-    images = torch.randn(BATCH, 3, DCGAN_SMALL.image_size, DCGAN_SMALL.image_size)
-    labels = torch.randint(0, DCGAN_SMALL.classes, (BATCH,))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(judge(images), labels).backward()
-        optimizer.step()
-
-    return step, (judge,)
-
-
-WORKLOADS: dict[str, Callable[[], Workload]] = {"dcgan": dcgan_step, "judge": judge_step}
+WORKLOADS: dict[str, Callable[[], Workload]] = {
+    name: classifier_step(name) for name in ("alexnet", "zfnet", "vgg", "googlenet", "resnet")
+}
 
 
 def measure(build: Callable[[], Workload], rounds: int, steps: int) -> dict[str, list[float]]:

@@ -39,7 +39,8 @@ def test_channels_last_holds_inside_the_block_and_restores_after_it_even_on_erro
     assert all(a is b for a, b in zip(parameters, model.parameters(), strict=True))
 
 
-def test_fit_trains_in_channels_last_and_returns_the_standard_layout() -> None:
+@pytest.mark.parametrize(("nhwc", "layout"), [(True, "nhwc"), (False, "nchw")])
+def test_fit_trains_in_the_layout_asked_for_and_returns_the_standard_one(nhwc: bool, layout: str) -> None:
     model = tiny_net()
     before = model[0].weight.detach().clone()
     seen: list[set[str]] = []
@@ -52,8 +53,8 @@ def test_fit_trains_in_channels_last_and_returns_the_standard_layout() -> None:
         seen.append(weight_layouts(net))
         return nn.functional.mse_loss(net(batch[0]), batch[1])
 
-    trained = fit(model, batches, 1, loss, SGDRecipe(epochs=2, batch_size=8, lr=0.1), "test")
-    assert seen == [{"nhwc"}, {"nhwc"}]
+    trained = fit(model, batches, 1, loss, SGDRecipe(epochs=2, batch_size=8, lr=0.1), "test", nhwc=nhwc)
+    assert seen == [{layout}, {layout}]
     assert weight_layouts(trained) == {"nchw"}
     assert not trained.training
     assert not torch.equal(trained[0].weight, before)
