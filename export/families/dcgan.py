@@ -243,7 +243,7 @@ def train_gan(
     ones, zeros = torch.ones(config.batch_size), torch.zeros(config.batch_size)
     average = WeightAverage(generator, config.average_decay) if config.average_decay else None
     description = f"dcgan_{config.name} train"
-    # The standard layout, not export.train.channels_last: in channels-last the pair collapsed on seed 0
+    # The standard layout, not export.train.channels_last: in channels-last the pair dropped a class on seed 0
     # (confident fraction 0.000; seeds 1, 3, 4 0.818-0.836) - history/2026-11-28-channels-last.md.
     with tqdm(total=config.train_steps, desc=description, unit="step", leave=False, disable=None) as bar:
         for _ in range(config.train_steps):
